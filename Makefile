@@ -1,0 +1,42 @@
+# Makefile: the few commands a newcomer needs. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+JOB    ?= configs/demo.yaml
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install harvest test bench bench-long lint typecheck clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the package with its dev extras (editable)
+
+harvest: $(STAMP) ## harvest JOB (default: the demo job, from the bundled simulator)
+	$(BIN)/harvester run $(JOB)
+
+test: $(STAMP) ## run the whole test suite
+	$(BIN)/pytest -q
+
+bench: $(STAMP) ## run the benchmark suite and print its table (about 5 minutes)
+	$(BIN)/python -m tests.benchmarks
+
+bench-long: $(STAMP) ## budget use at the real default limits, three minutes
+	$(BIN)/python -m tests.benchmarks --long
+
+lint: $(STAMP) ## ruff over the package and tests
+	$(BIN)/ruff check harvester tests
+
+typecheck: $(STAMP) ## mypy --strict over the package
+	$(BIN)/mypy
+
+clean: ## remove the venv, caches and what runs wrote under output/
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find output -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""harvester: an async batch statistics harvester for the Flipsnack API."""

@@ -1,0 +1,212 @@
+"""Every error the harvester raises, and the exit-code table.
+
+The tree::
+
+    HarvesterError                      root; carries an exit code
+    ├── JobError                        bad job file, arguments or credentials setup (exit 2)
+    ├── LockedError                     another run holds the output's lock (exit 4)
+    ├── CredentialsRejected             the API answered 41/44: no call can succeed (exit 3)
+    ├── CircuitOpen                     the API failed every call for too long (exit 1)
+    └── UnitError                       one unit (collection × window) could not be fetched
+        ├── TransientError              worth another attempt (retry reads ``transient``)
+        │   ├── NetworkError            connection refused/reset/dropped, DNS
+        │   ├── RequestTimeout          no complete answer within the timeout
+        │   ├── HttpError               HTTP 5xx or 429 (``retry_after`` when the server said)
+        │   ├── BadResponse             a body that is not the API's JSON envelope
+        │   ├── ApiBusy                 codes 22 (maintenance) and 38 (processing)
+        │   └── RateLimited             codes 31/32: someone spent the key's budget
+        └── PermanentError              another attempt would get the same answer
+            ├── ApiRejected             codes 30, 40, 42, 43, 46 and unknown codes
+            └── InvalidPayload          code 20 with a ``data`` that breaks the schema
+
+Messages never contain the API key, the secret or a signature: errors are built from units,
+codes and reasons, never from URLs (see :mod:`harvester.redact` for the last line of defence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harvester.plan import Unit
+
+__all__ = [
+    "EXIT_CODES",
+    "ApiBusy",
+    "ApiRejected",
+    "BadResponse",
+    "CircuitOpen",
+    "CredentialsRejected",
+    "HarvesterError",
+    "HttpError",
+    "InvalidPayload",
+    "JobError",
+    "LockedError",
+    "NetworkError",
+    "PermanentError",
+    "Problem",
+    "RateLimited",
+    "RequestTimeout",
+    "TransientError",
+    "UnitError",
+]
+
+EXIT_OK = 0
+EXIT_UNITS_FAILED = 1
+EXIT_BAD_JOB = 2
+EXIT_CREDENTIALS = 3
+EXIT_LOCKED = 4
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "every unit succeeded",
+    EXIT_UNITS_FAILED: "the run finished but some units failed (or the API was down too long)",
+    EXIT_BAD_JOB: "invalid job file, arguments or missing credentials (nothing requested)",
+    EXIT_CREDENTIALS: "the API rejected the credentials (codes 41/44)",
+    EXIT_LOCKED: "another run holds the output's lock",
+    EXIT_SIGINT: "stopped by SIGINT (Ctrl-C); what was fetched is committed",
+    EXIT_SIGTERM: "stopped by SIGTERM; what was fetched is committed",
+}
+
+
+class HarvesterError(Exception):
+    """Root of every error the harvester raises on purpose."""
+
+    exit_code: int = EXIT_UNITS_FAILED
+
+
+# --- the job and the run ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a job file: where, which field, what was expected."""
+
+    source: str  # the file (or "arguments", or "environment")
+    field: str  # dotted path, e.g. "collections[1].start"
+    message: str  # what was expected / what is wrong, never echoing a possible secret
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.field}: {self.message}"
+
+
+class JobError(HarvesterError):
+    """The job file, the arguments or the credentials set-up is invalid; nothing was requested."""
+
+    exit_code = EXIT_BAD_JOB
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class LockedError(HarvesterError):
+    """Another harvester run holds the lock on this output folder."""
+
+    exit_code = EXIT_LOCKED
+
+
+class CircuitOpen(HarvesterError):
+    """Every call failed for longer than the configured window: the API looks down."""
+
+    exit_code = EXIT_UNITS_FAILED
+
+
+class CredentialsRejected(HarvesterError):
+    """The API answered 41 (bad key) or 44 (bad signature): no later call can succeed."""
+
+    exit_code = EXIT_CREDENTIALS
+
+    def __init__(self, code: int, status: str = "") -> None:
+        self.code = code
+        what = "invalid credentials (bad API key)" if code == 41 else "invalid signature"
+        super().__init__(f"the API rejected the credentials: code {code}, {what}")
+
+
+# --- one unit -------------------------------------------------------------------------------
+
+
+class UnitError(HarvesterError):
+    """A unit could not be fetched; ``transient`` says whether another attempt may succeed."""
+
+    transient: bool = False
+    kind: str = "error"  # a short stable name for counters and reports
+
+    def __init__(self, reason: str, *, code: int | None = None) -> None:
+        self.reason = reason
+        self.code = code
+        self.unit: Unit | None = None
+        self.attempts = 0
+        super().__init__(reason)
+
+
+class TransientError(UnitError):
+    """Worth another attempt after a backoff."""
+
+    transient = True
+    kind = "transient"
+
+
+class NetworkError(TransientError):
+    """The connection failed: refused, reset, dropped mid-answer, name not resolved."""
+
+    kind = "network"
+
+
+class RequestTimeout(TransientError):
+    """No complete answer within the configured timeout."""
+
+    kind = "timeout"
+
+
+class HttpError(TransientError):
+    """HTTP 5xx or 429; ``retry_after`` is the server's Retry-After in seconds, when given."""
+
+    kind = "http"
+
+    def __init__(self, reason: str, *, status: int, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class BadResponse(TransientError):
+    """A body that is not the API's JSON envelope (truncated, HTML, not an object)."""
+
+    kind = "bad_response"
+
+
+class ApiBusy(TransientError):
+    """Code 22 (maintenance) or 38 (collection in processing): retry later."""
+
+    kind = "busy"
+
+
+class RateLimited(TransientError):
+    """Code 31 (per-second) or 32 (per-minute) limit exceeded: pause the key, then retry."""
+
+    kind = "rate_limited"
+
+
+class PermanentError(UnitError):
+    """Another attempt would get the same answer: the unit fails, the run goes on."""
+
+    kind = "permanent"
+
+
+class ApiRejected(PermanentError):
+    """Codes 30, 40, 42, 43, 46 (and codes the API does not document)."""
+
+    kind = "rejected"
+
+
+class InvalidPayload(PermanentError):
+    """Code 20, but ``data`` breaks the schema; ``payload`` is kept for the quarantine."""
+
+    kind = "invalid_payload"
+
+    def __init__(self, reason: str, *, payload: Any = None) -> None:
+        super().__init__(reason)
+        self.payload = payload
