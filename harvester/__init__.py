@@ -1,1 +1,43 @@
-"""harvester: an async batch statistics harvester for the Flipsnack API."""
+"""harvester: an async batch statistics harvester for the Flipsnack API.
+
+The library surface is small: load a job, harvest it, read what it wrote. The pipeline is
+imported on first use, so ``harvester.config`` or the simulator load without aiohttp's client.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from harvester.errors import EXIT_CODES, HarvesterError, JobError
+
+if TYPE_CHECKING:
+    from harvester.config import load_job
+    from harvester.pipeline import RunOptions, harvest
+    from harvester.sink import read_dataset
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EXIT_CODES",
+    "HarvesterError",
+    "JobError",
+    "RunOptions",
+    "__version__",
+    "harvest",
+    "load_job",
+    "read_dataset",
+]
+
+_LAZY = {
+    "RunOptions": "harvester.pipeline",
+    "harvest": "harvester.pipeline",
+    "load_job": "harvester.config",
+    "read_dataset": "harvester.sink",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the heavier parts of the public surface when first asked for."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'harvester' has no attribute {name!r}")

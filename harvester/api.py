@@ -8,11 +8,31 @@ URLs: the query string carries the API key and the signature.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from datetime import datetime
-from typing import NamedTuple
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+from urllib.parse import urlencode
 
+import aiohttp
+from yarl import URL
+
+from harvester.config import Credentials
+from harvester.errors import (
+    ApiBusy,
+    ApiRejected,
+    BadResponse,
+    CredentialsRejected,
+    HttpError,
+    InvalidPayload,
+    NetworkError,
+    RateLimited,
+    RequestTimeout,
+)
 from harvester.plan import Unit
+from harvester.redact import redact
+
+__all__ = ["GET_LIST", "GET_STATS", "Fetched", "StatsClient", "classify", "parse_stats", "sign"]
 
 GET_STATS = "collection.getStats"
 GET_LIST = "collection.getList"
@@ -41,3 +61,158 @@ class Fetched(NamedTuple):
     time_spent: int
     downloads: int
     pages: tuple[tuple[int, int, int, int], ...]  # (page, views, clicks, time_spent) by page
+
+
+# --- the payload --------------------------------------------------------------------------------
+
+MAX_FIGURE = 10**15  # far above any real flipbook's traffic; larger means a broken answer
+COLLECTION_FIGURES = ("impressions", "views", "time_spent", "downloads")
+PAGE_FIGURES = ("views", "clicks", "time_spent")
+
+
+def _figure(value: Any, where: str) -> int:
+    """A non-negative integer within MAX_FIGURE, or InvalidPayload naming where."""
+    if type(value) is not int:  # bool is an int subclass; 3.0 and "3" are not integers here
+        raise InvalidPayload(f"{where}: expected a non-negative integer, got {_kind(value)}")
+    if value < 0 or value > MAX_FIGURE:
+        raise InvalidPayload(f"{where}: {value} is out of range 0..{MAX_FIGURE}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    """A short, safe description of a JSON value's type for messages."""
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _pages(raw: Any) -> tuple[tuple[int, int, int, int], ...]:
+    """Validate the ``pages`` array into sorted (page, views, clicks, time_spent) tuples."""
+    if not isinstance(raw, list):
+        raise InvalidPayload(f"pages: expected an array, got {_kind(raw)}")
+    rows: dict[int, tuple[int, int, int, int]] = {}
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise InvalidPayload(f"pages[{i}]: expected an object, got {_kind(item)}")
+        page = item.get("page")
+        if type(page) is not int or page < 0 or page > MAX_FIGURE:
+            raise InvalidPayload(f"pages[{i}].page: expected a non-negative integer")
+        if page in rows:
+            raise InvalidPayload(f"pages[{i}].page: page {page} appears twice")
+        views, clicks, spent = (_figure(item.get(f), f"pages[{i}].{f}") for f in PAGE_FIGURES)
+        rows[page] = (page, views, clicks, spent)
+    return tuple(rows[p] for p in sorted(rows))
+
+
+def parse_stats(
+    unit: Unit, data: Any, *, page_stats: bool, fetched_at: datetime
+) -> Fetched:
+    """Validate a code-20 ``data`` payload; raise InvalidPayload (with the payload) if it breaks."""
+    try:
+        if not isinstance(data, dict):
+            raise InvalidPayload(f"data: expected an object, got {_kind(data)}")
+        figures = [_figure(data.get(f), f) for f in COLLECTION_FIGURES]
+        pages = _pages(data.get("pages")) if page_stats else ()
+    except InvalidPayload as exc:
+        exc.payload = data
+        raise
+    return Fetched(unit, fetched_at, *figures, pages)
+
+
+# --- one request --------------------------------------------------------------------------------
+
+TRANSIENT_CODES = {22: ApiBusy, 38: ApiBusy, 31: RateLimited, 32: RateLimited}
+CREDENTIAL_CODES = frozenset({41, 44})
+CODE_MEANINGS = {
+    22: "maintenance mode",
+    30: "missing mandatory parameter",
+    31: "requests per second limit exceeded",
+    32: "requests per minute limit exceeded",
+    38: "collection is in processing state",
+    40: "bad request",
+    42: "invalid action",
+    43: "forbidden (collection deleted or owned by another user)",
+    46: "invalid collection hash",
+}
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header given in seconds (HTTP dates are rare here: ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 86_400 else None
+
+
+def classify(status: int, body: bytes, retry_after: str | None) -> Any:
+    """Turn an HTTP answer into the ``data`` of a code-20 envelope, or raise the matching error."""
+    if status == 429 or status >= 500:
+        raise HttpError(f"HTTP {status}", status=status, retry_after=_retry_after(retry_after))
+    try:
+        envelope = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadResponse(f"HTTP {status} with a body that is not JSON ({len(body)} bytes)") from exc
+    if not isinstance(envelope, dict) or type(envelope.get("code")) is not int:
+        raise BadResponse(f"HTTP {status} with JSON that is not the API's envelope")
+    code: int = envelope["code"]
+    if code == 20:
+        return envelope.get("data")
+    meaning = CODE_MEANINGS.get(code, "undocumented code")
+    if code in CREDENTIAL_CODES:
+        raise CredentialsRejected(code)
+    if code in TRANSIENT_CODES:
+        raise TRANSIENT_CODES[code](f"code {code}: {meaning}", code=code)
+    raise ApiRejected(f"code {code}: {meaning}", code=code)
+
+
+class StatsClient:
+    """Signs and sends ``collection.getStats`` for one unit; one shared aiohttp session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        credentials: Credentials,
+        *,
+        page_stats: bool = True,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._session = session
+        self._base_url = base_url
+        self._credentials = credentials
+        self._page_stats = page_stats
+        self._now = now
+
+    def params(self, unit: Unit) -> dict[str, str]:
+        """The signed query parameters for one unit."""
+        params = {
+            "action": GET_STATS,
+            "apiKey": self._credentials.key,
+            "collectionHash": unit.collection_hash,
+            "startDate": unit.start.isoformat(),
+            "endDate": unit.end.isoformat(),
+        }
+        if self._page_stats:
+            params["includePageStats"] = "true"
+        params["signature"] = sign(params, self._credentials.secret)
+        return params
+
+    def url(self, unit: Unit) -> URL:
+        """The request URL (it carries the key and signature: never log it)."""
+        return URL(f"{self._base_url}?{urlencode(self.params(unit))}", encoded=True)
+
+    async def get_stats(self, unit: Unit) -> Fetched:
+        """One attempt: send, classify, validate. Raises only harvester errors."""
+        try:
+            async with self._session.get(self.url(unit), allow_redirects=False) as response:
+                body = await response.read()
+                status, retry_after = response.status, response.headers.get("Retry-After")
+        except TimeoutError as exc:
+            raise RequestTimeout("no complete answer within the timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise NetworkError(f"{type(exc).__name__}: {redact(str(exc))}") from exc
+        data = classify(status, body, retry_after)
+        return parse_stats(unit, data, page_stats=self._page_stats, fetched_at=self._now())

@@ -1,0 +1,122 @@
+"""The command line: parse, call the library, map errors to messages and exit codes.
+
+    harvester run JOB.yaml [--state PATH] [--refresh] [--wait] [--dry-run] [--log-format json]
+    harvester simulate [--host 127.0.0.1] [--port 8080] [--config sim.yaml] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from harvester import __version__
+from harvester.errors import EXIT_BAD_JOB, EXIT_CODES, HarvesterError, JobError, Problem
+from harvester.logs import LOG_FORMATS, setup_logging
+from harvester.redact import redact
+
+__all__ = ["main"]
+
+log = logging.getLogger("harvester")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harvester",
+        description="Harvest Flipsnack collection statistics into Hive-partitioned Parquet.",
+        epilog="exit codes: " + "; ".join(f"{c} {m}" for c, m in EXIT_CODES.items()),
+    )
+    parser.add_argument("--version", action="version", version=f"harvester {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a job file")
+    run.add_argument("job", type=Path, help="the YAML job file")
+    run.add_argument("--state", type=Path, help="state database (default: OUTPUT/_state/state.sqlite)")
+    run.add_argument("--refresh", action="store_true", help="re-fetch every unit, even those done")
+    run.add_argument("--wait", action="store_true", help="wait for another run on the same output")
+    run.add_argument("--dry-run", action="store_true", help="plan only: count what would be fetched")
+    run.add_argument("--log-format", choices=LOG_FORMATS, default="text")
+    run.add_argument("-v", "--verbose", action="store_true", help="log every retry and commit")
+    run.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    run.add_argument(
+        "--grace", type=float, default=10.0, metavar="SECONDS",
+        help="after SIGINT/SIGTERM, how long in-flight requests may finish (default 10)",
+    )
+
+    sim = commands.add_parser("simulate", help="serve the bundled Flipsnack-compatible simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8080)
+    sim.add_argument("--config", type=Path, help="simulator settings (YAML or JSON)")
+    sim.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from harvester.config import load_job
+    from harvester.pipeline import RunOptions, harvest, plan_pending
+
+    job = load_job(args.job)
+    options = RunOptions(
+        state_path=args.state, refresh=args.refresh, wait_for_lock=args.wait,
+        grace_seconds=args.grace,
+    )
+    if args.dry_run:
+        total, pending = plan_pending(job, options)
+        print(f"{job.source}: {total} units in the job, {pending} to fetch now (dry run: no request made)")
+        return 0
+    report = harvest(job, options)
+    print(report.summary(), file=sys.stderr)
+    return report.exit_code
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from harvester.simulator import SimulatorConfig, config_from_mapping, serve
+
+    config = SimulatorConfig()
+    if args.config is not None:
+        try:
+            data = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+            config = config_from_mapping(data)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise JobError([Problem(str(args.config), "simulator", str(exc))]) from exc
+    if args.seed is not None:
+        config.seed = args.seed
+    serve(config, args.host, args.port)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``harvester`` command; returns the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad arguments, 0 on --help
+        return int(exc.code or 0)
+    level = logging.INFO
+    if getattr(args, "verbose", False):
+        level = logging.DEBUG
+    elif getattr(args, "quiet", False):
+        level = logging.WARNING
+    setup_logging(getattr(args, "log_format", "text"), level)
+    try:
+        return _run(args) if args.command == "run" else _simulate(args)
+    except JobError as exc:
+        print(redact(f"error: invalid job:\n{exc}"), file=sys.stderr)
+        return EXIT_BAD_JOB
+    except HarvesterError as exc:
+        print(redact(f"error: {exc}"), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # a bug: say so, with a traceback that cannot carry a secret
+        print(redact("internal error (a bug in harvester):\n" + traceback.format_exc()), file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

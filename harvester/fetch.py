@@ -1,0 +1,110 @@
+"""One unit, fetched to the end: limiter, request, retries, circuit breaker, counters.
+
+:class:`UnitFetcher` is what each worker of the pool calls. It returns the unit's validated
+answer, or raises the unit's final :class:`~harvester.errors.UnitError` (with ``unit`` and
+``attempts`` set), :class:`~harvester.errors.CredentialsRejected` (the run must stop), or
+:class:`~harvester.errors.CircuitOpen` (the API has been down for too long).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tenacity import AsyncRetrying
+
+from harvester.api import Fetched, StatsClient
+from harvester.errors import CircuitOpen, HttpError, PermanentError, RateLimited, UnitError
+from harvester.plan import Unit
+from harvester.ratelimit import RateLimiter
+from harvester.retry import CircuitBreaker
+
+__all__ = ["FetchStats", "UnitFetcher"]
+
+log = logging.getLogger("harvester.fetch")
+
+
+@dataclass
+class FetchStats:
+    """What the fetcher saw, for the run report."""
+
+    requests: int = 0
+    successes: int = 0
+    errors: Counter[str] = field(default_factory=Counter)  # by error kind, every attempt
+    retries: int = 0
+    rate_limit_answers: int = 0
+
+
+class UnitFetcher:
+    """Fetch one unit with the run's limiter, retry policy and circuit breaker."""
+
+    def __init__(
+        self,
+        client: StatsClient,
+        limiter: RateLimiter,
+        retrying: AsyncRetrying,
+        breaker: CircuitBreaker,
+        *,
+        max_attempts: int,
+    ) -> None:
+        self._client = client
+        self._limiter = limiter
+        self._retrying = retrying
+        self._breaker = breaker
+        self._max_attempts = max_attempts
+        self.stats = FetchStats()
+
+    async def fetch(self, unit: Unit) -> Fetched:
+        """Fetch ``unit`` with retries; see the module docstring for what it raises."""
+        attempts = 0
+
+        async def attempt() -> Fetched:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                self.stats.retries += 1
+            await self._limiter.acquire()
+            self.stats.requests += 1
+            try:
+                result = await self._client.get_stats(unit)
+            except UnitError as exc:
+                exc.unit, exc.attempts = unit, attempts
+                self._observe(exc)
+                raise
+            self.stats.successes += 1
+            self._breaker.record_success()
+            return result
+
+        # A copy per unit: tenacity keeps per-call state on the instance.
+        try:
+            return await self._retrying.copy()(attempt)
+        except UnitError as exc:
+            if exc.transient and self._breaker.is_open:
+                raise CircuitOpen(
+                    f"every call failed for {self._breaker.failing_for:.0f} s "
+                    f"(last: {exc.kind}: {exc.reason}); the API looks down"
+                ) from exc
+            raise
+
+    def _observe(self, exc: UnitError) -> None:
+        """Count the failure, pace the key after a limit answer, feed the breaker, log it."""
+        self.stats.errors[exc.kind] += 1
+        if isinstance(exc, RateLimited):
+            self.stats.rate_limit_answers += 1
+            paused = self._limiter.pause_for_code(exc.code)
+            log.warning("%s: %s; pausing the key %.1f s", exc.unit, exc.reason, paused)
+            return
+        if isinstance(exc, HttpError) and exc.status == 429:
+            self.stats.rate_limit_answers += 1
+            self._limiter.pause(exc.retry_after if exc.retry_after is not None else 1.0)
+        elif isinstance(exc, PermanentError):
+            self._breaker.record_success()  # the API answered; it just said no
+            return
+        else:
+            self._breaker.record_failure()
+        if exc.attempts < self._max_attempts:
+            log.info(
+                "%s: %s (%s), attempt %d/%d, retrying",
+                exc.unit, exc.reason, exc.kind, exc.attempts, self._max_attempts,
+            )

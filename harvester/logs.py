@@ -1,0 +1,57 @@
+"""Logging set-up: human-readable lines by default, JSON lines for cron and aggregators.
+
+Every record passes :func:`harvester.redact.redact` on its way out, traceback text included,
+so a foreign exception that carries a URL cannot leak the key or a signature.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from typing import TextIO
+
+from harvester.redact import redact
+
+__all__ = ["LOG_FORMATS", "setup_logging"]
+
+LOG_FORMATS = ("text", "json")
+
+
+class _TextFormatter(logging.Formatter):
+    """``2026-11-27T10:00:00Z INFO message``, redacted."""
+
+    converter = time.gmtime  # logs from cron hosts in different zones line up
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message (and exception), redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return redact(json.dumps(entry, ensure_ascii=False))
+
+
+def setup_logging(fmt: str = "text", level: int = logging.INFO, stream: TextIO | None = None) -> None:
+    """Send the harvester's logs to ``stream`` (stderr) in the chosen format."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    root = logging.getLogger("harvester")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

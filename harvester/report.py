@@ -1,0 +1,139 @@
+"""The run report: one JSON file per run beside the state, and the human summary for stderr.
+
+The report is what a cron job's owner reads after the fact: counts, timings, rate-limit waits,
+and every failed unit with its reason and attempts. It is written atomically and redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harvester.errors import EXIT_CODES, UnitError
+from harvester.redact import redact
+
+__all__ = ["FailedEntry", "RunReport", "write_report"]
+
+
+@dataclass
+class FailedEntry:
+    """One unit that failed in this run."""
+
+    collection_hash: str
+    start: str
+    end: str
+    kind: str
+    reason: str
+    attempts: int
+
+    @classmethod
+    def from_error(cls, exc: UnitError) -> FailedEntry:
+        """From a unit's final error (its ``unit`` must be set)."""
+        assert exc.unit is not None
+        unit = exc.unit
+        return cls(
+            unit.collection_hash, unit.start.isoformat(), unit.end.isoformat(),
+            exc.kind, exc.reason, exc.attempts,
+        )
+
+
+@dataclass
+class RunReport:
+    """Everything a run did, in numbers."""
+
+    run_id: str
+    job: str
+    output: str
+    state: str
+    started_at: str
+    finished_at: str = ""
+    elapsed_seconds: float = 0.0
+    exit_code: int = 0
+    outcome: str = ""
+    stopped_by: str | None = None
+    units_in_job: int = 0
+    units_already_done: int = 0
+    units_to_fetch: int = 0
+    units_fetched: int = 0
+    units_committed: int = 0
+    units_recovered: int = 0
+    units_failed: int = 0
+    units_not_attempted: int = 0
+    requests: int = 0
+    retries: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    rate_limit_answers: int = 0
+    rate_limit_waits: int = 0
+    rate_limit_wait_seconds: float = 0.0
+    rate_limit_pauses: int = 0
+    page_rows_written: int = 0
+    collection_rows_written: int = 0
+    partitions_written: int = 0
+    files_written: int = 0
+    datasets: list[str] = field(default_factory=list)
+    quarantined: int = 0
+    quarantine_file: str | None = None
+    failed: list[FailedEntry] = field(default_factory=list)
+    message: str = ""
+
+    def to_json(self) -> str:
+        """The report as redacted, indented JSON."""
+        return redact(json.dumps(asdict(self), indent=2, sort_keys=False))
+
+    def summary(self) -> str:
+        """A few human lines for the end of stderr."""
+        lines = [
+            f"{self.outcome}: {self.units_committed} units committed, {self.units_failed} failed, "
+            f"{self.units_already_done} already done, {self.units_not_attempted} not attempted "
+            f"({self.elapsed_seconds:.1f} s, {self.requests} requests, {self.retries} retries)",
+            f"rows written: {self.page_rows_written} page_stats, "
+            f"{self.collection_rows_written} collection_stats in {self.files_written} files "
+            f"under {', '.join(self.datasets) or self.output}",
+        ]
+        if self.rate_limit_waits or self.rate_limit_answers:
+            lines.append(
+                f"rate limit: waited {self.rate_limit_wait_seconds:.1f} s in "
+                f"{self.rate_limit_waits} waits; {self.rate_limit_answers} limit answers"
+            )
+        for entry in self.failed[:10]:
+            lines.append(
+                f"failed: {entry.collection_hash} {entry.start}..{entry.end}: {entry.reason} "
+                f"({entry.kind}, {entry.attempts} attempts)"
+            )
+        if len(self.failed) > 10:
+            lines.append(f"... and {len(self.failed) - 10} more failed units (see the report)")
+        if self.quarantined:
+            lines.append(f"quarantined payloads: {self.quarantined} in {self.quarantine_file}")
+        if self.message:
+            lines.append(self.message)
+        lines.append(f"exit {self.exit_code}: {EXIT_CODES.get(self.exit_code, '')}")
+        return redact("\n".join(lines))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside, fsync, then rename: a reader never sees half a report."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_report(report: RunReport, state_dir: Path) -> Path:
+    """Write ``reports/run-<id>.json`` and ``last-run.json`` under ``state_dir``; return the first."""
+    reports = state_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    text = report.to_json() + "\n"
+    path = reports / f"run-{report.run_id}.json"
+    _write_atomic(path, text)
+    _write_atomic(state_dir / "last-run.json", text)
+    return path
+
+
+def report_dict(report: RunReport) -> dict[str, Any]:
+    """The report as a plain dict (for the state's runs table)."""
+    return asdict(report)
