@@ -113,6 +113,7 @@ class Quarantine:
 
 
 Outcome = Fetched | UnitError | Unit  # a Unit alone: abandoned by a stop
+_CLOSE: object = object()
 
 
 class Committer:
@@ -133,27 +134,28 @@ class Committer:
         self._report = report
         self._quarantine = quarantine
         self._ready = ready
-        self._queue: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._queue: asyncio.Queue[Outcome | object] = asyncio.Queue()
 
     def put(self, outcome: Outcome) -> None:
         """Hand an outcome to the writer (never blocks a worker)."""
         self._queue.put_nowait(outcome)
 
     async def run(self) -> None:
-        """Commit outcomes until cancelled; each wake-up commits everything queued at once."""
+        """Commit outcomes until :meth:`close`; each wake-up commits everything queued at once."""
         while True:
             batch = [await self._queue.get()]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._commit(batch)
+            closing = batch[-1] is _CLOSE
+            outcomes = [o for o in batch if o is not _CLOSE]
+            if outcomes:
+                await self._commit(outcomes)  # type: ignore[arg-type]
+            if closing:
+                return
 
-    async def drain(self) -> None:
-        """Commit whatever is still queued (after the workers stopped)."""
-        batch = []
-        while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        if batch:
-            await self._commit(batch)
+    def close(self) -> None:
+        """Ask :meth:`run` to return once everything queued so far is committed."""
+        self._queue.put_nowait(_CLOSE)
 
     async def _commit(self, batch: Sequence[Outcome]) -> None:
         """Stage results and failures in one go, then write the partitions now complete."""

@@ -240,6 +240,7 @@ async def _fetch_all(
                 committer.put(exc)
 
         writer = asyncio.create_task(committer.run())
+        writer.add_done_callback(lambda task: _writer_done(task, token, pool))
         progress = asyncio.create_task(_log_progress(report, fetcher, limiter))
         loop = asyncio.get_running_loop()
         for signum in SIGNAL_EXIT:
@@ -254,15 +255,20 @@ async def _fetch_all(
             for signum in SIGNAL_EXIT:
                 loop.remove_signal_handler(signum)
             progress.cancel()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-            await committer.drain()
+            committer.close()
+            await writer  # the writer never runs two commits at once: wait, don't cancel
             if token.reason != "second signal":
                 await committer.flush_all()
             _copy_fetch_stats(report, fetcher, limiter)
     if token.reason in ("SIGINT", "SIGTERM", "second signal"):
         log.warning("stopped by a signal; fetched units are committed; rerun the job to resume")
+
+
+def _writer_done(task: asyncio.Task[None], token: StopToken, pool: WorkerPool[Unit]) -> None:
+    """If the writer died (disk full, say), stop fetching what could not be kept."""
+    if not task.cancelled() and task.exception() is not None:
+        token.set("writer failed")
+        pool.cancel()
 
 
 def raise_if_cancelled() -> None:

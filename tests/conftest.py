@@ -1,0 +1,130 @@
+"""Fixtures named for what they give: a running simulator, a job file, an output folder,
+the credentials' environment, and the exact dataset a job must produce."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harvester.config import Job, RateLimit, load_job
+from harvester.plan import iter_units
+from harvester.sink import COLLECTION_STATS, PAGE_STATS, read_dataset
+from harvester.simulator import SimulatorConfig, SimulatorThread, expected_stats
+
+# Distinctive values, so a grep of everything the harvester printed or wrote can find a leak.
+API_KEY = "KEY-5f1c-harvest-test-9d2e"
+API_SECRET = "SECRET-77ab-harvest-test-04c1"
+SIM_LIMITS = (RateLimit(200, 1.0), RateLimit(5000, 60.0))
+START, END = date(2026, 3, 1), date(2026, 3, 14)
+HASHES = ("d3m0h45h", "x9y8z7", "f1ipb00k")
+
+
+@pytest.fixture
+def sim_config() -> SimulatorConfig:
+    """The simulator's settings: our test key, generous limits, a little latency."""
+    return SimulatorConfig(
+        seed=7, keys={API_KEY: API_SECRET}, rate_limits=SIM_LIMITS, latency=(0.0, 0.003)
+    )
+
+
+@pytest.fixture
+def simulator(sim_config: SimulatorConfig) -> Iterator[SimulatorThread]:
+    """A running simulator on a free loopback port."""
+    with SimulatorThread(sim_config) as sim:
+        yield sim
+
+
+@pytest.fixture
+def output_dir(tmp_path: Path) -> Path:
+    """Where the job writes (not created: the harvester must create it)."""
+    return tmp_path / "output"
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    """The environment a run gets: the credentials and nothing of ours else."""
+    return {**os.environ, "FLIPSNACK_API_KEY": API_KEY, "FLIPSNACK_API_SECRET": API_SECRET}
+
+
+def job_dict(base_url: str, output: Path, **overrides: Any) -> dict[str, Any]:
+    """A valid job against ``base_url``; ``overrides`` replace top-level keys."""
+    job: dict[str, Any] = {
+        "api": {
+            "base_url": base_url,
+            "timeout_seconds": 5,
+            "rate_limits": [{"calls": r.calls, "seconds": r.seconds} for r in SIM_LIMITS],
+        },
+        "concurrency": 4,
+        "retry": {"attempts": 6, "max_backoff_seconds": 0.05},
+        "granularity": "day",
+        "output": str(output),
+        "start": START.isoformat(),
+        "end": END.isoformat(),
+        "collections": [
+            {"hash": HASHES[0]},
+            {"hash": HASHES[1], "start": "2026-03-05", "end": "2026-03-20"},
+            {"hash": HASHES[2], "end": "2026-03-03"},
+        ],
+    }
+    job.update(overrides)
+    return job
+
+
+@pytest.fixture
+def job_file(tmp_path: Path, simulator: SimulatorThread, output_dir: Path) -> Callable[..., Path]:
+    """Write a job file against the simulator; keyword arguments replace top-level keys."""
+    counter = iter(range(1000))
+
+    def write(**overrides: Any) -> Path:
+        path = tmp_path / f"job{next(counter)}.yaml"
+        path.write_text(yaml.safe_dump(job_dict(simulator.base_url, output_dir, **overrides)))
+        return path
+
+    return write
+
+
+def expected_rows(job: Job, config: SimulatorConfig) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The exact page and collection rows (without fetched_at) a complete run must write."""
+    pages: list[tuple[Any, ...]] = []
+    collections: list[tuple[Any, ...]] = []
+    for unit in iter_units(job):
+        data = expected_stats(unit.collection_hash, unit.start, unit.end, config, page_stats=job.page_stats)
+        key = (unit.collection_hash, unit.start, unit.end)
+        collections.append((*key, data["impressions"], data["views"], data["time_spent"], data["downloads"]))
+        for page in data.get("pages", []) if job.page_stats else []:
+            pages.append((*key, page["page"], page["views"], page["clicks"], page["time_spent"]))
+    return sorted(pages), sorted(collections)
+
+
+def actual_rows(output: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """What the datasets under ``output`` hold (without fetched_at), read back with pyarrow."""
+    def rows(name: str) -> list[tuple[Any, ...]]:
+        if not (output / name).exists():
+            return []
+        table = read_dataset(output, name).drop(["fetched_at"])
+        return sorted(tuple(r.values()) for r in table.to_pylist())
+
+    return rows(PAGE_STATS), rows(COLLECTION_STATS)
+
+
+def assert_complete(job_path: Path, config: SimulatorConfig) -> None:
+    """The job's datasets hold exactly the expected rows: no more, no fewer, no duplicates."""
+    job = load_job(job_path)
+    assert actual_rows(job.output) == expected_rows(job, config)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120) -> Any:
+    """Run ``python -m harvester`` in a subprocess; return the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "harvester", *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,187 @@
+"""End to end, in-process: a job harvested from the simulator over real HTTP, read back exactly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from harvester.config import load_job
+from harvester.pipeline import RunOptions, harvest
+from harvester.plan import iter_units
+from harvester.simulator import SimulatorConfig, SimulatorThread
+from harvester.state import StateStore, default_state_path
+from tests.conftest import HASHES, actual_rows, assert_complete, expected_rows
+
+JobFile = Callable[..., Path]
+
+
+@pytest.mark.parametrize("granularity", ["day", "week", "month", "range"])
+def test_exact_rows_for_every_granularity(
+    granularity: str, job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig,
+    env: dict[str, str],
+) -> None:
+    path = job_file(granularity=granularity, end="2026-04-09")
+    job = load_job(path)
+    report = harvest(job, RunOptions(), env)
+    assert report.exit_code == 0, report.summary()
+    assert_complete(path, sim_config)
+    units = list(iter_units(job))
+    counters = simulator.counters()
+    # Exactly one successful call per unit, and no other call at all.
+    assert counters["requests"] == len(units) == report.units_committed
+    assert sorted(counters["successes"].values()) == [1] * len(units)
+    assert report.page_rows_written == len(expected_rows(job, sim_config)[0])
+
+
+def test_second_run_makes_no_request_and_adds_no_row(
+    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig, env: dict[str, str]
+) -> None:
+    path = job_file()
+    job = load_job(path)
+    first = harvest(job, RunOptions(), env)
+    before = actual_rows(job.output)
+    simulator.reset_counters()
+    second = harvest(job, RunOptions(), env)
+    assert second.exit_code == 0 and second.outcome == "nothing to do"
+    assert simulator.counters()["requests"] == 0
+    assert second.units_already_done == first.units_committed
+    assert actual_rows(job.output) == before
+    assert_complete(path, sim_config)
+
+
+def test_refresh_flag_refetches_everything_without_duplicates(
+    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig, env: dict[str, str]
+) -> None:
+    path = job_file()
+    job = load_job(path)
+    first = harvest(job, RunOptions(), env)
+    simulator.reset_counters()
+    again = harvest(job, RunOptions(refresh=True), env)
+    assert again.exit_code == 0
+    assert simulator.counters()["requests"] == first.units_committed
+    assert_complete(path, sim_config)
+
+
+def test_refresh_days_replaces_recent_rows(
+    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig, env: dict[str, str]
+) -> None:
+    path = job_file(refresh_days=2, collections=[{"hash": HASHES[0]}, {"hash": HASHES[1]}])
+    job = load_job(path)
+    today = date(2026, 3, 15)  # the job ends 03-14: refresh_days 2 covers 03-13 and 03-14
+    harvest(job, RunOptions(today=today), env)
+    old_pages, old_collections = actual_rows(job.output)
+
+    changed = {"2026-03-13": 1, "2026-03-14": 1}
+    simulator.reconfigure(revisions=changed, pages={HASHES[0]: 2})
+    simulator.reset_counters()
+    report = harvest(job, RunOptions(today=today), env)
+    assert report.exit_code == 0
+    assert simulator.counters()["requests"] == 4  # 2 collections × 2 days, nothing else
+    new_config = SimulatorConfig(**{**sim_config.__dict__, "revisions": changed})
+    pages, collections = actual_rows(job.output)
+    recent = {date(2026, 3, 13), date(2026, 3, 14)}
+    # Older days untouched, recent days replaced (not appended), vanished pages gone.
+    assert [r for r in collections if r[1] not in recent] == [r for r in old_collections if r[1] not in recent]
+    assert [r for r in collections if r[1] in recent] != [r for r in old_collections if r[1] in recent]
+    assert len(collections) == len(old_collections)
+    recent_pages_of_0 = {r[3] for r in pages if r[0] == HASHES[0] and r[1] in recent}
+    assert recent_pages_of_0 == {1, 2}
+    expected_collections = [
+        r for r in expected_rows(job, new_config)[1] if r[1] in recent
+    ]
+    assert [r for r in collections if r[1] in recent] == expected_collections
+
+
+def test_rate_limits_hold_at_concurrency_16(
+    tmp_path: Path, output_dir: Path, env: dict[str, str]
+) -> None:
+    from harvester.config import RateLimit
+    from tests.conftest import API_KEY, API_SECRET, job_dict
+
+    limits = (RateLimit(8, 0.5), RateLimit(30, 3.0))
+    config = SimulatorConfig(seed=3, keys={API_KEY: API_SECRET}, rate_limits=limits, latency=(0.01, 0.3))
+    with SimulatorThread(config) as sim:
+        job = job_dict(sim.base_url, output_dir, concurrency=16, start="2026-03-01", end="2026-03-15")
+        job["api"]["rate_limits"] = [{"calls": r.calls, "seconds": r.seconds} for r in limits]
+        path = tmp_path / "limits.yaml"
+        path.write_text(json.dumps(job))
+        report = harvest(load_job(path), RunOptions(), env)
+        counters = sim.counters()
+    assert report.exit_code == 0, report.summary()
+    assert counters["rate_limit_violations"] == 0
+    assert counters["codes"].get("31", 0) == counters["codes"].get("32", 0) == 0
+    assert counters["max_in_flight"] > 1
+    assert_complete(path, config)
+
+
+def test_permanent_codes_fail_their_unit_once_and_the_run_goes_on(
+    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig, env: dict[str, str]
+) -> None:
+    simulator.reconfigure(deleted=frozenset({"g0n3"}), known=frozenset({HASHES[0], "g0n3"}))
+    path = job_file(
+        start="2026-03-01", end="2026-03-03",
+        collections=[{"hash": HASHES[0]}, {"hash": "g0n3"}, {"hash": "unkn0wn"}],
+    )
+    job = load_job(path)
+    report = harvest(job, RunOptions(), env)
+    assert report.exit_code == 1
+    assert report.units_failed == 6 and report.units_committed == 3
+    counters = simulator.counters()
+    assert counters["codes"] == {"20": 3, "43": 3, "46": 3}  # each refusal asked exactly once
+    reasons = {(f.collection_hash, f.reason.split(":")[0]) for f in report.failed}
+    assert reasons == {("g0n3", "code 43"), ("unkn0wn", "code 46")}
+    with StateStore(default_state_path(job.output)) as store:
+        assert store.counts().get("failed") == 6 and store.counts().get("done") == 3
+    last = json.loads((job.output / "_state" / "last-run.json").read_text())
+    assert last["exit_code"] == 1 and len(last["failed"]) == 6
+
+
+def test_failed_units_are_retried_by_the_next_run(
+    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig, env: dict[str, str]
+) -> None:
+    simulator.reconfigure(deleted=frozenset({HASHES[2]}))
+    path = job_file()
+    harvest(load_job(path), RunOptions(), env)
+    simulator.reconfigure(deleted=frozenset())
+    simulator.reset_counters()
+    report = harvest(load_job(path), RunOptions(), env)
+    assert report.exit_code == 0
+    assert simulator.counters()["requests"] == 3  # HASHES[2] runs 03-01..03-03
+    assert_complete(path, sim_config)
+
+
+def test_rejected_credentials_stop_the_run_at_once(
+    job_file: JobFile, simulator: SimulatorThread, env: dict[str, str]
+) -> None:
+    path = job_file(concurrency=2)
+    report = harvest(load_job(path), RunOptions(), {**env, "FLIPSNACK_API_SECRET": "wrong-secret-value"})
+    assert report.exit_code == 3
+    assert simulator.counters()["requests"] <= 2
+    assert report.units_committed == 0 and report.units_failed == 0
+
+
+def test_without_page_stats_only_collection_rows(
+    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig, env: dict[str, str]
+) -> None:
+    path = job_file(page_stats=False)
+    harvest(load_job(path), RunOptions(), env)
+    pages, collections = actual_rows(load_job(path).output)
+    assert pages == [] and len(collections) == 14 + 16 + 3
+    assert_complete(path, sim_config)
+
+
+def test_collections_without_pages_or_traffic_still_get_a_row(
+    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig, env: dict[str, str]
+) -> None:
+    simulator.reconfigure(pages={HASHES[0]: 0})
+    sim_config = SimulatorConfig(**{**sim_config.__dict__, "pages": {HASHES[0]: 0}})
+    path = job_file()
+    harvest(load_job(path), RunOptions(), env)
+    pages, collections = actual_rows(load_job(path).output)
+    assert not [p for p in pages if p[0] == HASHES[0]]
+    assert len([c for c in collections if c[0] == HASHES[0]]) == 14
+    assert_complete(path, sim_config)
