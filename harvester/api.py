@@ -7,6 +7,7 @@ URLs: the query string carries the API key and the signature.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -15,6 +16,8 @@ from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import aiohttp
+from aiohttp import ClientRequest, ClientResponse
+from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 from yarl import URL
 
 from harvester.config import Credentials
@@ -30,9 +33,10 @@ from harvester.errors import (
     RequestTimeout,
 )
 from harvester.plan import Unit
+from harvester.ratelimit import RateLimiter
 from harvester.redact import redact
 
-__all__ = ["GET_LIST", "GET_STATS", "Fetched", "StatsClient", "classify", "parse_stats", "sign"]
+__all__ = ["GET_LIST", "GET_STATS", "Fetched", "StatsClient", "classify", "paced", "parse_stats", "sign"]
 
 GET_STATS = "collection.getStats"
 GET_LIST = "collection.getList"
@@ -166,6 +170,24 @@ def classify(status: int, body: bytes, retry_after: str | None) -> Any:
     if code in TRANSIENT_CODES:
         raise TRANSIENT_CODES[code](f"code {code}: {meaning}", code=code)
     raise ApiRejected(f"code {code}: {meaning}", code=code)
+
+
+def paced(limiter: RateLimiter, timeout_seconds: float) -> ClientMiddlewareType:
+    """A client middleware: every request on the wire waits for the limiter, then has
+    ``timeout_seconds`` to get its answer's headers.
+
+    A middleware, not a call before ``session.get``: aiohttp silently sends an idempotent
+    request a second time when a reused connection drops, and that send must count too. The
+    timeout starts after the limiter admits the request (a session-wide ``total`` timeout
+    would also count the wait for a slot); the body is bounded by the session's ``sock_read``.
+    """
+
+    async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        await limiter.acquire()
+        async with asyncio.timeout(timeout_seconds):
+            return await handler(request)
+
+    return middleware
 
 
 class StatsClient:

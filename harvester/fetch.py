@@ -29,7 +29,6 @@ log = logging.getLogger("harvester.fetch")
 class FetchStats:
     """What the fetcher saw, for the run report."""
 
-    requests: int = 0
     successes: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # by error kind, every attempt
     retries: int = 0
@@ -64,8 +63,6 @@ class UnitFetcher:
             attempts += 1
             if attempts > 1:
                 self.stats.retries += 1
-            await self._limiter.acquire()
-            self.stats.requests += 1
             try:
                 result = await self._client.get_stats(unit)
             except UnitError as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from harvester.api import StatsClient
+from harvester.api import StatsClient, paced
 from harvester.commit import Committer, PartitionTracker, Quarantine, pending_units
 from harvester.config import Credentials, Job, load_credentials
 from harvester.errors import (
@@ -214,9 +214,12 @@ async def _fetch_all(
     limiter = RateLimiter(job.api.rate_limits, sleep=token.sleep)
     breaker = CircuitBreaker(job.retry.circuit_breaker_seconds)
     pool: WorkerPool[Unit] = WorkerPool(job.concurrency, token)
-    timeout = aiohttp.ClientTimeout(total=job.api.timeout_seconds)
+    seconds = job.api.timeout_seconds
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
     connector = aiohttp.TCPConnector(limit=job.concurrency, limit_per_host=job.concurrency)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=connector, middlewares=[paced(limiter, seconds)]
+    ) as session:
         client = StatsClient(session, base_url, credentials, page_stats=job.page_stats)
         retrying = build_retrying(job.retry, breaker, sleep=token.sleep)
         fetcher = UnitFetcher(client, limiter, retrying, breaker, max_attempts=job.retry.attempts)
@@ -302,7 +305,7 @@ def _on_signal(
 
 def _copy_fetch_stats(report: RunReport, fetcher: UnitFetcher, limiter: RateLimiter) -> None:
     stats = fetcher.stats
-    report.requests = stats.requests
+    report.requests = limiter.calls
     report.retries = stats.retries
     report.errors_by_kind = dict(stats.errors)
     report.rate_limit_answers = stats.rate_limit_answers
@@ -323,5 +326,5 @@ async def _log_progress(report: RunReport, fetcher: UnitFetcher, limiter: RateLi
             "progress: %d fetched, %d failed, %d committed; %.2f units/s; %d requests, "
             "%.0f s waiting on the rate limit",
             report.units_fetched, report.units_failed, report.units_committed, rate,
-            fetcher.stats.requests, limiter.waited_seconds,
+            limiter.calls, limiter.waited_seconds,
         )

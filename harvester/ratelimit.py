@@ -23,7 +23,7 @@ __all__ = ["RateLimiter", "window_margin"]
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-MIN_MARGIN_SECONDS = 0.02
+MIN_MARGIN_SECONDS = 0.05
 MARGIN_FRACTION = 0.01
 
 

@@ -1,0 +1,238 @@
+"""Parquet datasets: schema, partitions, atomic commit.
+
+Two Hive-partitioned datasets under the output folder, one file per partition::
+
+    output/page_stats/period_start=2026-01-01/part-0.parquet
+    output/collection_stats/period_start=2026-01-01/part-0.parquet
+
+The partition value lives in the folder name only: the files hold every other column.
+A partition is rewritten whole (an upsert by unit) into a hidden temp file in the same folder,
+fsynced, then renamed over ``part-0.parquet``: readers and crashes see the old file or the new
+one, never a mix. Temp names start with ``.`` and do not end in ``.parquet``, so neither
+pyarrow's dataset discovery nor a ``*.parquet`` glob ever picks one up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from harvester.api import Fetched
+
+__all__ = [
+    "COLLECTION_SCHEMA",
+    "COLLECTION_STATS",
+    "PAGE_SCHEMA",
+    "PAGE_STATS",
+    "ParquetSink",
+    "WriteResult",
+    "partitioning",
+    "read_dataset",
+]
+
+PAGE_STATS = "page_stats"
+COLLECTION_STATS = "collection_stats"
+PARTITION_KEY = "period_start"
+PART_FILE = "part-0.parquet"
+TEMP_FILE = ".part-0.parquet.tmp"  # hidden from dataset discovery, not matched by *.parquet
+COMPRESSION = "zstd"
+ROW_GROUP_SIZE = 128 * 1024
+UNIT_KEY = ["collection_hash", "period_end"]  # a unit, within one partition
+
+_FETCHED_AT = pa.timestamp("us", tz="UTC")
+
+PAGE_SCHEMA = pa.schema(
+    [
+        ("collection_hash", pa.string()),
+        ("period_start", pa.date32()),
+        ("period_end", pa.date32()),
+        ("page", pa.int32()),
+        ("views", pa.int64()),
+        ("clicks", pa.int64()),
+        ("time_spent", pa.int64()),
+        ("fetched_at", _FETCHED_AT),
+    ]
+)
+COLLECTION_SCHEMA = pa.schema(
+    [
+        ("collection_hash", pa.string()),
+        ("period_start", pa.date32()),
+        ("period_end", pa.date32()),
+        ("impressions", pa.int64()),
+        ("views", pa.int64()),
+        ("time_spent", pa.int64()),
+        ("downloads", pa.int64()),
+        ("fetched_at", _FETCHED_AT),
+    ]
+)
+# What a file holds: everything but the partition column.
+PAGE_FILE_SCHEMA = PAGE_SCHEMA.remove(PAGE_SCHEMA.get_field_index(PARTITION_KEY))
+COLLECTION_FILE_SCHEMA = COLLECTION_SCHEMA.remove(COLLECTION_SCHEMA.get_field_index(PARTITION_KEY))
+
+_SCHEMAS = {PAGE_STATS: PAGE_SCHEMA, COLLECTION_STATS: COLLECTION_SCHEMA}
+_SORT_KEYS = {
+    PAGE_STATS: ["collection_hash", "period_end", "page"],
+    COLLECTION_STATS: ["collection_hash", "period_end"],
+}
+
+
+class WriteResult(NamedTuple):
+    """What one write_partition call wrote: rows of its units, and files written."""
+
+    page_rows: int
+    collection_rows: int
+    files: int
+
+
+def partitioning() -> ds.Partitioning:
+    """The datasets' Hive partitioning: ``period_start=YYYY-MM-DD`` as date32."""
+    return ds.partitioning(pa.schema([(PARTITION_KEY, pa.date32())]), flavor="hive")
+
+
+def read_dataset(output: Path, name: str) -> pa.Table:
+    """A whole dataset with its full schema, sorted by unit (and page)."""
+    schema = _SCHEMAS[name]
+    root = output / name
+    if not root.is_dir():
+        return schema.empty_table()
+    table = ds.dataset(root, format="parquet", schema=schema, partitioning=partitioning())
+    keys = ["collection_hash", PARTITION_KEY, *_SORT_KEYS[name][1:]]
+    return table.to_table().sort_by([(k, "ascending") for k in keys])
+
+
+def _page_rows(results: Sequence[Fetched]) -> pa.Table:
+    """One row per returned page (all-zero pages included), built column-wise."""
+    owner = [i for i, r in enumerate(results) for _ in r.pages]
+    pages = [p for r in results for p in r.pages]
+    page, views, clicks, time_spent = zip(*pages, strict=True) if pages else ((),) * 4
+    units = _unit_columns(results).take(pa.array(owner, pa.int64()))
+    return pa.Table.from_arrays(
+        [
+            units["collection_hash"],
+            units["period_end"],
+            pa.array(page, pa.int32()),
+            pa.array(views, pa.int64()),
+            pa.array(clicks, pa.int64()),
+            pa.array(time_spent, pa.int64()),
+            units["fetched_at"],
+        ],
+        schema=PAGE_FILE_SCHEMA,
+    )
+
+
+def _collection_rows(results: Sequence[Fetched]) -> pa.Table:
+    """One row per unit, also when it has no pages or no traffic."""
+    units = _unit_columns(results)
+    return pa.Table.from_arrays(
+        [
+            units["collection_hash"],
+            units["period_end"],
+            pa.array([r.impressions for r in results], pa.int64()),
+            pa.array([r.views for r in results], pa.int64()),
+            pa.array([r.time_spent for r in results], pa.int64()),
+            pa.array([r.downloads for r in results], pa.int64()),
+            units["fetched_at"],
+        ],
+        schema=COLLECTION_FILE_SCHEMA,
+    )
+
+
+def _unit_columns(results: Sequence[Fetched]) -> pa.Table:
+    """The per-unit columns both datasets share."""
+    return pa.table(
+        {
+            "collection_hash": pa.array([r.unit.collection_hash for r in results], pa.string()),
+            "period_end": pa.array([r.unit.end for r in results], pa.date32()),
+            "fetched_at": pa.array([r.fetched_at for r in results], _FETCHED_AT),
+        }
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(folder: Path) -> None:
+    """Create ``folder`` and missing parents, each new entry made durable in its parent."""
+    if folder.is_dir():
+        return
+    _make_dirs(folder.parent)
+    folder.mkdir(exist_ok=True)
+    _fsync_dir(folder.parent)
+
+
+class ParquetSink:
+    """Writes whole partitions of both datasets, atomically, as upserts by unit."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+
+    def cleanup(self) -> int:
+        """Remove temp files a crashed run left (the caller holds the lock); return how many."""
+        removed = 0
+        for name in _SCHEMAS:
+            for temp in (self.output / name).glob(f"{PARTITION_KEY}=*/{TEMP_FILE}"):
+                temp.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def write_partition(self, period_start: date, results: Sequence[Fetched]) -> WriteResult:
+        """Upsert ``results`` (units starting on ``period_start``) into both datasets."""
+        strays = [r.unit for r in results if r.unit.start != period_start]
+        if strays:
+            raise ValueError(f"units outside partition {period_start}: {strays[0]} ...")
+        # The last answer for a unit wins, as it would across two calls.
+        latest = list({r.unit: r for r in results}.values())
+        if not latest:
+            return WriteResult(0, 0, 0)
+        pages = _page_rows(latest)
+        collections = _collection_rows(latest)
+        keys = collections.select(UNIT_KEY)
+        files = self._upsert(PAGE_STATS, period_start, pages, keys)
+        files += self._upsert(COLLECTION_STATS, period_start, collections, keys)
+        return WriteResult(pages.num_rows, collections.num_rows, files)
+
+    def _upsert(self, name: str, period_start: date, rows: pa.Table, keys: pa.Table) -> int:
+        """Replace the units in ``keys`` with ``rows`` in one partition; return files written."""
+        folder = self.output / name / f"{PARTITION_KEY}={period_start.isoformat()}"
+        target = folder / PART_FILE
+        if target.exists():
+            # Every row of a rewritten unit goes, so pages missing from the new answer vanish.
+            old = pq.read_table(target, partitioning=None).cast(rows.schema)
+            old = old.join(keys, keys=UNIT_KEY, join_type="left anti")
+            rows = pa.concat_tables([old.select(rows.schema.names), rows])
+        if rows.num_rows == 0:
+            if target.exists():
+                target.unlink()
+                _fsync_dir(folder)
+            return 0
+        rows = rows.sort_by([(k, "ascending") for k in _SORT_KEYS[name]])
+        self._replace(folder, rows)
+        return 1
+
+    def _replace(self, folder: Path, rows: pa.Table) -> None:
+        """Write ``rows`` to a temp file, fsync it, rename it over the part file."""
+        _make_dirs(folder)
+        temp = folder / TEMP_FILE
+        try:
+            with open(temp, "wb") as fh:
+                pq.write_table(rows, fh, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(temp, folder / PART_FILE)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(folder)

@@ -1,0 +1,294 @@
+"""The state store (staging, outcomes, runs) and the output lock, on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from harvester.api import Fetched
+from harvester.errors import HarvesterError, LockedError
+from harvester.plan import Unit
+from harvester.state import (
+    CHUNK_UNITS,
+    FailedUnit,
+    OutputLock,
+    StateStore,
+    _done_among_sql,
+    default_state_path,
+)
+
+JAN1 = date(2026, 1, 1)
+AT = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+
+def unit(hash_: str = "abc", start: date = JAN1, days: int = 0) -> Unit:
+    """A unit of ``hash_`` from ``start``, ``days`` long past its first day."""
+    return Unit(hash_, start, start + timedelta(days=days))
+
+
+def fetched(u: Unit, *, views: int = 7, pages: int = 2) -> Fetched:
+    """An answer for ``u`` with distinctive figures and ``pages`` pages (the last all-zero)."""
+    zero = ((pages, 0, 0, 0),) if pages else ()
+    rows = (*((p, views * p, p, 10 * p) for p in range(1, pages)), *zero)
+    return Fetched(u, AT, 11, views, 2**40, 3, rows)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StateStore]:
+    """A fresh state store in a folder that does not exist yet."""
+    with StateStore(default_state_path(tmp_path / "output"), clock=lambda: AT) as s:
+        yield s
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+def test_default_state_path() -> None:
+    assert default_state_path(Path("out")) == Path("out/_state/state.sqlite")
+
+
+def test_new_store_is_wal_versioned_and_empty(store: StateStore) -> None:
+    assert store.path.exists()
+    db = sqlite3.connect(store.path)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert db.execute("PRAGMA user_version").fetchone() == (1,)
+    assert store.counts() == {"done": 0, "staged": 0, "failed": 0}
+    assert store.staged_periods() == []
+    assert store.failed() == []
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    StateStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(HarvesterError, match="schema version 99"):
+        StateStore(path)
+
+
+def test_stage_staged_round_trip_is_exact(store: StateStore) -> None:
+    results = [
+        fetched(unit("b")),
+        fetched(unit("a", days=6), pages=40),
+        fetched(unit("c"), pages=0)._replace(impressions=0, views=0, time_spent=0, downloads=0),
+    ]
+    store.stage(results)
+    assert store.staged(JAN1) == sorted(results, key=lambda r: (r.unit.collection_hash, r.unit.end))
+    assert store.staged(JAN1)[0].fetched_at.tzinfo is not None
+    assert store.staged(date(2026, 1, 2)) == []
+    assert store.counts() == {"done": 0, "staged": 3, "failed": 0}
+
+
+def test_staged_periods_are_distinct_and_ascending(store: StateStore) -> None:
+    starts = [date(2026, 3, 1), date(2026, 1, 1), date(2026, 2, 1)]
+    store.stage([fetched(unit(h, s)) for s in starts for h in "xy"])
+    assert store.staged_periods() == sorted(starts)
+
+
+def test_stage_is_one_transaction(store: StateStore) -> None:
+    store.stage([fetched(unit("a"))])
+    # SQLite cannot bind a list: the batch fails at its last row, after the others went in.
+    unbindable = fetched(unit(["z"]))  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.Error):
+        store.stage([fetched(unit("a"), views=99), fetched(unit("b")), unbindable])
+    assert store.staged(JAN1) == [fetched(unit("a"))]
+
+
+def test_mark_done_drops_payload_and_leaves_staging(store: StateStore) -> None:
+    results = [fetched(unit(h)) for h in "abc"]
+    store.stage(results)
+    store.mark_done([r.unit for r in results[:2]])
+    assert store.staged(JAN1) == [results[2]]
+    assert store.counts() == {"done": 2, "staged": 1, "failed": 0}
+    db = sqlite3.connect(store.path)
+    payloads = db.execute("SELECT payload, done_at FROM units WHERE status = 'done'").fetchall()
+    assert payloads == [(None, AT.isoformat())] * 2
+    store.mark_done([results[2].unit])
+    assert store.staged_periods() == []
+
+
+def test_staging_a_done_unit_refreshes_it(store: StateStore) -> None:
+    u = unit()
+    store.stage([fetched(u)])
+    store.mark_done([u])
+    store.stage([fetched(u, views=99)])
+    assert store.staged(JAN1) == [fetched(u, views=99)]
+    assert store.done_among([u]) == set()
+    assert store.counts() == {"done": 0, "staged": 1, "failed": 0}
+
+
+def test_done_among(store: StateStore) -> None:
+    units = [unit(f"c{i:04d}", JAN1 + timedelta(days=i % 7)) for i in range(1000)]
+    done = units[::3]
+    store.stage([fetched(u) for u in units[1::3]])  # staged is not done
+    store.mark_failed(units[2], kind="network", reason="reset", attempts=6)
+    store.mark_done(done)
+    assert len(units) > 3 * CHUNK_UNITS  # several chunks, the last one short
+    assert store.done_among(units) == set(done)
+    assert store.done_among(units[1:2]) == set()
+    assert store.done_among([]) == set()
+    assert store.done_among([unit("never-seen")]) == set()
+    assert store.done_among([units[0], units[0]]) == {units[0]}
+
+
+def test_done_among_searches_the_primary_key(store: StateStore) -> None:
+    # (a, b, c) IN (VALUES ...) would scan the whole table: a million units per lookup.
+    sql = _done_among_sql(2)
+    plan = " ".join(row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {sql}", ["x"] * 6))
+    assert "USING PRIMARY KEY" in plan and "SCAN u" not in plan
+
+
+def test_mark_failed_records_a_new_unit(store: StateStore) -> None:
+    u = unit()
+    store.mark_failed(u, kind="rejected", reason="code 42", attempts=1)
+    store.mark_failed(u, kind="network", reason="reset", attempts=6)  # the last error wins
+    assert store.failed() == [FailedUnit(u, "network", "reset", 6, AT.isoformat())]
+    assert store.counts() == {"done": 0, "staged": 0, "failed": 1}
+
+
+def test_failure_does_not_downgrade_done_or_staged(store: StateStore) -> None:
+    done, staged = unit("done"), unit("staged")
+    store.stage([fetched(done), fetched(staged)])
+    store.mark_done([done])
+    for u in (done, staged):
+        store.mark_failed(u, kind="timeout", reason="no answer", attempts=6)
+    assert store.failed() == []
+    assert store.done_among([done]) == {done}
+    assert store.staged(JAN1) == [fetched(staged)]
+    db = sqlite3.connect(store.path)
+    errors = db.execute("SELECT status, error_kind FROM units ORDER BY collection_hash")
+    assert errors.fetchall() == [("done", "timeout"), ("staged", "timeout")]
+
+
+def test_a_failed_unit_fetched_later_leaves_the_failed_list(store: StateStore) -> None:
+    u = unit()
+    store.mark_failed(u, kind="busy", reason="code 38", attempts=6)
+    store.stage([fetched(u)])
+    assert store.failed() == []
+    store.mark_done([u])
+    assert store.counts() == {"done": 1, "staged": 0, "failed": 0}
+
+
+def test_reopening_keeps_everything(tmp_path: Path) -> None:
+    path = default_state_path(tmp_path)
+    with StateStore(path) as s:
+        s.stage([fetched(unit("staged"))])
+        s.mark_done([unit("done")])
+        s.mark_failed(unit("failed"), kind="http", reason="HTTP 503", attempts=6)
+    with StateStore(path) as s:
+        assert s.staged(JAN1) == [fetched(unit("staged"))]
+        assert s.done_among([unit("done"), unit("staged")]) == {unit("done")}
+        assert [f.unit for f in s.failed()] == [unit("failed")]
+        assert s.counts() == {"done": 1, "staged": 1, "failed": 1}
+
+
+def test_record_run(store: StateStore) -> None:
+    store.record_run({"units_fetched": 3, "started": date(2026, 1, 1), "exit_code": 0})
+    store.record_run({"units_fetched": 0})
+    db = sqlite3.connect(store.path)
+    rows = db.execute("SELECT recorded_at, summary FROM runs ORDER BY id").fetchall()
+    assert [json.loads(summary) for _, summary in rows] == [
+        {"units_fetched": 3, "started": "2026-01-01", "exit_code": 0},
+        {"units_fetched": 0},
+    ]
+    assert rows[0][0] == AT.isoformat()
+
+
+# --- the lock ----------------------------------------------------------------------------------
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from harvester.state import OutputLock
+lock = OutputLock(Path(sys.argv[1]))
+lock.acquire()
+print("locked", flush=True)
+sys.stdin.readline()  # hold until told (or killed)
+lock.release()
+"""
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the output's lock until its stdin gets a line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_lock_held_elsewhere_raises_with_pid(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
+    with pytest.raises(LockedError) as info:
+        OutputLock(tmp_path).acquire()
+    message = str(info.value)
+    assert f"pid {holder.pid}, started 20" in message
+    assert str(tmp_path) in message and "--wait" in message
+    assert info.value.exit_code == 4
+
+
+def test_lock_is_free_after_the_holder_releases(
+    tmp_path: Path, holder: subprocess.Popen[str]
+) -> None:
+    assert holder.stdin is not None
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    assert holder.wait(timeout=5) == 0
+    with OutputLock(tmp_path) as lock:
+        assert lock.path == tmp_path / "_state" / "harvester.lock"
+
+
+def test_sigkilled_holder_does_not_block(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=5)
+    lock = OutputLock(tmp_path)
+    lock.acquire()
+    assert json.loads((tmp_path / "_state" / "harvester.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+
+
+def test_wait_blocks_until_the_holder_releases(
+    tmp_path: Path, holder: subprocess.Popen[str]
+) -> None:
+    def release_soon() -> None:
+        time.sleep(0.2)
+        assert holder.stdin is not None
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+
+    releaser = threading.Thread(target=release_soon)
+    began = time.monotonic()
+    releaser.start()
+    lock = OutputLock(tmp_path)
+    lock.acquire(wait=True)
+    assert time.monotonic() - began >= 0.2
+    assert holder.wait(timeout=5) == 0
+    lock.release()
+    releaser.join()
+
+
+def test_two_locks_in_one_process_exclude_each_other(tmp_path: Path) -> None:
+    first = OutputLock(tmp_path)
+    first.acquire()
+    with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+        OutputLock(tmp_path).acquire()
+    first.release()
+    first.release()  # releasing twice is harmless
+    with OutputLock(tmp_path):
+        pass
