@@ -36,7 +36,16 @@ from harvester.plan import Unit
 from harvester.ratelimit import RateLimiter
 from harvester.redact import redact
 
-__all__ = ["GET_LIST", "GET_STATS", "Fetched", "StatsClient", "classify", "paced", "parse_stats", "sign"]
+__all__ = [
+    "GET_LIST",
+    "GET_STATS",
+    "Fetched",
+    "StatsClient",
+    "classify",
+    "paced",
+    "parse_stats",
+    "sign",
+]
 
 GET_STATS = "collection.getStats"
 GET_LIST = "collection.getList"
@@ -108,9 +117,7 @@ def _pages(raw: Any) -> tuple[tuple[int, int, int, int], ...]:
     return tuple(rows[p] for p in sorted(rows))
 
 
-def parse_stats(
-    unit: Unit, data: Any, *, page_stats: bool, fetched_at: datetime
-) -> Fetched:
+def parse_stats(unit: Unit, data: Any, *, page_stats: bool, fetched_at: datetime) -> Fetched:
     """Validate a code-20 ``data`` payload; raise InvalidPayload (with the payload) if it breaks."""
     try:
         if not isinstance(data, dict):
@@ -120,7 +127,8 @@ def parse_stats(
     except InvalidPayload as exc:
         exc.payload = data
         raise
-    return Fetched(unit, fetched_at, *figures, pages)
+    impressions, views, time_spent, downloads = figures
+    return Fetched(unit, fetched_at, impressions, views, time_spent, downloads, pages)
 
 
 # --- one request --------------------------------------------------------------------------------
@@ -158,7 +166,9 @@ def classify(status: int, body: bytes, retry_after: str | None) -> Any:
     try:
         envelope = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadResponse(f"HTTP {status} with a body that is not JSON ({len(body)} bytes)") from exc
+        raise BadResponse(
+            f"HTTP {status} with a body that is not JSON ({len(body)} bytes)"
+        ) from exc
     if not isinstance(envelope, dict) or type(envelope.get("code")) is not int:
         raise BadResponse(f"HTTP {status} with JSON that is not the API's envelope")
     code: int = envelope["code"]

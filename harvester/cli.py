@@ -1,7 +1,7 @@
 """The command line: parse, call the library, map errors to messages and exit codes.
 
-    harvester run JOB.yaml [--state PATH] [--refresh] [--wait] [--dry-run] [--log-format json]
-    harvester simulate [--host 127.0.0.1] [--port 8080] [--config sim.yaml] [--seed N]
+harvester run JOB.yaml [--state PATH] [--refresh] [--wait] [--dry-run] [--log-format json]
+harvester simulate [--host 127.0.0.1] [--port 8080] [--config sim.yaml] [--seed N]
 """
 
 from __future__ import annotations
@@ -34,15 +34,22 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a job file")
     run.add_argument("job", type=Path, help="the YAML job file")
-    run.add_argument("--state", type=Path, help="state database (default: OUTPUT/_state/state.sqlite)")
+    run.add_argument(
+        "--state", type=Path, help="state database (default: OUTPUT/_state/state.sqlite)"
+    )
     run.add_argument("--refresh", action="store_true", help="re-fetch every unit, even those done")
     run.add_argument("--wait", action="store_true", help="wait for another run on the same output")
-    run.add_argument("--dry-run", action="store_true", help="plan only: count what would be fetched")
+    run.add_argument(
+        "--dry-run", action="store_true", help="plan only: count what would be fetched"
+    )
     run.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     run.add_argument("-v", "--verbose", action="store_true", help="log every retry and commit")
     run.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     run.add_argument(
-        "--grace", type=float, default=10.0, metavar="SECONDS",
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
         help="after SIGINT/SIGTERM, how long in-flight requests may finish (default 10)",
     )
 
@@ -60,12 +67,17 @@ def _run(args: argparse.Namespace) -> int:
 
     job = load_job(args.job)
     options = RunOptions(
-        state_path=args.state, refresh=args.refresh, wait_for_lock=args.wait,
+        state_path=args.state,
+        refresh=args.refresh,
+        wait_for_lock=args.wait,
         grace_seconds=args.grace,
     )
     if args.dry_run:
         total, pending = plan_pending(job, options)
-        print(f"{job.source}: {total} units in the job, {pending} to fetch now (dry run: no request made)")
+        print(
+            f"{job.source}: {total} units in the job, {pending} to fetch now "
+            "(dry run: no request made)"
+        )
         return 0
     report = harvest(job, options)
     print(report.summary(), file=sys.stderr)
@@ -114,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception:  # a bug: say so, with a traceback that cannot carry a secret
-        print(redact("internal error (a bug in harvester):\n" + traceback.format_exc()), file=sys.stderr)
+        print(
+            redact("internal error (a bug in harvester):\n" + traceback.format_exc()),
+            file=sys.stderr,
+        )
         return 70
 
 

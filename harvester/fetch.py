@@ -103,5 +103,9 @@ class UnitFetcher:
         if exc.attempts < self._max_attempts:
             log.info(
                 "%s: %s (%s), attempt %d/%d, retrying",
-                exc.unit, exc.reason, exc.kind, exc.attempts, self._max_attempts,
+                exc.unit,
+                exc.reason,
+                exc.kind,
+                exc.attempts,
+                self._max_attempts,
             )

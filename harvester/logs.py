@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -23,10 +22,12 @@ LOG_FORMATS = ("text", "json")
 class _TextFormatter(logging.Formatter):
     """``2026-11-27T10:00:00Z INFO message``, redacted."""
 
-    converter = time.gmtime  # logs from cron hosts in different zones line up
-
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+        super().__init__("%(asctime)s %(levelname)-7s %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """UTC, so logs from cron hosts in different zones line up."""
+        return datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
@@ -47,7 +48,9 @@ class _JsonFormatter(logging.Formatter):
         return redact(json.dumps(entry, ensure_ascii=False))
 
 
-def setup_logging(fmt: str = "text", level: int = logging.INFO, stream: TextIO | None = None) -> None:
+def setup_logging(
+    fmt: str = "text", level: int = logging.INFO, stream: TextIO | None = None
+) -> None:
     """Send the harvester's logs to ``stream`` (stderr) in the chosen format."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())

@@ -31,12 +31,11 @@ from harvester.errors import (
     EXIT_UNITS_FAILED,
     CircuitOpen,
     CredentialsRejected,
-    HarvesterError,
     UnitError,
 )
 from harvester.fetch import UnitFetcher
 from harvester.plan import Unit, count_units, iter_windows
-from harvester.pool import StopToken, Stopped, WorkerPool
+from harvester.pool import Stopped, StopToken, WorkerPool
 from harvester.ratelimit import RateLimiter
 from harvester.redact import register_secrets
 from harvester.report import RunReport, report_dict, write_report
@@ -87,8 +86,12 @@ def plan_pending(job: Job, options: RunOptions) -> tuple[int, int]:
     report = RunReport("dry-run", str(job.source), str(job.output), str(path), "")
     with StateStore(path) as store:
         pending = pending_units(
-            iter_windows(job), store, PartitionTracker(), report,
-            refresh_from=_refresh_from(job, options), ready=[],
+            iter_windows(job),
+            store,
+            PartitionTracker(),
+            report,
+            refresh_from=_refresh_from(job, options),
+            ready=[],
         )
         for _ in pending:
             pass
@@ -111,7 +114,9 @@ def harvest(job: Job, options: RunOptions, env: Mapping[str, str] | None = None)
 
 
 @contextlib.asynccontextmanager
-async def _endpoint(job: Job, credentials: Credentials | None) -> AsyncIterator[tuple[str, Credentials]]:
+async def _endpoint(
+    job: Job, credentials: Credentials | None
+) -> AsyncIterator[tuple[str, Credentials]]:
     """The API to talk to: the job's, or the bundled simulator started in-process."""
     if credentials is not None:
         yield job.api.base_url, credentials
@@ -202,14 +207,20 @@ async def _fetch_all(
 ) -> None:
     """Recover staged answers, fetch every pending unit, commit, honour signals."""
     token = StopToken()
-    tracker, ready = PartitionTracker(), []
+    tracker, ready = PartitionTracker(), list[date]()
     committer = Committer(store, sink, tracker, report, quarantine, ready)
     report.units_recovered = await committer.flush_all()
     if report.units_recovered:
-        log.info("recovered %d fetched units an interrupted run had not written", report.units_recovered)
+        log.info(
+            "recovered %d fetched units an interrupted run had not written", report.units_recovered
+        )
     units = pending_units(
-        iter_windows(job), store, tracker, report,
-        refresh_from=_refresh_from(job, options), ready=ready,
+        iter_windows(job),
+        store,
+        tracker,
+        report,
+        refresh_from=_refresh_from(job, options),
+        ready=ready,
     )
     limiter = RateLimiter(job.api.rate_limits, sleep=token.sleep)
     breaker = CircuitBreaker(job.retry.circuit_breaker_seconds)
@@ -250,7 +261,9 @@ async def _fetch_all(
             loop.add_signal_handler(signum, _on_signal, signum, token, pool, report, options)
         log.info(
             "%s: %d units in the job; fetching those not yet done (concurrency %d)",
-            job.source, report.units_in_job, job.concurrency,
+            job.source,
+            report.units_in_job,
+            job.concurrency,
         )
         try:
             await pool.run(units, work)
@@ -282,7 +295,10 @@ def raise_if_cancelled() -> None:
 
 
 def _on_signal(
-    signum: signal.Signals, token: StopToken, pool: WorkerPool[Unit], report: RunReport,
+    signum: signal.Signals,
+    token: StopToken,
+    pool: WorkerPool[Unit],
+    report: RunReport,
     options: RunOptions,
 ) -> None:
     """First signal: stop handing out units, let in-flight requests finish; second: stop now."""
@@ -295,7 +311,9 @@ def _on_signal(
         return
     log.warning(
         "%s: finishing %d in-flight requests (at most %.0f s), then committing",
-        name, pool.in_flight, options.grace_seconds,
+        name,
+        pool.in_flight,
+        options.grace_seconds,
     )
     report.stopped_by = name
     report.exit_code = SIGNAL_EXIT[signum]
@@ -325,6 +343,10 @@ async def _log_progress(report: RunReport, fetcher: UnitFetcher, limiter: RateLi
         log.info(
             "progress: %d fetched, %d failed, %d committed; %.2f units/s; %d requests, "
             "%.0f s waiting on the rate limit",
-            report.units_fetched, report.units_failed, report.units_committed, rate,
-            limiter.calls, limiter.waited_seconds,
+            report.units_fetched,
+            report.units_failed,
+            report.units_committed,
+            rate,
+            limiter.calls,
+            limiter.waited_seconds,
         )

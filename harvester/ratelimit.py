@@ -28,7 +28,7 @@ MARGIN_FRACTION = 0.01
 
 
 def window_margin(seconds: float) -> float:
-    """Extra time added to a window: covers jitter between our clock and the server's arrival stamp."""
+    """Time added to a window: jitter between our clock and the server's arrival stamp."""
     return max(MIN_MARGIN_SECONDS, seconds * MARGIN_FRACTION)
 
 

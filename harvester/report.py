@@ -35,8 +35,12 @@ class FailedEntry:
         assert exc.unit is not None
         unit = exc.unit
         return cls(
-            unit.collection_hash, unit.start.isoformat(), unit.end.isoformat(),
-            exc.kind, exc.reason, exc.attempts,
+            unit.collection_hash,
+            unit.start.isoformat(),
+            unit.end.isoformat(),
+            exc.kind,
+            exc.reason,
+            exc.attempts,
         )
 
 
@@ -124,7 +128,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_report(report: RunReport, state_dir: Path) -> Path:
-    """Write ``reports/run-<id>.json`` and ``last-run.json`` under ``state_dir``; return the first."""
+    """Write ``reports/run-<id>.json`` and ``last-run.json`` in ``state_dir``; return the first."""
     reports = state_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     text = report.to_json() + "\n"

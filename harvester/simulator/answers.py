@@ -180,4 +180,17 @@ def fault(kind: str, config: SimulatorConfig, real: Callable[[], Answer]) -> Ans
         return Answer(body=body[: len(body) // 2])
     if kind == "slow":
         return replace(real(), stall=config.slow_seconds)
+    if kind == "bad_payload":
+        return _bad_payload(real())
     raise ValueError(f"unknown fault kind {kind!r}")
+
+
+def _bad_payload(answer: Answer) -> Answer:
+    """A code-20 envelope whose figures break the schema (a negative count); others unchanged."""
+    if answer.code != OK:
+        return answer
+    body = json.loads(answer.body)
+    if isinstance(body["data"], dict):
+        body["data"]["downloads"] = -1
+    # Not counted as a success: the client must refuse this answer.
+    return Answer(body=json.dumps(body, separators=(",", ":")).encode(), code=OK)

@@ -29,6 +29,7 @@ FAULT_KINDS = frozenset(
         "not_json",
         "drop",
         "slow",
+        "bad_payload",
     }
 )
 HASH_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
