@@ -41,11 +41,12 @@ class _JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, ensure_ascii=False))
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        # Redacted field by field, before encoding: masking encoded text could break its escapes.
+        return json.dumps(entry, ensure_ascii=False)
 
 
 def setup_logging(

@@ -17,7 +17,7 @@ REDACTED = "***"
 MIN_SECRET_LENGTH = 4  # shorter "secrets" would scrub ordinary words; the API's are far longer
 
 # Query parameters that carry credentials, however the URL got into the text.
-_QUERY_SECRET = re.compile(r"(?i)\b(apiKey|signature)(=|%3D|': '|\": \"|: )([^&\s'\"<>,)]+)")
+_QUERY_SECRET = re.compile(r"(?i)\b(apiKey|signature)(=|%3D|': '|\": \"|: )([^&\s'\"<>,)\\]+)")
 
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
