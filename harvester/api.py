@@ -221,30 +221,57 @@ class StatsClient:
     def params(self, unit: Unit) -> dict[str, str]:
         """The signed query parameters for one unit."""
         params = {
-            "action": GET_STATS,
-            "apiKey": self._credentials.key,
             "collectionHash": unit.collection_hash,
             "startDate": unit.start.isoformat(),
             "endDate": unit.end.isoformat(),
         }
         if self._page_stats:
             params["includePageStats"] = "true"
+        return self._signed(GET_STATS, params)
+
+    def _signed(self, action: str, params: dict[str, str]) -> dict[str, str]:
+        """``params`` with the action, the key and the signature over all of them."""
+        params = {"action": action, "apiKey": self._credentials.key, **params}
         params["signature"] = sign(params, self._credentials.secret)
         return params
 
     def url(self, unit: Unit) -> URL:
         """The request URL (it carries the key and signature: never log it)."""
-        return URL(f"{self._base_url}?{urlencode(self.params(unit))}", encoded=True)
+        return self._url(self.params(unit))
 
-    async def get_stats(self, unit: Unit) -> Fetched:
-        """One attempt: send, classify, validate. Raises only harvester errors."""
+    def _url(self, params: Mapping[str, str]) -> URL:
+        return URL(f"{self._base_url}?{urlencode(params)}", encoded=True)
+
+    async def _call(self, url: URL) -> Any:
+        """One attempt: send, classify; the ``data`` of a code-20 answer. Raises only ours."""
         try:
-            async with self._session.get(self.url(unit), allow_redirects=False) as response:
+            async with self._session.get(url, allow_redirects=False) as response:
                 body = await response.read()
                 status, retry_after = response.status, response.headers.get("Retry-After")
         except TimeoutError as exc:
             raise RequestTimeout("no complete answer within the timeout") from exc
         except aiohttp.ClientError as exc:
             raise NetworkError(f"{type(exc).__name__}: {redact(str(exc))}") from exc
-        data = classify(status, body, retry_after)
+        return classify(status, body, retry_after)
+
+    async def get_stats(self, unit: Unit) -> Fetched:
+        """One attempt at a unit's statistics, validated."""
+        data = await self._call(self.url(unit))
         return parse_stats(unit, data, page_stats=self._page_stats, fetched_at=self._now())
+
+    async def list_page(
+        self, first: int, count: int, *, status: str | None = None, query: str | None = None
+    ) -> list[str]:
+        """One page of ``collection.getList``: the hashes of records ``first..first+count``."""
+        params = {"from": str(first), "count": str(count)}
+        if status is not None:
+            params["collectionStatus"] = status
+        if query is not None:
+            params["query"] = query
+        data = await self._call(self._url(self._signed(GET_LIST, params)))
+        if not isinstance(data, list):
+            raise InvalidPayload(f"collection list: expected an array, got {_kind(data)}")
+        hashes = [item.get("hash") if isinstance(item, dict) else None for item in data]
+        if not all(isinstance(h, str) and h for h in hashes):
+            raise InvalidPayload("collection list: every record needs a string 'hash'")
+        return [h for h in hashes if isinstance(h, str)]

@@ -74,9 +74,12 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.dry_run:
         total, pending = plan_pending(job, options)
+        note = ""
+        if job.discover:
+            note = " (discover: the account's collections are listed at run time)"
         print(
             f"{job.source}: {total} units in the job, {pending} to fetch now "
-            "(dry run: no request made)"
+            f"(dry run: no request made){note}"
         )
         return 0
     report = harvest(job, options)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,14 @@ __all__ = [
     "ApiSettings",
     "Collection",
     "Credentials",
+    "Discovery",
     "Job",
     "RateLimit",
     "RetrySettings",
     "load_credentials",
     "load_job",
     "parse_job",
+    "with_discovered",
 ]
 
 DEFAULT_BASE_URL = "https://api.flipsnack.com/v1/"
@@ -114,6 +116,16 @@ class Collection:
 
 
 @dataclass(frozen=True, slots=True)
+class Discovery:
+    """Harvest every collection of the account (``collection.getList``) over the job's range."""
+
+    start: date
+    end: date
+    status: str | None = None  # public | editable | unlisted; None: all
+    query: str | None = None  # the API's search in title and description
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     """A validated job file."""
 
@@ -126,6 +138,7 @@ class Job:
     page_stats: bool = True
     output: Path = Path(DEFAULT_OUTPUT)
     refresh_days: int = DEFAULT_REFRESH_DAYS
+    discover: Discovery | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +155,22 @@ class Credentials:
 
 
 # --- the public entry points -----------------------------------------------------------------
+
+
+def with_discovered(job: Job, hashes: Iterable[str]) -> Job:
+    """``job`` plus every discovered hash it does not list, over the discovery's range.
+
+    Listed collections keep their own ranges; hashes that are not well-formed are left out.
+    """
+    if job.discover is None:
+        return job
+    listed = {c.hash for c in job.collections}
+    added = [
+        Collection(h, job.discover.start, job.discover.end)
+        for h in dict.fromkeys(hashes)
+        if h not in listed and HASH.fullmatch(h)
+    ]
+    return replace(job, collections=job.collections + tuple(added))
 
 
 def load_job(path: Path, *, today: date | None = None) -> Job:
@@ -218,7 +247,10 @@ _TOP_KEYS = (
     "start",
     "end",
     "collections",
+    "discover",
 )
+_DISCOVER_KEYS = ("status", "query")
+COLLECTION_STATUSES = ("public", "editable", "unlisted")
 _API_KEYS = ("base_url", "key_env", "secret_env", "timeout_seconds", "rate_limits")
 _RETRY_KEYS = ("attempts", "max_backoff_seconds", "circuit_breaker_seconds")
 _COLLECTION_KEYS = ("hash", "start", "end")
@@ -242,7 +274,8 @@ def _job(ctx: Context, data: Any) -> Job | None:
     if not isinstance(output, str) or not output.strip() or "\0" in output:
         ctx.fail("output", f"expected a non-empty folder path, found {show(output)}")
     refresh = integer(ctx, top.get("refresh_days", ABSENT), "refresh_days", DEFAULT_REFRESH_DAYS, 0)
-    collections = _collections(ctx, top)
+    discover = _discover(ctx, top)
+    collections = _collections(ctx, top, discovering=discover is not None)
     return Job(
         source=Path(ctx.source),
         collections=collections,
@@ -253,7 +286,40 @@ def _job(ctx: Context, data: Any) -> Job | None:
         page_stats=page_stats is True,
         output=Path(str(output)),
         refresh_days=refresh,
+        discover=discover,
     )
+
+
+def _discover(ctx: Context, top: dict[Any, Any]) -> Discovery | None:
+    """``discover: true`` or ``discover: {status, query}``: every collection of the account."""
+    raw = top.get("discover", False)
+    if raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    section = mapping(ctx, raw, "discover", _DISCOVER_KEYS)
+    if section is None:
+        return None
+    status = section.get("status")
+    if status is not None and status not in COLLECTION_STATUSES:
+        ctx.fail(
+            "discover.status",
+            f"expected one of {', '.join(COLLECTION_STATUSES)}, found {show(status)}",
+        )
+    query = section.get("query")
+    if query is not None and not isinstance(query, str):
+        ctx.fail("discover.query", f"expected a search text, found {show(query)}")
+    if "start" not in top:
+        ctx.fail("start", "required with discover: discovered collections use the job's range")
+        return None
+    first = calendar_date(ctx, top["start"], "start")
+    last = calendar_date(ctx, top.get("end", "yesterday"), "end")
+    if first is None or last is None:
+        return None
+    if first > last:
+        ctx.fail("start", f"start {first.isoformat()} is after end {last.isoformat()}")
+        return None
+    return Discovery(first, last, status, query if isinstance(query, str) else None)
 
 
 def _api(ctx: Context, raw: Any) -> ApiSettings:
@@ -376,11 +442,19 @@ def _granularity(ctx: Context, raw: Any) -> str:
     return DEFAULT_GRANULARITY
 
 
-def _collections(ctx: Context, top: dict[Any, Any]) -> tuple[Collection, ...]:
-    """The collections, each with its own range or the job-level defaults; hashes unique."""
+def _collections(
+    ctx: Context, top: dict[Any, Any], *, discovering: bool = False
+) -> tuple[Collection, ...]:
+    """The collections, each with its own range or the job-level defaults; hashes unique.
+
+    With ``discover``, the list may be absent or empty: the account's collections are added at
+    run time, and listed ones keep their own ranges.
+    """
+    raw = top.get("collections", ABSENT)
+    if discovering and (raw is ABSENT or raw == []):
+        return ()
     start = calendar_date(ctx, top["start"], "start") if "start" in top else None
     defaults = (start, calendar_date(ctx, top.get("end", "yesterday"), "end"))
-    raw = top.get("collections", ABSENT)
     if raw is ABSENT:
         ctx.fail("collections", "required: a list of collections, e.g. '- hash: d3m0h45h'")
         return ()

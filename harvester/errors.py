@@ -7,6 +7,7 @@ The tree::
     ├── LockedError                     another run holds the output's lock (exit 4)
     ├── CredentialsRejected             the API answered 41/44: no call can succeed (exit 3)
     ├── CircuitOpen                     the API failed every call for too long (exit 1)
+    ├── DiscoveryFailed                 the account's collections could not be listed (exit 1)
     └── UnitError                       one unit (collection × window) could not be fetched
         ├── TransientError              worth another attempt (retry reads ``transient``)
         │   ├── NetworkError            connection refused/reset/dropped, DNS
@@ -38,6 +39,7 @@ __all__ = [
     "BadResponse",
     "CircuitOpen",
     "CredentialsRejected",
+    "DiscoveryFailed",
     "HarvesterError",
     "HttpError",
     "InvalidPayload",
@@ -112,6 +114,15 @@ class CircuitOpen(HarvesterError):
     """Every call failed for longer than the configured window: the API looks down."""
 
     exit_code = EXIT_UNITS_FAILED
+
+
+class DiscoveryFailed(HarvesterError):
+    """``discover`` was asked for, but ``collection.getList`` failed even after retries."""
+
+    exit_code = EXIT_UNITS_FAILED
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"could not list the account's collections: {reason}")
 
 
 class CredentialsRejected(HarvesterError):

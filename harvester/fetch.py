@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from tenacity import AsyncRetrying
 
 from harvester.api import Fetched, StatsClient
+from harvester.config import Discovery
 from harvester.errors import CircuitOpen, HttpError, PermanentError, RateLimited, UnitError
 from harvester.plan import Unit
 from harvester.ratelimit import RateLimiter
@@ -23,6 +24,8 @@ from harvester.retry import CircuitBreaker
 __all__ = ["FetchStats", "UnitFetcher"]
 
 log = logging.getLogger("harvester.fetch")
+
+LIST_PAGE_SIZE = 50  # records per collection.getList call; a shorter page is the last
 
 
 @dataclass
@@ -84,13 +87,41 @@ class UnitFetcher:
                 ) from exc
             raise
 
+    async def discover(self, discovery: Discovery) -> list[str]:
+        """Every collection hash of the account that ``discovery`` selects, page by page."""
+        hashes: list[str] = []
+        while True:
+            page = await self._list_page(discovery, len(hashes))
+            hashes.extend(page)
+            if len(page) < LIST_PAGE_SIZE:
+                return hashes
+
+    async def _list_page(self, discovery: Discovery, first: int) -> list[str]:
+        """One page of the collection list, with the same retries as a unit."""
+        attempts = 0
+
+        async def attempt() -> list[str]:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return await self._client.list_page(
+                    first, LIST_PAGE_SIZE, status=discovery.status, query=discovery.query
+                )
+            except UnitError as exc:
+                exc.attempts = attempts
+                self._observe(exc)
+                raise
+
+        page: list[str] = await self._retrying.copy()(attempt)
+        return page
+
     def _observe(self, exc: UnitError) -> None:
         """Count the failure, pace the key after a limit answer, feed the breaker, log it."""
         self.stats.errors[exc.kind] += 1
         if isinstance(exc, RateLimited):
             self.stats.rate_limit_answers += 1
             paused = self._limiter.pause_for_code(exc.code)
-            log.warning("%s: %s; pausing the key %.1f s", exc.unit, exc.reason, paused)
+            log.warning("%s: %s; pausing the key %.1f s", _what(exc), exc.reason, paused)
             return
         if isinstance(exc, HttpError) and exc.status == 429:
             self.stats.rate_limit_answers += 1
@@ -103,9 +134,14 @@ class UnitFetcher:
         if exc.attempts < self._max_attempts:
             log.info(
                 "%s: %s (%s), attempt %d/%d, retrying",
-                exc.unit,
+                _what(exc),
                 exc.reason,
                 exc.kind,
                 exc.attempts,
                 self._max_attempts,
             )
+
+
+def _what(exc: UnitError) -> str:
+    """What failed, for a log line: the unit, or the collection list."""
+    return str(exc.unit) if exc.unit is not None else "collection list"

@@ -23,7 +23,7 @@ import aiohttp
 
 from harvester.api import StatsClient, paced
 from harvester.commit import Committer, PartitionTracker, Quarantine, pending_units
-from harvester.config import Credentials, Job, load_credentials
+from harvester.config import Credentials, Job, load_credentials, with_discovered
 from harvester.errors import (
     EXIT_OK,
     EXIT_SIGINT,
@@ -31,6 +31,7 @@ from harvester.errors import (
     EXIT_UNITS_FAILED,
     CircuitOpen,
     CredentialsRejected,
+    DiscoveryFailed,
     UnitError,
 )
 from harvester.fetch import UnitFetcher
@@ -162,8 +163,9 @@ async def _run(
     with StateStore(state_path) as store:
         try:
             async with _endpoint(job, credentials) as (base_url, creds):
-                await _fetch_all(job, options, store, sink, report, quarantine, base_url, creds)
-        except (CredentialsRejected, CircuitOpen) as exc:
+                run = _Harvest(job, options, store, sink, report, quarantine)
+                await run.run(base_url, creds)
+        except (CredentialsRejected, CircuitOpen, DiscoveryFailed) as exc:
             report.stopped_by = type(exc).__name__
             report.message = str(exc)
             report.exit_code = exc.exit_code
@@ -195,133 +197,166 @@ def _finish(report: RunReport, started: float) -> None:
         report.outcome = "finished" if report.exit_code == EXIT_OK else "finished with failures"
 
 
-async def _fetch_all(
-    job: Job,
-    options: RunOptions,
-    store: StateStore,
-    sink: ParquetSink,
-    report: RunReport,
-    quarantine: Quarantine,
-    base_url: str,
-    credentials: Credentials,
-) -> None:
-    """Recover staged answers, fetch every pending unit, commit, honour signals."""
-    token = StopToken()
-    tracker, ready = PartitionTracker(), list[date]()
-    committer = Committer(store, sink, tracker, report, quarantine, ready)
-    report.units_recovered = await committer.flush_all()
-    if report.units_recovered:
-        log.info(
-            "recovered %d fetched units an interrupted run had not written", report.units_recovered
-        )
-    units = pending_units(
-        iter_windows(job),
-        store,
-        tracker,
-        report,
-        refresh_from=_refresh_from(job, options),
-        ready=ready,
-    )
-    limiter = RateLimiter(job.api.rate_limits, sleep=token.sleep)
-    breaker = CircuitBreaker(job.retry.circuit_breaker_seconds)
-    pool: WorkerPool[Unit] = WorkerPool(job.concurrency, token)
-    seconds = job.api.timeout_seconds
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
-    connector = aiohttp.TCPConnector(limit=job.concurrency, limit_per_host=job.concurrency)
-    async with aiohttp.ClientSession(
-        timeout=timeout, connector=connector, middlewares=[paced(limiter, seconds)]
-    ) as session:
-        client = StatsClient(session, base_url, credentials, page_stats=job.page_stats)
-        retrying = build_retrying(job.retry, breaker, sleep=token.sleep)
-        fetcher = UnitFetcher(client, limiter, retrying, breaker, max_attempts=job.retry.attempts)
+class _Harvest:
+    """One run's moving parts, wired: limiter, breaker, pool, fetcher, committer, signals."""
 
-        async def work(unit: Unit) -> None:
+    def __init__(
+        self,
+        job: Job,
+        options: RunOptions,
+        store: StateStore,
+        sink: ParquetSink,
+        report: RunReport,
+        quarantine: Quarantine,
+    ) -> None:
+        self.job, self.options, self.store, self.report = job, options, store, report
+        self.token = StopToken()
+        self.tracker = PartitionTracker()
+        self.ready: list[date] = []
+        self.committer = Committer(store, sink, self.tracker, report, quarantine, self.ready)
+        self.limiter = RateLimiter(job.api.rate_limits, sleep=self.token.sleep)
+        self.breaker = CircuitBreaker(job.retry.circuit_breaker_seconds)
+        self.pool: WorkerPool[Unit] = WorkerPool(job.concurrency, self.token)
+        self.retrying = build_retrying(job.retry, self.breaker, sleep=self.token.sleep)
+
+    async def run(self, base_url: str, credentials: Credentials) -> None:
+        """Recover staged answers, discover collections, fetch every pending unit, commit."""
+        recovered = await self.committer.flush_all()
+        self.report.units_recovered = recovered
+        if recovered:
+            log.info("recovered %d fetched units an interrupted run had not written", recovered)
+        async with self._session() as session:
+            client = StatsClient(session, base_url, credentials, page_stats=self.job.page_stats)
+            fetcher = UnitFetcher(
+                client,
+                self.limiter,
+                self.retrying,
+                self.breaker,
+                max_attempts=self.job.retry.attempts,
+            )
             try:
-                committer.put(await fetcher.fetch(unit))
-            except (Stopped, asyncio.CancelledError):
-                committer.put(unit)
-                raise_if_cancelled()
-            except CircuitOpen as exc:
-                if isinstance(exc.__cause__, UnitError):
-                    committer.put(exc.__cause__)
-                token.set("circuit breaker")
-                raise
-            except CredentialsRejected:
-                committer.put(unit)
-                token.set("credentials")
-                raise
-            except UnitError as exc:
-                committer.put(exc)
+                job = await self._discover(fetcher)
+                await self._fetch(job, fetcher)
+            finally:
+                _copy_fetch_stats(self.report, fetcher, self.limiter)
 
-        writer = asyncio.create_task(committer.run())
-        writer.add_done_callback(lambda task: _writer_done(task, token, pool))
-        progress = asyncio.create_task(_log_progress(report, fetcher, limiter))
+    def _session(self) -> aiohttp.ClientSession:
+        """One pooled session; every request paced, and timed from its admission."""
+        seconds = self.job.api.timeout_seconds
+        limit = self.job.concurrency
+        return aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds),
+            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
+            middlewares=[paced(self.limiter, seconds)],
+        )
+
+    async def _discover(self, fetcher: UnitFetcher) -> Job:
+        """The job with the account's collections added, when it asks for discovery."""
+        discovery = self.job.discover
+        if discovery is None:
+            return self.job
+        try:
+            hashes = await fetcher.discover(discovery)
+        except UnitError as exc:
+            raise DiscoveryFailed(f"{exc.reason} ({exc.kind}, {exc.attempts} attempts)") from exc
+        job = with_discovered(self.job, hashes)
+        added = len(job.collections) - len(self.job.collections)
+        log.info("discovered %d collections (%d not listed in the job)", len(hashes), added)
+        self.report.units_in_job = count_units(job)
+        return job
+
+    async def _fetch(self, job: Job, fetcher: UnitFetcher) -> None:
+        """Run the pool over the pending units with the writer beside it; honour signals."""
+        units = pending_units(
+            iter_windows(job),
+            self.store,
+            self.tracker,
+            self.report,
+            refresh_from=_refresh_from(job, self.options),
+            ready=self.ready,
+        )
+        writer = asyncio.create_task(self.committer.run())
+        writer.add_done_callback(self._writer_done)
+        progress = asyncio.create_task(_log_progress(self.report, self.limiter))
         loop = asyncio.get_running_loop()
         for signum in SIGNAL_EXIT:
-            loop.add_signal_handler(signum, _on_signal, signum, token, pool, report, options)
+            loop.add_signal_handler(signum, self._on_signal, signum)
         log.info(
             "%s: %d units in the job; fetching those not yet done (concurrency %d)",
             job.source,
-            report.units_in_job,
+            self.report.units_in_job,
             job.concurrency,
         )
         try:
-            await pool.run(units, work)
+            await self.pool.run(units, lambda unit: self._work(fetcher, unit))
         finally:
+            progress.cancel()
+            self.committer.close()
+            await writer  # the writer never runs two commits at once: wait, don't cancel
+            if self.token.reason != "second signal":
+                await self.committer.flush_all()
             for signum in SIGNAL_EXIT:
                 loop.remove_signal_handler(signum)
-            progress.cancel()
-            committer.close()
-            await writer  # the writer never runs two commits at once: wait, don't cancel
-            if token.reason != "second signal":
-                await committer.flush_all()
-            _copy_fetch_stats(report, fetcher, limiter)
-    if token.reason in ("SIGINT", "SIGTERM", "second signal"):
-        log.warning("stopped by a signal; fetched units are committed; rerun the job to resume")
+        if self.token.reason in ("SIGINT", "SIGTERM", "second signal"):
+            log.warning("stopped by a signal; fetched units are committed; rerun to resume")
+
+    async def _work(self, fetcher: UnitFetcher, unit: Unit) -> None:
+        """One unit, fetched; its outcome handed to the writer, whatever it is."""
+        try:
+            self.committer.put(await fetcher.fetch(unit))
+        except (Stopped, asyncio.CancelledError):
+            self.committer.put(unit)  # abandoned: the next run fetches it
+            _raise_if_cancelled()
+        except CircuitOpen as exc:
+            if isinstance(exc.__cause__, UnitError):
+                self.committer.put(exc.__cause__)
+            self.token.set("circuit breaker")
+            raise
+        except CredentialsRejected:
+            self.committer.put(unit)
+            self.token.set("credentials")
+            raise
+        except UnitError as exc:
+            self.committer.put(exc)
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        """If the writer died (disk full, say), stop fetching what could not be kept."""
+        if not task.cancelled() and task.exception() is not None:
+            self.token.set("writer failed")
+            self.pool.cancel()
+
+    def _on_signal(self, signum: signal.Signals) -> None:
+        """First signal: stop handing out units, let in-flight requests finish; second: now."""
+        name = signal.Signals(signum).name
+        report = self.report
+        if self.token.is_set:
+            log.warning("%s again: stopping now; what was fetched is staged and kept", name)
+            report.stopped_by = report.stopped_by or name
+            self.token.reason = "second signal"
+            self.pool.cancel()
+            return
+        grace = self.options.grace_seconds
+        log.warning(
+            "%s: finishing %d in-flight requests (at most %.0f s), then committing",
+            name,
+            self.pool.in_flight,
+            grace,
+        )
+        report.stopped_by = name
+        report.exit_code = SIGNAL_EXIT[signum]
+        self.token.set(name)
+        asyncio.get_running_loop().call_later(grace, self.pool.cancel)
 
 
-def _writer_done(task: asyncio.Task[None], token: StopToken, pool: WorkerPool[Unit]) -> None:
-    """If the writer died (disk full, say), stop fetching what could not be kept."""
-    if not task.cancelled() and task.exception() is not None:
-        token.set("writer failed")
-        pool.cancel()
-
-
-def raise_if_cancelled() -> None:
+def _raise_if_cancelled() -> None:
     """Re-raise a cancellation after recording the abandoned unit (a hard stop)."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
 
 
-def _on_signal(
-    signum: signal.Signals,
-    token: StopToken,
-    pool: WorkerPool[Unit],
-    report: RunReport,
-    options: RunOptions,
-) -> None:
-    """First signal: stop handing out units, let in-flight requests finish; second: stop now."""
-    name = signal.Signals(signum).name
-    if token.is_set:
-        log.warning("%s again: stopping now; what was fetched is staged and kept", name)
-        report.stopped_by = report.stopped_by or name
-        token.reason = "second signal"
-        pool.cancel()
-        return
-    log.warning(
-        "%s: finishing %d in-flight requests (at most %.0f s), then committing",
-        name,
-        pool.in_flight,
-        options.grace_seconds,
-    )
-    report.stopped_by = name
-    report.exit_code = SIGNAL_EXIT[signum]
-    token.set(name)
-    asyncio.get_running_loop().call_later(options.grace_seconds, pool.cancel)
-
-
 def _copy_fetch_stats(report: RunReport, fetcher: UnitFetcher, limiter: RateLimiter) -> None:
+    """The fetcher's and the limiter's counters, into the report."""
     stats = fetcher.stats
     report.requests = limiter.calls
     report.retries = stats.retries
@@ -332,7 +367,7 @@ def _copy_fetch_stats(report: RunReport, fetcher: UnitFetcher, limiter: RateLimi
     report.rate_limit_pauses = limiter.pauses
 
 
-async def _log_progress(report: RunReport, fetcher: UnitFetcher, limiter: RateLimiter) -> None:
+async def _log_progress(report: RunReport, limiter: RateLimiter) -> None:
     """Every half minute, one line a tail -f or a log aggregator can follow."""
     last = 0
     while True:

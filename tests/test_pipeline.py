@@ -12,7 +12,7 @@ import pytest
 from harvester.config import load_job
 from harvester.pipeline import RunOptions, harvest
 from harvester.plan import iter_units
-from harvester.simulator import SimulatorConfig, SimulatorThread
+from harvester.simulator import SimulatorConfig, SimulatorProcess, SimulatorThread
 from harvester.state import StateStore, default_state_path
 from tests.conftest import HASHES, actual_rows, assert_complete, expected_rows
 
@@ -104,7 +104,8 @@ def test_rate_limits_hold_at_concurrency_16(
 
     limits = (RateLimit(8, 0.5), RateLimit(30, 3.0))
     config = SimulatorConfig(seed=3, keys={API_KEY: API_SECRET}, rate_limits=limits, latency=(0.01, 0.3))
-    with SimulatorThread(config) as sim:
+    # In its own process, as the real API is: a server thread sharing our GIL stamps arrivals late.
+    with SimulatorProcess(config) as sim:
         job = job_dict(sim.base_url, output_dir, concurrency=16, start="2026-03-01", end="2026-03-15")
         job["api"]["rate_limits"] = [{"calls": r.calls, "seconds": r.seconds} for r in limits]
         path = tmp_path / "limits.yaml"
@@ -185,3 +186,39 @@ def test_collections_without_pages_or_traffic_still_get_a_row(
     assert not [p for p in pages if p[0] == HASHES[0]]
     assert len([c for c in collections if c[0] == HASHES[0]]) == 14
     assert_complete(path, sim_config)
+
+
+def test_discover_adds_every_collection_of_the_account(
+    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig, env: dict[str, str]
+) -> None:
+    catalog = tuple(f"book{i:03d}" for i in range(57))  # more than one getList page of 50
+    simulator.reconfigure(catalog=catalog)
+    path = job_file(
+        discover={"status": "public"},
+        start="2026-03-01",
+        end="2026-03-02",
+        collections=[{"hash": "book007", "start": "2026-02-27", "end": "2026-02-28"}],
+    )
+    job = load_job(path)
+    report = harvest(job, RunOptions(), env)
+    assert report.exit_code == 0, report.summary()
+    counters = simulator.counters()
+    assert counters["requests"] == 2 + 57 * 2  # two list pages, then one call per unit
+    pages, collections = actual_rows(job.output)
+    listed = [c for c in collections if c[0] == "book007"]
+    assert [c[1] for c in listed] == [date(2026, 2, 27), date(2026, 2, 28)]  # its own range
+    assert {c[0] for c in collections} == set(catalog)
+    assert len(collections) == 57 * 2
+    from harvester.config import with_discovered
+
+    assert_rows = expected_rows(with_discovered(job, catalog), sim_config)
+    assert (pages, collections) == assert_rows
+
+
+def test_discover_with_rejected_credentials_exits_3(
+    job_file: JobFile, simulator: SimulatorThread, env: dict[str, str]
+) -> None:
+    path = job_file(discover=True, collections=[])
+    report = harvest(load_job(path), RunOptions(), {**env, "FLIPSNACK_API_KEY": "unknown-key-1"})
+    assert report.exit_code == 3
+    assert simulator.counters()["requests"] == 1
