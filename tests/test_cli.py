@@ -1,0 +1,284 @@
+"""The command line, as a user runs it: ``python -m harvester``, exit codes, messages, streams."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harvester.config import load_job
+from harvester.plan import count_units
+from harvester.report import FailedEntry, RunReport
+from harvester.simulator import SimulatorConfig, SimulatorThread
+from tests.conftest import HASHES, assert_complete, job_dict, run_cli
+
+JobFile = Callable[..., Path]
+UNITS = 14 + 16 + 3  # the conftest job: 3 collections over their own ranges, by day
+
+
+def summary_of(output: Path) -> str:
+    """The human summary the run's report (last-run.json) stands for."""
+    report = json.loads((output / "_state" / "last-run.json").read_text())
+    report["failed"] = [FailedEntry(**f) for f in report["failed"]]
+    return RunReport(**report).summary()
+
+
+# --- exit codes ------------------------------------------------------------------------------
+
+
+def test_exit_0_when_every_unit_is_harvested(
+    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig,
+    output_dir: Path, env: dict[str, str],
+) -> None:
+    path = job_file()
+    done = run_cli("run", str(path), env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.endswith(summary_of(output_dir) + "\n")
+    assert f"finished: {UNITS} units committed, 0 failed" in done.stderr
+    assert done.stderr.rstrip().endswith("exit 0: every unit succeeded")
+    assert_complete(path, sim_config)
+
+
+def test_exit_1_when_some_units_fail(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+) -> None:
+    simulator.reconfigure(deleted=frozenset({HASHES[2]}))  # 3 days of it: code 43
+    done = run_cli("run", str(job_file()), env=env)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.endswith(summary_of(output_dir) + "\n")
+    assert f"{UNITS - 3} units committed, 3 failed" in done.stderr
+    failed = sorted(line for line in done.stderr.splitlines() if line.startswith("failed: "))
+    assert failed == [
+        f"failed: {HASHES[2]} 2026-03-0{d}..2026-03-0{d}: code 43: forbidden (collection deleted "
+        "or owned by another user) (rejected, 1 attempts)" for d in (1, 2, 3)
+    ]
+
+
+def test_exit_3_when_the_api_rejects_the_credentials(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+) -> None:
+    done = run_cli("run", str(job_file()), env={**env, "FLIPSNACK_API_SECRET": "not-the-secret"})
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.endswith(summary_of(output_dir) + "\n")
+    assert "the API rejected the credentials: code 44, invalid signature" in done.stderr
+    assert done.stderr.rstrip().endswith("exit 3: the API rejected the credentials (codes 41/44)")
+
+
+# --- every bad job exits 2, names the file and the field, requests nothing, writes nothing ------
+
+
+def _without(job: dict[str, Any], key: str) -> dict[str, Any]:
+    job.pop(key)
+    return job
+
+
+def _with(job: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    *parents, last = path.split(".")
+    node = job
+    for name in parents:
+        node = node[int(name)] if isinstance(node, list) else node[name]
+    node[last] = value
+    return job
+
+
+BAD_JOBS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
+    "unknown-key": (
+        lambda j: _with(_without(j, "concurrency"), "concurency", 4),
+        "concurency: unknown key 'concurency'; did you mean 'concurrency'?",
+    ),
+    "no-start-anywhere": (
+        lambda j: _without(j, "start"),
+        "start: required: collections[0], collections[2] give no start of their own; "
+        "set a job-level start, or one per collection",
+    ),
+    "granularity-typo": (
+        lambda j: _with(j, "granularity", "dya"),
+        "granularity: expected one of day, week, month, range, found string 'dya'; "
+        "did you mean 'day'?",
+    ),
+    "concurrency-as-words": (
+        lambda j: _with(j, "concurrency", "four"),
+        "concurrency: expected an integer from 1 to 1000, found string 'four'",
+    ),
+    "rate-limit-without-seconds": (
+        lambda j: _with(j, "api.rate_limits", [{"calls": 5}]),
+        "api.rate_limits[0].seconds: required",
+    ),
+    "impossible-date": (
+        lambda j: _with(j, "start", "2026-02-30"),
+        "start: not a real calendar date: '2026-02-30' (day is out of range for month)",
+    ),
+    "start-after-end": (
+        lambda j: _with(j, "collections", [{"hash": HASHES[1], "start": "2026-03-25",
+                                            "end": "2026-03-20"}]),
+        "collections[0]: start 2026-03-25 is after end 2026-03-20",
+    ),
+    "job-start-after-end": (
+        lambda j: _with(_with(j, "start", "2026-03-20"), "collections", [HASHES[0]]),
+        "start: start 2026-03-20 is after end 2026-03-14 (the job-level range, used by "
+        "collections[0] and any others that give neither start nor end)",
+    ),
+    "duplicate-hash": (
+        lambda j: _with(j, "collections", [*j["collections"], {"hash": HASHES[1]}]),
+        f"collections[3].hash: duplicate: '{HASHES[1]}' is already collections[1]",
+    ),
+    "empty-collections": (
+        lambda j: _with(j, "collections", []),
+        "collections: expected a non-empty list of collections, found list []",
+    ),
+}
+
+
+def assert_refused(done: Any, simulator: SimulatorThread, output_dir: Path, *lines: str) -> None:
+    """Exit 2 with exactly these problem lines, before any request, with nothing written."""
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == ["error: invalid job:", *lines]
+    assert simulator.counters()["requests"] == 0
+    assert not output_dir.exists()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_JOBS))
+def test_a_bad_job_exits_2_naming_file_and_field(
+    case: str, tmp_path: Path, simulator: SimulatorThread, output_dir: Path,
+    env: dict[str, str],
+) -> None:
+    change, problem = BAD_JOBS[case]
+    job = copy.deepcopy(job_dict(simulator.base_url, output_dir))
+    change(job)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    done = run_cli("run", str(path), env=env)
+    assert_refused(done, simulator, output_dir, f"{path}: {problem}")
+
+
+def test_a_yaml_syntax_error_names_line_and_column(
+    tmp_path: Path, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+) -> None:
+    bad = "granularity: day: week"  # a second ':' where YAML allows no mapping value
+    text = (f"api:\n  base_url: {simulator.base_url}\noutput: {output_dir}\n"
+            f"start: 2026-03-01\n{bad}\ncollections: [{HASHES[0]}]\n")
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    line = text.splitlines().index(bad) + 1
+    column = bad.rindex(":") + 1
+    done = run_cli("run", str(path), env=env)
+    assert (line, column) == (5, 17)
+    assert_refused(done, simulator, output_dir, f"{path}: <yaml>: invalid YAML at line {line}, "
+                   f"column {column}: mapping values are not allowed here")
+
+
+def test_missing_credential_variables_exit_2_before_any_request(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+) -> None:
+    path = job_file()
+    bare = {k: v for k, v in env.items() if not k.startswith("FLIPSNACK_")}
+    done = run_cli("run", str(path), env=bare)
+    hint = "not set or empty: export {0}=<your API {1}>, or set {0}_FILE to a file that holds it"
+    assert_refused(
+        done, simulator, output_dir,
+        "environment: FLIPSNACK_API_KEY: " + hint.format("FLIPSNACK_API_KEY", "key"),
+        "environment: FLIPSNACK_API_SECRET: " + hint.format("FLIPSNACK_API_SECRET", "secret"),
+    )
+
+
+def test_a_job_file_that_does_not_exist_exits_2(
+    tmp_path: Path, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+) -> None:
+    path = tmp_path / "no-such-job.yaml"
+    done = run_cli("run", str(path), env=env)
+    assert_refused(done, simulator, output_dir, f"{path}: <file>: file not found")
+
+
+def test_every_problem_of_a_file_is_reported_at_once(
+    tmp_path: Path, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+) -> None:
+    job = job_dict(simulator.base_url, output_dir, granularity="dya", concurrency="four")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    done = run_cli("run", str(path), env=env)
+    assert done.returncode == 2
+    problems = done.stderr.splitlines()[1:]
+    assert [p.split(": ")[1] for p in problems] == ["concurrency", "granularity"]
+
+
+# --- the other options --------------------------------------------------------------------
+
+
+def test_dry_run_counts_units_without_a_request(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+) -> None:
+    path = job_file()
+    assert count_units(load_job(path)) == UNITS
+    done = run_cli("run", str(path), "--dry-run", env=env)
+    assert done.returncode == 0, done.stderr
+    dry = "(dry run: no request made)\n"
+    assert done.stdout == f"{path}: {UNITS} units in the job, {UNITS} to fetch now {dry}"
+    assert simulator.counters()["requests"] == 0 and not output_dir.exists()
+    # After a run has harvested part of the job, the dry run says what is left.
+    simulator.reconfigure(deleted=frozenset({HASHES[2]}))
+    assert run_cli("run", str(path), env=env).returncode == 1
+    simulator.reset_counters()
+    done = run_cli("run", str(path), "--dry-run", env=env)
+    assert done.stdout == f"{path}: {UNITS} units in the job, 3 to fetch now {dry}"
+    assert simulator.counters()["requests"] == 0
+
+
+def test_json_log_format_is_one_object_per_log_line(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+) -> None:
+    simulator.reconfigure(faults={"http503": 0.2})  # some retries to log
+    path = job_file(retry={"attempts": 12, "max_backoff_seconds": 0.05})
+    done = run_cli("run", str(path), "--log-format", "json", "-v", env=env)
+    assert done.returncode == 0, done.stderr
+    summary = summary_of(output_dir) + "\n"
+    assert done.stderr.endswith(summary)
+    log_lines = done.stderr[: -len(summary)].splitlines()
+    records = [json.loads(line) for line in log_lines]  # every one parses
+    assert all(isinstance(r, dict) and set(r) >= {"time", "level", "logger", "message"}
+               for r in records)
+    assert all(r["logger"].startswith("harvester") for r in records)
+    retries = [r for r in records if r["message"].endswith("retrying")]
+    assert len(retries) == simulator.counters()["faults"]["http503"] > 0
+    assert {r["level"] for r in records} >= {"info", "debug"}
+
+
+def test_help_lists_the_commands_and_exit_codes() -> None:
+    done = run_cli("--help")
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("usage: harvester ")
+    for text in ("run", "simulate", "exit codes: 0 every unit succeeded", "3 the API rejected"):
+        assert text in done.stdout
+    done = run_cli("run", "--help")
+    assert done.returncode == 0
+    for option in ("--dry-run", "--log-format", "--state", "--refresh", "--wait"):
+        assert option in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["run"], "the following arguments are required: job"),
+        (["run", "JOB", "--bogus"], "unrecognized arguments: --bogus"),
+        (["run", "JOB", "--log-format", "xml"], "argument --log-format: invalid choice: 'xml'"),
+        (["run", "JOB", "--grace", "soon"], "argument --grace: invalid float value: 'soon'"),
+        ([], "the following arguments are required: command"),
+        (["harvest"], "argument command: invalid choice: 'harvest'"),
+    ],
+)
+def test_bad_arguments_exit_2(
+    args: list[str], complaint: str, job_file: JobFile, simulator: SimulatorThread,
+    output_dir: Path, env: dict[str, str],
+) -> None:
+    path = job_file()
+    done = run_cli(*[str(path) if a == "JOB" else a for a in args], env=env)
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: harvester")
+    assert f"error: {complaint}" in done.stderr
+    assert simulator.counters()["requests"] == 0 and not output_dir.exists()
