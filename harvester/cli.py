@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harvester import __version__
-from harvester.errors import EXIT_BAD_JOB, EXIT_CODES, HarvesterError, JobError, Problem
+from harvester.errors import (
+    EXIT_BAD_JOB,
+    EXIT_CODES,
+    EXIT_INTERNAL,
+    HarvesterError,
+    JobError,
+    Problem,
+)
 from harvester.logs import LOG_FORMATS, setup_logging
 from harvester.redact import redact
 
@@ -83,8 +90,20 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     report = harvest(job, options)
-    print(report.summary(), file=sys.stderr)
+    _say(report.summary(), logging.INFO if report.exit_code == 0 else logging.WARNING)
     return report.exit_code
+
+
+def _say(text: str, level: int) -> None:
+    """The last words on stderr: plain lines, or one JSON record under --log-format json."""
+    text = redact(text)
+    if _json_logs:
+        logging.getLogger("harvester.summary").log(level, text)
+    else:
+        print(text, file=sys.stderr)
+
+
+_json_logs = False
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -117,23 +136,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = logging.DEBUG
     elif getattr(args, "quiet", False):
         level = logging.WARNING
-    setup_logging(getattr(args, "log_format", "text"), level)
+    global _json_logs
+    _json_logs = getattr(args, "log_format", "text") == "json"
+    setup_logging("json" if _json_logs else "text", level)
     try:
         return _run(args) if args.command == "run" else _simulate(args)
     except JobError as exc:
-        print(redact(f"error: invalid job:\n{exc}"), file=sys.stderr)
+        _say(f"error: invalid job:\n{exc}", logging.ERROR)
         return EXIT_BAD_JOB
     except HarvesterError as exc:
-        print(redact(f"error: {exc}"), file=sys.stderr)
+        _say(f"error: {exc}", logging.ERROR)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception:  # a bug: say so, with a traceback that cannot carry a secret
-        print(
-            redact("internal error (a bug in harvester):\n" + traceback.format_exc()),
-            file=sys.stderr,
-        )
-        return 70
+        _say("internal error (a bug in harvester):\n" + traceback.format_exc(), logging.CRITICAL)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ EXIT_CREDENTIALS = 3
 EXIT_LOCKED = 4
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in harvester, never an expected outcome
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "every unit succeeded",

@@ -82,7 +82,7 @@ class UnitFetcher:
         except UnitError as exc:
             if exc.transient and self._breaker.is_open:
                 raise CircuitOpen(
-                    f"every call failed for {self._breaker.failing_for:.0f} s "
+                    f"every call failed for {self._breaker.failing_for:.1f} s "
                     f"(last: {exc.kind}: {exc.reason}); the API looks down"
                 ) from exc
             raise
@@ -121,7 +121,7 @@ class UnitFetcher:
         if isinstance(exc, RateLimited):
             self.stats.rate_limit_answers += 1
             paused = self._limiter.pause_for_code(exc.code)
-            log.warning("%s: %s; pausing the key %.1f s", _what(exc), exc.reason, paused)
+            log.warning("%s: %s; pausing the key %.2f s", _what(exc), exc.reason, paused)
             return
         if isinstance(exc, HttpError) and exc.status == 429:
             self.stats.rate_limit_answers += 1

@@ -181,8 +181,14 @@ def _finish(report: RunReport, started: float) -> None:
     """Fill in the closing numbers, the exit code and the one-word outcome."""
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     report.elapsed_seconds = round(time.monotonic() - started, 3)
+    # The plan is read lazily: after an early stop, units it never reached count here too
+    # (an upper bound then: some of them may have been done by an earlier run).
     report.units_not_attempted = max(
-        0, report.units_to_fetch - report.units_fetched - report.units_failed
+        0,
+        report.units_in_job
+        - report.units_already_done
+        - report.units_fetched
+        - report.units_failed,
     )
     if report.exit_code == EXIT_OK and report.units_failed:
         report.exit_code = EXIT_UNITS_FAILED
