@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
-from urllib.parse import urlencode
+from urllib.parse import quote_plus
 
 import aiohttp
+import orjson
 from aiohttp import ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 from yarl import URL
@@ -105,16 +107,34 @@ def _pages(raw: Any) -> tuple[tuple[int, int, int, int], ...]:
         raise InvalidPayload(f"pages: expected an array, got {_kind(raw)}")
     rows: dict[int, tuple[int, int, int, int]] = {}
     for i, item in enumerate(raw):
-        if not isinstance(item, dict):
-            raise InvalidPayload(f"pages[{i}]: expected an object, got {_kind(item)}")
-        page = item.get("page")
-        if type(page) is not int or page < 0 or page > MAX_FIGURE:
-            raise InvalidPayload(f"pages[{i}].page: expected a non-negative integer")
-        if page in rows:
-            raise InvalidPayload(f"pages[{i}].page: page {page} appears twice")
-        views, clicks, spent = (_figure(item.get(f), f"pages[{i}].{f}") for f in PAGE_FIGURES)
-        rows[page] = (page, views, clicks, spent)
-    return tuple(rows[p] for p in sorted(rows))
+        # The common case in one test, no message built: fifty pages a unit, every unit.
+        if type(item) is dict:
+            page, views = item.get("page"), item.get("views")
+            clicks, spent = item.get("clicks"), item.get("time_spent")
+            if (
+                type(page) is int and type(views) is int and type(clicks) is int
+                and type(spent) is int and 0 <= page <= MAX_FIGURE and 0 <= views <= MAX_FIGURE
+                and 0 <= clicks <= MAX_FIGURE and 0 <= spent <= MAX_FIGURE and page not in rows
+            ):
+                rows[page] = (page, views, clicks, spent)
+                continue
+        row = _page(i, item, rows)
+        rows[row[0]] = row
+    # Pages are unique, so sorting the rows sorts them by page.
+    return tuple(sorted(rows.values()))
+
+
+def _page(i: int, item: Any, rows: Mapping[int, object]) -> tuple[int, int, int, int]:
+    """Check ``pages[i]`` one rule at a time; raise InvalidPayload naming the first broken one."""
+    if not isinstance(item, dict):
+        raise InvalidPayload(f"pages[{i}]: expected an object, got {_kind(item)}")
+    page = item.get("page")
+    if type(page) is not int or page < 0 or page > MAX_FIGURE:
+        raise InvalidPayload(f"pages[{i}].page: expected a non-negative integer")
+    if page in rows:
+        raise InvalidPayload(f"pages[{i}].page: page {page} appears twice")
+    views, clicks, spent = (_figure(item.get(f), f"pages[{i}].{f}") for f in PAGE_FIGURES)
+    return (page, views, clicks, spent)
 
 
 def parse_stats(unit: Unit, data: Any, *, page_stats: bool, fetched_at: datetime) -> Fetched:
@@ -159,16 +179,25 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if 0 <= seconds < 86_400 else None
 
 
+def _lenient_json(status: int, body: bytes) -> Any:
+    """What ``json`` makes of a body orjson refused (NaN, integers past 64 bits...), so that
+    such a body stays a payload for the validator to name, as it always was."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadResponse(
+            f"HTTP {status} with a body that is not JSON ({len(body)} bytes)"
+        ) from exc
+
+
 def classify(status: int, body: bytes, retry_after: str | None) -> Any:
     """Turn an HTTP answer into the ``data`` of a code-20 envelope, or raise the matching error."""
     if status == 429 or status >= 500:
         raise HttpError(f"HTTP {status}", status=status, retry_after=_retry_after(retry_after))
     try:
-        envelope = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadResponse(
-            f"HTTP {status} with a body that is not JSON ({len(body)} bytes)"
-        ) from exc
+        envelope = orjson.loads(body)  # several times json's speed on fifty-page answers
+    except orjson.JSONDecodeError:
+        envelope = _lenient_json(status, body)
     if not isinstance(envelope, dict) or type(envelope.get("code")) is not int:
         raise BadResponse(f"HTTP {status} with JSON that is not the API's envelope")
     code: int = envelope["code"]
@@ -198,6 +227,15 @@ def paced(limiter: RateLimiter, timeout_seconds: float) -> ClientMiddlewareType:
             return await handler(request)
 
     return middleware
+
+
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _quoted(text: str) -> str:
+    """``quote_plus(text)``, as ``urlencode`` writes it; hashes, dates, hex need no quoting,
+    and one regex test costs a fifth of quote_plus's four calls."""
+    return text if _UNRESERVED.fullmatch(text) else quote_plus(text)
 
 
 class StatsClient:
@@ -240,7 +278,8 @@ class StatsClient:
         return self._url(self.params(unit))
 
     def _url(self, params: Mapping[str, str]) -> URL:
-        return URL(f"{self._base_url}?{urlencode(params)}", encoded=True)
+        query = "&".join(f"{_quoted(name)}={_quoted(value)}" for name, value in params.items())
+        return URL(f"{self._base_url}?{query}", encoded=True)
 
     async def _call(self, url: URL) -> Any:
         """One attempt: send, classify; the ``data`` of a code-20 answer. Raises only ours."""

@@ -10,6 +10,7 @@ at the next start: staged answers are written again (an upsert: same rows, no re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import defaultdict
@@ -77,14 +78,19 @@ def pending_units(
     ``refresh_from``: units ending on or after it are fetched even when done (``date.min``
     refreshes everything). Partitions that become complete when a batch closes go to ``ready``.
     """
+    refresh_all = refresh_from == date.min
     for batch in batches:
-        done = store.done_among(batch) if batch else set()
-        for unit in batch:
-            if unit in done and (refresh_from is None or unit.end < refresh_from):
-                report.units_already_done += 1
-                continue
+        # One filter per batch, not per unit: a million-unit plan spends its time here.
+        done = store.done_among(batch) if batch and not refresh_all else set()
+        todo = batch
+        if done:
+            todo = [u for u in batch
+                    if u not in done or (refresh_from is not None and u.end >= refresh_from)]
+            report.units_already_done += len(batch) - len(todo)
+        planned = tracker.planned
+        for unit in todo:
             report.units_to_fetch += 1
-            tracker.planned(unit)
+            planned(unit)
             yield unit
         ready.extend(tracker.close({unit.start for unit in batch}))
 
@@ -135,10 +141,29 @@ class Committer:
         self._quarantine = quarantine
         self._ready = ready
         self._queue: asyncio.Queue[Outcome | object] = asyncio.Queue()
+        self._unstaged: list[Fetched] = []
 
     def put(self, outcome: Outcome) -> None:
-        """Hand an outcome to the writer (never blocks a worker)."""
+        """Hand an outcome to the writer (never blocks a worker); a result is staged at once."""
+        if isinstance(outcome, Fetched):
+            # Staged on the loop's next turn, not when the writer gets to it: the writer may be
+            # busy writing a partition, and a kill must lose no more than the requests in flight.
+            if not self._unstaged:
+                asyncio.get_running_loop().call_soon(self._stage_soon)
+            self._unstaged.append(outcome)
         self._queue.put_nowait(outcome)
+
+    def _stage_soon(self) -> None:
+        """Stage what :meth:`put` collected; a failure is left for the writer to raise."""
+        with contextlib.suppress(Exception):
+            self._stage()
+
+    def _stage(self) -> None:
+        """Stage every result not staged yet, in one transaction."""
+        if self._unstaged:
+            self._store.stage(self._unstaged)
+            self._report.units_fetched += len(self._unstaged)
+            self._unstaged = []
 
     async def run(self) -> None:
         """Commit outcomes until :meth:`close`; each wake-up commits everything queued at once."""
@@ -159,10 +184,7 @@ class Committer:
 
     async def _commit(self, batch: Sequence[Outcome]) -> None:
         """Stage results and failures in one go, then write the partitions now complete."""
-        fetched = [o for o in batch if isinstance(o, Fetched)]
-        if fetched:
-            self._store.stage(fetched)
-            self._report.units_fetched += len(fetched)
+        self._stage()
         for outcome in batch:
             if isinstance(outcome, UnitError):
                 self._record_failure(outcome)
