@@ -15,8 +15,8 @@ import yaml
 
 from harvester.config import Job, RateLimit, load_job
 from harvester.plan import iter_units
-from harvester.sink import COLLECTION_STATS, PAGE_STATS, read_dataset
 from harvester.simulator import SimulatorConfig, SimulatorThread, expected_stats
+from harvester.sink import COLLECTION_STATS, PAGE_STATS, read_dataset
 
 # Distinctive values, so a grep of everything the harvester printed or wrote can find a leak.
 API_KEY = "KEY-5f1c-harvest-test-9d2e"
@@ -90,14 +90,20 @@ def job_file(tmp_path: Path, simulator: SimulatorThread, output_dir: Path) -> Ca
     return write
 
 
-def expected_rows(job: Job, config: SimulatorConfig) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+def expected_rows(
+    job: Job, config: SimulatorConfig
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The exact page and collection rows (without fetched_at) a complete run must write."""
     pages: list[tuple[Any, ...]] = []
     collections: list[tuple[Any, ...]] = []
     for unit in iter_units(job):
-        data = expected_stats(unit.collection_hash, unit.start, unit.end, config, page_stats=job.page_stats)
+        data = expected_stats(
+            unit.collection_hash, unit.start, unit.end, config, page_stats=job.page_stats
+        )
         key = (unit.collection_hash, unit.start, unit.end)
-        collections.append((*key, data["impressions"], data["views"], data["time_spent"], data["downloads"]))
+        collections.append(
+            (*key, data["impressions"], data["views"], data["time_spent"], data["downloads"])
+        )
         for page in data.get("pages", []) if job.page_stats else []:
             pages.append((*key, page["page"], page["views"], page["clicks"], page["time_spent"]))
     return sorted(pages), sorted(collections)
@@ -105,6 +111,7 @@ def expected_rows(job: Job, config: SimulatorConfig) -> tuple[list[tuple[Any, ..
 
 def actual_rows(output: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """What the datasets under ``output`` hold (without fetched_at), read back with pyarrow."""
+
     def rows(name: str) -> list[tuple[Any, ...]]:
         if not (output / name).exists():
             return []
@@ -120,11 +127,17 @@ def assert_complete(job_path: Path, config: SimulatorConfig) -> None:
     assert actual_rows(job.output) == expected_rows(job, config)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120) -> Any:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> Any:
     """Run ``python -m harvester`` in a subprocess; return the CompletedProcess."""
     import subprocess
 
     return subprocess.run(
         [sys.executable, "-m", "harvester", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

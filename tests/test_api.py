@@ -5,12 +5,11 @@ HTTP is mocked with aioresponses here only; end-to-end tests go through the simu
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import re
 from collections.abc import Callable, Iterator
-from types import SimpleNamespace
 from datetime import UTC, date, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -94,7 +93,11 @@ def _ok(data: Any) -> dict[str, Any]:
 
 
 GOOD = {
-    "impressions": 723, "views": 1240, "time_spent": 53, "downloads": 4, "likes": 1,
+    "impressions": 723,
+    "views": 1240,
+    "time_spent": 53,
+    "downloads": 4,
+    "likes": 1,
     "pages": [
         {"page": 2, "time_spent": 89382, "clicks": 171, "views": 4130},
         {"page": 1, "time_spent": 127443, "clicks": 392, "views": 4529},
@@ -112,11 +115,22 @@ async def test_success_parses_the_vendor_example(client: StatsClient, answer: An
 
 @pytest.mark.parametrize(
     ("code", "error"),
-    [(22, ApiBusy), (38, ApiBusy), (31, RateLimited), (32, RateLimited),
-     (30, ApiRejected), (40, ApiRejected), (42, ApiRejected), (43, ApiRejected),
-     (46, ApiRejected), (99, ApiRejected)],
+    [
+        (22, ApiBusy),
+        (38, ApiBusy),
+        (31, RateLimited),
+        (32, RateLimited),
+        (30, ApiRejected),
+        (40, ApiRejected),
+        (42, ApiRejected),
+        (43, ApiRejected),
+        (46, ApiRejected),
+        (99, ApiRejected),
+    ],
 )
-async def test_api_codes_are_classified(client: StatsClient, code: int, error: type, answer: Any) -> None:
+async def test_api_codes_are_classified(
+    client: StatsClient, code: int, error: type, answer: Any
+) -> None:
     answer(payload={"code": code, "status": "x", "data": None})
     with pytest.raises(error) as info:
         await client.get_stats(UNIT)
@@ -134,7 +148,12 @@ async def test_credential_codes_stop_the_run(client: StatsClient, code: int, ans
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 429])
 async def test_http_failures_are_transient(client: StatsClient, status: int, answer: Any) -> None:
-    answer(status=status, body="<html>bad gateway</html>", content_type="text/html", headers={"Retry-After": "7"})
+    answer(
+        status=status,
+        body="<html>bad gateway</html>",
+        content_type="text/html",
+        headers={"Retry-After": "7"},
+    )
     with pytest.raises(HttpError) as info:
         await client.get_stats(UNIT)
     assert info.value.transient and info.value.status == status
@@ -142,15 +161,26 @@ async def test_http_failures_are_transient(client: StatsClient, status: int, ans
 
 
 @pytest.mark.parametrize(
-    "body", [b"<html>maintenance</html>", b'{"code": 20, "data": {"impr', b"[1, 2]", b'{"status": "OK"}', b"\xff\xfe"]
+    "body",
+    [
+        b"<html>maintenance</html>",
+        b'{"code": 20, "data": {"impr',
+        b"[1, 2]",
+        b'{"status": "OK"}',
+        b"\xff\xfe",
+    ],
 )
-async def test_bodies_that_are_not_the_envelope_are_transient(client: StatsClient, body: bytes, answer: Any) -> None:
+async def test_bodies_that_are_not_the_envelope_are_transient(
+    client: StatsClient, body: bytes, answer: Any
+) -> None:
     answer(body=body)
     with pytest.raises(BadResponse):
         await client.get_stats(UNIT)
 
 
-async def test_network_errors_are_translated_without_the_url(client: StatsClient, answer: Any) -> None:
+async def test_network_errors_are_translated_without_the_url(
+    client: StatsClient, answer: Any
+) -> None:
     answer(exception=aiohttp.ClientConnectionError(f"reset while reading {BASE}?apiKey={KEY}"))
     with pytest.raises(NetworkError) as info:
         await client.get_stats(UNIT)
@@ -159,7 +189,7 @@ async def test_network_errors_are_translated_without_the_url(client: StatsClient
 
 
 async def test_timeouts_are_translated(client: StatsClient, answer: Any) -> None:
-    answer(exception=asyncio.TimeoutError())
+    answer(exception=TimeoutError())
     with pytest.raises(RequestTimeout):
         await client.get_stats(UNIT)
 
@@ -179,7 +209,10 @@ def _parse(data: Any, page_stats: bool = True) -> Fetched:
         (lambda d: d.update(impressions=10**18), "impressions"),
         (lambda d: d.pop("pages"), "pages"),
         (lambda d: d.update(pages={"page": 1}), "pages"),
-        (lambda d: d["pages"].append({"page": 1, "views": 0, "clicks": 0, "time_spent": 0}), "twice"),
+        (
+            lambda d: d["pages"].append({"page": 1, "views": 0, "clicks": 0, "time_spent": 0}),
+            "twice",
+        ),
         (lambda d: d["pages"][0].update(page="1"), "page"),
         (lambda d: d["pages"][0].pop("clicks"), "clicks"),
         (lambda d: d["pages"][0].update(time_spent=-5), "time_spent"),

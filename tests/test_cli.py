@@ -32,8 +32,11 @@ def summary_of(output: Path) -> str:
 
 
 def test_exit_0_when_every_unit_is_harvested(
-    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig,
-    output_dir: Path, env: dict[str, str],
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     path = job_file()
     done = run_cli("run", str(path), env=env)
@@ -46,7 +49,10 @@ def test_exit_0_when_every_unit_is_harvested(
 
 
 def test_exit_1_when_some_units_fail(
-    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     simulator.reconfigure(deleted=frozenset({HASHES[2]}))  # 3 days of it: code 43
     done = run_cli("run", str(job_file()), env=env)
@@ -56,12 +62,16 @@ def test_exit_1_when_some_units_fail(
     failed = sorted(line for line in done.stderr.splitlines() if line.startswith("failed: "))
     assert failed == [
         f"failed: {HASHES[2]} 2026-03-0{d}..2026-03-0{d}: code 43: forbidden (collection deleted "
-        "or owned by another user) (rejected, 1 attempts)" for d in (1, 2, 3)
+        "or owned by another user) (rejected, 1 attempts)"
+        for d in (1, 2, 3)
     ]
 
 
 def test_exit_3_when_the_api_rejects_the_credentials(
-    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     done = run_cli("run", str(job_file()), env={**env, "FLIPSNACK_API_SECRET": "not-the-secret"})
     assert done.returncode == 3, done.stderr
@@ -115,8 +125,9 @@ BAD_JOBS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
         "start: not a real calendar date: '2026-02-30' (day is out of range for month)",
     ),
     "start-after-end": (
-        lambda j: _with(j, "collections", [{"hash": HASHES[1], "start": "2026-03-25",
-                                            "end": "2026-03-20"}]),
+        lambda j: _with(
+            j, "collections", [{"hash": HASHES[1], "start": "2026-03-25", "end": "2026-03-20"}]
+        ),
         "collections[0]: start 2026-03-25 is after end 2026-03-20",
     ),
     "job-start-after-end": (
@@ -146,7 +157,10 @@ def assert_refused(done: Any, simulator: SimulatorThread, output_dir: Path, *lin
 
 @pytest.mark.parametrize("case", sorted(BAD_JOBS))
 def test_a_bad_job_exits_2_naming_file_and_field(
-    case: str, tmp_path: Path, simulator: SimulatorThread, output_dir: Path,
+    case: str,
+    tmp_path: Path,
+    simulator: SimulatorThread,
+    output_dir: Path,
     env: dict[str, str],
 ) -> None:
     change, problem = BAD_JOBS[case]
@@ -159,37 +173,55 @@ def test_a_bad_job_exits_2_naming_file_and_field(
 
 
 def test_a_yaml_syntax_error_names_line_and_column(
-    tmp_path: Path, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    tmp_path: Path,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     bad = "granularity: day: week"  # a second ':' where YAML allows no mapping value
-    text = (f"api:\n  base_url: {simulator.base_url}\noutput: {output_dir}\n"
-            f"start: 2026-03-01\n{bad}\ncollections: [{HASHES[0]}]\n")
+    text = (
+        f"api:\n  base_url: {simulator.base_url}\noutput: {output_dir}\n"
+        f"start: 2026-03-01\n{bad}\ncollections: [{HASHES[0]}]\n"
+    )
     path = tmp_path / "job.yaml"
     path.write_text(text)
     line = text.splitlines().index(bad) + 1
     column = bad.rindex(":") + 1
     done = run_cli("run", str(path), env=env)
     assert (line, column) == (5, 17)
-    assert_refused(done, simulator, output_dir, f"{path}: <yaml>: invalid YAML at line {line}, "
-                   f"column {column}: mapping values are not allowed here")
+    assert_refused(
+        done,
+        simulator,
+        output_dir,
+        f"{path}: <yaml>: invalid YAML at line {line}, "
+        f"column {column}: mapping values are not allowed here",
+    )
 
 
 def test_missing_credential_variables_exit_2_before_any_request(
-    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     path = job_file()
     bare = {k: v for k, v in env.items() if not k.startswith("FLIPSNACK_")}
     done = run_cli("run", str(path), env=bare)
     hint = "not set or empty: export {0}=<your API {1}>, or set {0}_FILE to a file that holds it"
     assert_refused(
-        done, simulator, output_dir,
+        done,
+        simulator,
+        output_dir,
         "environment: FLIPSNACK_API_KEY: " + hint.format("FLIPSNACK_API_KEY", "key"),
         "environment: FLIPSNACK_API_SECRET: " + hint.format("FLIPSNACK_API_SECRET", "secret"),
     )
 
 
 def test_a_job_file_that_does_not_exist_exits_2(
-    tmp_path: Path, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    tmp_path: Path,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     path = tmp_path / "no-such-job.yaml"
     done = run_cli("run", str(path), env=env)
@@ -197,7 +229,10 @@ def test_a_job_file_that_does_not_exist_exits_2(
 
 
 def test_every_problem_of_a_file_is_reported_at_once(
-    tmp_path: Path, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    tmp_path: Path,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     job = job_dict(simulator.base_url, output_dir, granularity="dya", concurrency="four")
     path = tmp_path / "job.yaml"
@@ -212,7 +247,10 @@ def test_every_problem_of_a_file_is_reported_at_once(
 
 
 def test_dry_run_counts_units_without_a_request(
-    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     path = job_file()
     assert count_units(load_job(path)) == UNITS
@@ -231,7 +269,10 @@ def test_dry_run_counts_units_without_a_request(
 
 
 def test_json_log_format_is_one_object_per_log_line(
-    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     simulator.reconfigure(faults={"http503": 0.2})  # some retries to log
     path = job_file(retry={"attempts": 12, "max_backoff_seconds": 0.05})
@@ -240,8 +281,9 @@ def test_json_log_format_is_one_object_per_log_line(
     records = [json.loads(line) for line in done.stderr.splitlines()]  # every one parses
     assert records[-1]["logger"] == "harvester.summary"
     assert records[-1]["message"] == summary_of(output_dir)  # the summary, as one record
-    assert all(isinstance(r, dict) and set(r) >= {"time", "level", "logger", "message"}
-               for r in records)
+    assert all(
+        isinstance(r, dict) and set(r) >= {"time", "level", "logger", "message"} for r in records
+    )
     assert all(r["logger"].startswith("harvester") for r in records)
     retries = [r for r in records if r["message"].endswith("retrying")]
     assert len(retries) == simulator.counters()["faults"]["http503"] > 0
@@ -272,8 +314,12 @@ def test_help_lists_the_commands_and_exit_codes() -> None:
     ],
 )
 def test_bad_arguments_exit_2(
-    args: list[str], complaint: str, job_file: JobFile, simulator: SimulatorThread,
-    output_dir: Path, env: dict[str, str],
+    args: list[str],
+    complaint: str,
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     path = job_file()
     done = run_cli(*[str(path) if a == "JOB" else a for a in args], env=env)

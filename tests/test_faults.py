@@ -64,8 +64,12 @@ RUN_BUDGET = 20.0  # seconds; a seeded fault run takes 1-4 s
 def sim_config() -> SimulatorConfig:
     """The conftest simulator, with a short Retry-After and a stall above the client's timeout."""
     return SimulatorConfig(
-        seed=7, keys={API_KEY: API_SECRET}, rate_limits=SIM_LIMITS, latency=(0.0, 0.003),
-        retry_after=0.05, slow_seconds=SLOW,
+        seed=7,
+        keys={API_KEY: API_SECRET},
+        rate_limits=SIM_LIMITS,
+        latency=(0.0, 0.003),
+        retry_after=0.05,
+        slow_seconds=SLOW,
     )
 
 
@@ -90,7 +94,10 @@ def test_the_matrix_covers_every_transient_fault_kind() -> None:
 
 @pytest.mark.parametrize("kind", sorted(TRANSIENT_FAULTS))
 def test_each_fault_kind_is_survived_exactly(
-    kind: str, job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig,
+    kind: str,
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
     env: dict[str, str],
 ) -> None:
     simulator.reconfigure(faults={kind: 0.3})
@@ -123,7 +130,9 @@ def test_each_fault_kind_is_survived_exactly(
 
 
 def test_every_fault_mixed_still_ends_exact(
-    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig,
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
     env: dict[str, str],
 ) -> None:
     simulator.reconfigure(faults=dict.fromkeys(TRANSIENT_FAULTS, 0.03))  # 36% of answers
@@ -153,8 +162,11 @@ def _record_requests(simulator: SimulatorThread) -> list[tuple[float, Unit | Non
         answer = decide(params)
         unit = None
         if "collectionHash" in params:
-            unit = Unit(params["collectionHash"], date.fromisoformat(params["startDate"]),
-                        date.fromisoformat(params["endDate"]))
+            unit = Unit(
+                params["collectionHash"],
+                date.fromisoformat(params["startDate"]),
+                date.fromisoformat(params["endDate"]),
+            )
         log.append((time.monotonic(), unit, answer.status))
         return answer
 
@@ -163,7 +175,9 @@ def _record_requests(simulator: SimulatorThread) -> list[tuple[float, Unit | Non
 
 
 def test_retry_after_is_honoured(
-    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig,
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
     env: dict[str, str],
 ) -> None:
     retry_after = 0.3
@@ -194,7 +208,9 @@ def test_retry_after_is_honoured(
 
 
 def test_spurious_rate_limit_answers_pause_the_key_and_end_exact(
-    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig,
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
     env: dict[str, str],
 ) -> None:
     simulator.reconfigure(faults={"code31": 0.15, "code32": 0.15})
@@ -220,7 +236,10 @@ class Harvesting:
     def __init__(self, *args: str, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "harvester", "run", *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -292,12 +311,19 @@ def _summary_of(report: dict[str, Any]) -> str:
 
 
 def test_api_unreachable_for_a_while_then_back(
-    tmp_path: Path, output_dir: Path, sim_config: SimulatorConfig, env: dict[str, str],
+    tmp_path: Path,
+    output_dir: Path,
+    sim_config: SimulatorConfig,
+    env: dict[str, str],
     harvesting: Callable[..., Harvesting],
 ) -> None:
     port = _free_port()  # nothing listens there yet: connection refused
-    job = job_dict(f"http://127.0.0.1:{port}/v1/", output_dir, concurrency=2,
-                   retry={"attempts": 12, "max_backoff_seconds": 0.2})
+    job = job_dict(
+        f"http://127.0.0.1:{port}/v1/",
+        output_dir,
+        concurrency=2,
+        retry={"attempts": 12, "max_backoff_seconds": 0.2},
+    )
     path = tmp_path / "job.yaml"
     path.write_text(json.dumps(job))
     harvester = harvesting(str(path), env=env)
@@ -316,13 +342,18 @@ def test_api_unreachable_for_a_while_then_back(
 
 
 def test_circuit_breaker_stops_a_run_against_a_dead_api_and_keeps_what_was_committed(
-    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig,
-    env: dict[str, str], harvesting: Callable[..., Harvesting],
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
+    env: dict[str, str],
+    harvesting: Callable[..., Harvesting],
 ) -> None:
     simulator.reconfigure(latency=(0.02, 0.04))  # a run of a few seconds: time to pull the plug
-    path = job_file(concurrency=2, end="2026-03-31",
-                    retry={"attempts": 50, "max_backoff_seconds": 0.05,
-                           "circuit_breaker_seconds": 0.5})
+    path = job_file(
+        concurrency=2,
+        end="2026-03-31",
+        retry={"attempts": 50, "max_backoff_seconds": 0.05, "circuit_breaker_seconds": 0.5},
+    )
     harvester = harvesting(str(path), "-v", env=env)
     harvester.wait_for_line("committed 2026-03-0")  # a first partition is in Parquet
     simulator.reconfigure(faults={"http503": 1.0})
@@ -337,8 +368,9 @@ def test_circuit_breaker_stops_a_run_against_a_dead_api_and_keeps_what_was_commi
     assert stderr.endswith(_summary_of(report) + "\n")
     assert "the API looks down" in stderr.splitlines()[-2]
     # Stopped early: most of the job was never answered...
-    answered = {Unit(h, *map(_day, (s, e))) for h, s, e in
-                (key.split("|") for key in counters["successes"])}
+    answered = {
+        Unit(h, *map(_day, (s, e))) for h, s, e in (key.split("|") for key in counters["successes"])
+    }
     units = list(iter_units(job))
     assert 0 < len(answered) < len(units) // 2
     assert report["units_committed"] == len(answered)
@@ -346,7 +378,8 @@ def test_circuit_breaker_stops_a_run_against_a_dead_api_and_keeps_what_was_commi
     pages, collections = expected_rows(job, sim_config)
     keys = {(u.collection_hash, u.start, u.end) for u in answered}
     assert actual_rows(job.output) == (
-        [r for r in pages if r[:3] in keys], [r for r in collections if r[:3] in keys],
+        [r for r in pages if r[:3] in keys],
+        [r for r in collections if r[:3] in keys],
     )
     with StateStore(default_state_path(job.output)) as store:
         assert store.counts().get("done") == len(answered)
@@ -355,11 +388,17 @@ def test_circuit_breaker_stops_a_run_against_a_dead_api_and_keeps_what_was_commi
 
 
 def test_circuit_breaker_opens_when_the_api_never_answers(
-    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     simulator.reconfigure(faults={"http503": 1.0})
-    path = fault_job(job_file, simulator, retry={"attempts": 100, "max_backoff_seconds": 0.05,
-                                                 "circuit_breaker_seconds": 0.3})
+    path = fault_job(
+        job_file,
+        simulator,
+        retry={"attempts": 100, "max_backoff_seconds": 0.05, "circuit_breaker_seconds": 0.3},
+    )
     report = run(path, env)
     assert report.exit_code == 1 and report.stopped_by == "CircuitOpen", report.summary()
     assert report.message.startswith("every call failed for ")
@@ -373,8 +412,11 @@ def test_circuit_breaker_opens_when_the_api_never_answers(
 
 
 def test_invalid_payload_is_quarantined_and_fails_only_its_unit(
-    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig,
-    env: dict[str, str], harvesting: Callable[..., Harvesting],
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
+    env: dict[str, str],
+    harvesting: Callable[..., Harvesting],
 ) -> None:
     simulator.reconfigure(faults={"bad_payload": 0.25})
     path = job_file()
@@ -390,18 +432,22 @@ def test_invalid_payload_is_quarantined_and_fails_only_its_unit(
     state = job.output / "_state"
     report = json.loads((state / "last-run.json").read_text())
     assert (state / "reports" / f"run-{report['run_id']}.json").read_text() == (
-        state / "last-run.json").read_text()
+        state / "last-run.json"
+    ).read_text()
     reason = "downloads: -1 is out of range 0..1000000000000000"
     assert report["units_failed"] == len(report["failed"]) == broken
     assert {(f["kind"], f["reason"], f["attempts"]) for f in report["failed"]} == {
-        ("invalid_payload", reason, 1)}
-    failed = {Unit(f["collection_hash"], _day(f["start"]), _day(f["end"]))
-              for f in report["failed"]}
+        ("invalid_payload", reason, 1)
+    }
+    failed = {
+        Unit(f["collection_hash"], _day(f["start"]), _day(f["end"])) for f in report["failed"]
+    }
     # No row of a failed unit, every row of the others.
     keys = {(u.collection_hash, u.start, u.end) for u in failed}
     pages, collections = expected_rows(job, sim_config)
     assert actual_rows(job.output) == (
-        [r for r in pages if r[:3] not in keys], [r for r in collections if r[:3] not in keys],
+        [r for r in pages if r[:3] not in keys],
+        [r for r in collections if r[:3] not in keys],
     )
     # The raw payloads, as answered, wait in the quarantine file.
     quarantine = state / "quarantine" / f"run-{report['run_id']}.jsonl"

@@ -21,7 +21,10 @@ JobFile = Callable[..., Path]
 
 @pytest.mark.parametrize("granularity", ["day", "week", "month", "range"])
 def test_exact_rows_for_every_granularity(
-    granularity: str, job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig,
+    granularity: str,
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
     env: dict[str, str],
 ) -> None:
     path = job_file(granularity=granularity, end="2026-04-09")
@@ -73,7 +76,7 @@ def test_refresh_days_replaces_recent_rows(
     job = load_job(path)
     today = date(2026, 3, 15)  # the job ends 03-14: refresh_days 2 covers 03-13 and 03-14
     harvest(job, RunOptions(today=today), env)
-    old_pages, old_collections = actual_rows(job.output)
+    _, old_collections = actual_rows(job.output)
 
     changed = {"2026-03-13": 1, "2026-03-14": 1}
     simulator.reconfigure(revisions=changed, pages={HASHES[0]: 2})
@@ -85,14 +88,16 @@ def test_refresh_days_replaces_recent_rows(
     pages, collections = actual_rows(job.output)
     recent = {date(2026, 3, 13), date(2026, 3, 14)}
     # Older days untouched, recent days replaced (not appended), vanished pages gone.
-    assert [r for r in collections if r[1] not in recent] == [r for r in old_collections if r[1] not in recent]
-    assert [r for r in collections if r[1] in recent] != [r for r in old_collections if r[1] in recent]
+    assert [r for r in collections if r[1] not in recent] == [
+        r for r in old_collections if r[1] not in recent
+    ]
+    assert [r for r in collections if r[1] in recent] != [
+        r for r in old_collections if r[1] in recent
+    ]
     assert len(collections) == len(old_collections)
     recent_pages_of_0 = {r[3] for r in pages if r[0] == HASHES[0] and r[1] in recent}
     assert recent_pages_of_0 == {1, 2}
-    expected_collections = [
-        r for r in expected_rows(job, new_config)[1] if r[1] in recent
-    ]
+    expected_collections = [r for r in expected_rows(job, new_config)[1] if r[1] in recent]
     assert [r for r in collections if r[1] in recent] == expected_collections
 
 
@@ -103,10 +108,14 @@ def test_rate_limits_hold_at_concurrency_16(
     from tests.conftest import API_KEY, API_SECRET, job_dict
 
     limits = (RateLimit(8, 0.5), RateLimit(30, 3.0))
-    config = SimulatorConfig(seed=3, keys={API_KEY: API_SECRET}, rate_limits=limits, latency=(0.01, 0.3))
+    config = SimulatorConfig(
+        seed=3, keys={API_KEY: API_SECRET}, rate_limits=limits, latency=(0.01, 0.3)
+    )
     # In its own process, as the real API is: a server thread sharing our GIL stamps arrivals late.
     with SimulatorProcess(config) as sim:
-        job = job_dict(sim.base_url, output_dir, concurrency=16, start="2026-03-01", end="2026-03-15")
+        job = job_dict(
+            sim.base_url, output_dir, concurrency=16, start="2026-03-01", end="2026-03-15"
+        )
         job["api"]["rate_limits"] = [{"calls": r.calls, "seconds": r.seconds} for r in limits]
         path = tmp_path / "limits.yaml"
         path.write_text(json.dumps(job))
@@ -124,7 +133,8 @@ def test_permanent_codes_fail_their_unit_once_and_the_run_goes_on(
 ) -> None:
     simulator.reconfigure(deleted=frozenset({"g0n3"}), known=frozenset({HASHES[0], "g0n3"}))
     path = job_file(
-        start="2026-03-01", end="2026-03-03",
+        start="2026-03-01",
+        end="2026-03-03",
         collections=[{"hash": HASHES[0]}, {"hash": "g0n3"}, {"hash": "unkn0wn"}],
     )
     job = load_job(path)
@@ -159,7 +169,9 @@ def test_rejected_credentials_stop_the_run_at_once(
     job_file: JobFile, simulator: SimulatorThread, env: dict[str, str]
 ) -> None:
     path = job_file(concurrency=2)
-    report = harvest(load_job(path), RunOptions(), {**env, "FLIPSNACK_API_SECRET": "wrong-secret-value"})
+    report = harvest(
+        load_job(path), RunOptions(), {**env, "FLIPSNACK_API_SECRET": "wrong-secret-value"}
+    )
     assert report.exit_code == 3
     assert simulator.counters()["requests"] <= 2
     assert report.units_committed == 0 and report.units_failed == 0

@@ -28,7 +28,9 @@ def _limiter(time: FakeTime, *limits: RateLimit) -> RateLimiter:
     return RateLimiter(limits, clock=time.clock, sleep=time.sleep)
 
 
-async def _acquire_all(limiter: RateLimiter, time: FakeTime, calls: int, workers: int) -> list[float]:
+async def _acquire_all(
+    limiter: RateLimiter, time: FakeTime, calls: int, workers: int
+) -> list[float]:
     starts: list[float] = []
     remaining = iter(range(calls))
 

@@ -58,7 +58,7 @@ DATASETS = (PAGE_STATS, COLLECTION_STATS)
 
 # Put on PYTHONPATH, this makes ``python -m harvester run`` SIGKILL itself halfway through its
 # Nth Parquet write: the temp file then holds half a Parquet file, as after a real crash.
-KILL_ON_WRITE = '''
+KILL_ON_WRITE = """
 import os
 _N = int(os.environ.get("HARVESTER_TEST_KILL_ON_WRITE", "0"))
 if _N:
@@ -82,7 +82,7 @@ if _N:
         os.kill(os.getpid(), signal.SIGKILL)
 
     pq.write_table = _write_table
-'''
+"""
 
 
 @pytest.fixture
@@ -103,8 +103,12 @@ def resume_job(tmp_path: Path, simulator: SimulatorThread, output_dir: Path) -> 
     def write(hashes: tuple[str, ...], start: str, end: str, **overrides: Any) -> Path:
         overrides.setdefault("concurrency", CONCURRENCY)
         job = job_dict(
-            simulator.base_url, output_dir, start=start, end=end,
-            collections=[{"hash": h} for h in hashes], **overrides,
+            simulator.base_url,
+            output_dir,
+            start=start,
+            end=end,
+            collections=[{"hash": h} for h in hashes],
+            **overrides,
         )
         job["api"]["rate_limits"] = [{"calls": r.calls, "seconds": r.seconds} for r in LIMITS]
         path = tmp_path / "job.yaml"
@@ -122,7 +126,9 @@ class Run:
         with open(log, "wb") as fh:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "harvester", "run", *args],
-                env=env, stdout=subprocess.DEVNULL, stderr=fh,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=fh,
             )
         self.pid = self.process.pid
 
@@ -245,8 +251,10 @@ def assert_no_visible_partial(output: Path) -> None:
 
 def assert_no_duplicates(output: Path) -> None:
     """One row per unit (and page), as DuckDB reads the Hive-partitioned datasets."""
-    keys = {PAGE_STATS: "collection_hash, period_start, period_end, page",
-            COLLECTION_STATS: "collection_hash, period_start, period_end"}
+    keys = {
+        PAGE_STATS: "collection_hash, period_start, period_end, page",
+        COLLECTION_STATS: "collection_hash, period_start, period_end",
+    }
     for name, key in keys.items():
         files = f"{output / name}/**/*.parquet"
         repeated = duckdb.execute(
@@ -259,8 +267,11 @@ def assert_no_duplicates(output: Path) -> None:
 def temp_files(output: Path) -> list[Path]:
     """Every file under the datasets that is not a part file."""
     return [
-        p for name in DATASETS if (output / name).exists()
-        for p in (output / name).rglob("*") if p.is_file() and p.name != PART_FILE
+        p
+        for name in DATASETS
+        if (output / name).exists()
+        for p in (output / name).rglob("*")
+        if p.is_file() and p.name != PART_FILE
     ]
 
 
@@ -356,7 +367,9 @@ async def test_a_result_is_staged_while_the_writer_is_busy_with_a_partition(
 
 
 def test_rerun_of_a_finished_job_makes_no_request_and_says_so(
-    resume_job: JobWriter, simulator: SimulatorThread, sim_config: SimulatorConfig,
+    resume_job: JobWriter,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
     env: dict[str, str],
 ) -> None:
     path = resume_job(HASHES[:2], "2026-03-01", "2026-03-07")
@@ -389,7 +402,10 @@ def holds_open(pid: int, path: Path) -> bool:
 
 
 def test_a_second_run_on_one_output_exits_4_at_once_or_waits_with_wait(
-    resume_job: JobWriter, simulator: SimulatorThread, sim_config: SimulatorConfig, runs: Runs,
+    resume_job: JobWriter,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
+    runs: Runs,
     env: dict[str, str],
 ) -> None:
     # Slow answers keep the first run busy (10 rounds of 1 s) until the test lets it finish.
@@ -429,8 +445,12 @@ SIGNALS = [
 
 @pytest.mark.parametrize(("signum", "exit_code"), SIGNALS)
 def test_a_signal_stops_gracefully_and_keeps_everything_fetched(
-    signum: signal.Signals, exit_code: int, resume_job: JobWriter, simulator: SimulatorThread,
-    sim_config: SimulatorConfig, runs: Runs,
+    signum: signal.Signals,
+    exit_code: int,
+    resume_job: JobWriter,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
+    runs: Runs,
 ) -> None:
     path = resume_job(HASHES, "2026-01-01", "2026-03-01")
     job = load_job(path)
@@ -461,8 +481,12 @@ def test_a_signal_stops_gracefully_and_keeps_everything_fetched(
 
 @pytest.mark.parametrize(("signum", "exit_code"), SIGNALS)
 def test_a_second_signal_stops_at_once_and_the_next_run_loses_nothing(
-    signum: signal.Signals, exit_code: int, resume_job: JobWriter, simulator: SimulatorThread,
-    sim_config: SimulatorConfig, runs: Runs,
+    signum: signal.Signals,
+    exit_code: int,
+    resume_job: JobWriter,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
+    runs: Runs,
 ) -> None:
     # Three collections a day for four workers: the stop leaves partitions half fetched, which
     # the next run must complete by adding rows to a partition file that already exists.
@@ -507,8 +531,14 @@ def test_a_second_signal_stops_at_once_and_the_next_run_loses_nothing(
     [pytest.param(False, 1, id="first-write"), pytest.param(True, 2, id="rewrite")],
 )
 def test_a_crash_mid_write_leaves_no_visible_partial_file_and_the_rerun_cleans_up(
-    refresh: bool, kill_on_write: int, resume_job: JobWriter, simulator: SimulatorThread,
-    sim_config: SimulatorConfig, runs: Runs, env: dict[str, str], tmp_path: Path,
+    refresh: bool,
+    kill_on_write: int,
+    resume_job: JobWriter,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
+    runs: Runs,
+    env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     simulator.reconfigure(latency=FAST)
     path = resume_job(HASHES[:2], "2026-03-01", "2026-03-05")

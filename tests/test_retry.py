@@ -45,14 +45,20 @@ def _failing(errors: list[BaseException]) -> tuple[Callable[[], object], list[in
 
 
 TRANSIENT = [
-    lambda: NetworkError("reset"), lambda: RequestTimeout("slow"),
-    lambda: HttpError("HTTP 502", status=502), lambda: HttpError("HTTP 429", status=429),
-    lambda: BadResponse("truncated"), lambda: ApiBusy("code 22", code=22),
-    lambda: ApiBusy("code 38", code=38), lambda: RateLimited("code 31", code=31),
+    lambda: NetworkError("reset"),
+    lambda: RequestTimeout("slow"),
+    lambda: HttpError("HTTP 502", status=502),
+    lambda: HttpError("HTTP 429", status=429),
+    lambda: BadResponse("truncated"),
+    lambda: ApiBusy("code 22", code=22),
+    lambda: ApiBusy("code 38", code=38),
+    lambda: RateLimited("code 31", code=31),
 ]
 PERMANENT = [
-    lambda: ApiRejected("code 43", code=43), lambda: ApiRejected("code 46", code=46),
-    lambda: ApiRejected("code 30", code=30), lambda: InvalidPayload("views: negative"),
+    lambda: ApiRejected("code 43", code=43),
+    lambda: ApiRejected("code 46", code=46),
+    lambda: ApiRejected("code 30", code=30),
+    lambda: InvalidPayload("views: negative"),
 ]
 
 
@@ -84,7 +90,9 @@ async def test_credentials_are_never_retried() -> None:
 async def test_attempts_are_bounded_and_the_last_error_surfaces() -> None:
     attempt, calls = _failing([NetworkError(f"reset {i}") for i in range(10)])
     sleep = Recorder()
-    policy = build_retrying(RetrySettings(attempts=4, max_backoff_seconds=3), CircuitBreaker(600), sleep=sleep)
+    policy = build_retrying(
+        RetrySettings(attempts=4, max_backoff_seconds=3), CircuitBreaker(600), sleep=sleep
+    )
     with pytest.raises(NetworkError, match="reset 3"):
         await policy(attempt)
     assert calls[0] == 4

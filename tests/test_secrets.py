@@ -38,8 +38,20 @@ UNKNOWN_KEY = "UNKNOWN-KEY-8c2a-harvest-test"
 # Credentials with characters a URL must encode: a leak of the encoded form is a leak too.
 AWKWARD_KEY = "K3y with/slash+plus=eq&amp%"
 AWKWARD_SECRET = "S3cret with/slash+plus=eq&amp%"
-TRANSIENT = ("http500", "http502", "http503", "http429", "code22", "code38", "code31",
-             "code32", "truncated", "not_json", "drop", "slow")
+TRANSIENT = (
+    "http500",
+    "http502",
+    "http503",
+    "http429",
+    "code22",
+    "code38",
+    "code31",
+    "code32",
+    "truncated",
+    "not_json",
+    "drop",
+    "slow",
+)
 MIXED_FAULTS = {**dict.fromkeys(TRANSIENT, 0.025), "bad_payload": 0.05}  # 35% faulty
 FAST_WINDOWS = [{"calls": 10, "seconds": 0.05}, {"calls": 40, "seconds": 0.2}]
 FAST_RETRY = {"attempts": 12, "max_backoff_seconds": 0.05}
@@ -49,8 +61,12 @@ def needles(*values: str) -> dict[bytes, str]:
     """Every form a value could take in a file or a stream, mapped to a name for messages."""
     forms: dict[bytes, str] = {}
     for value in values:
-        for name, text in (("raw", value), ("url", quote(value, safe="")),
-                           ("form", quote_plus(value)), ("json", json.dumps(value)[1:-1])):
+        for name, text in (
+            ("raw", value),
+            ("url", quote(value, safe="")),
+            ("form", quote_plus(value)),
+            ("json", json.dumps(value)[1:-1]),
+        ):
             forms[text.encode()] = f"{name} form of {value[:6]}..."
         forms[value.encode("utf-16-le")] = f"UTF-16 form of {value[:6]}..."
     return forms
@@ -83,30 +99,38 @@ class Scanner:
 
     def scan(self) -> None:
         for folder in self.folders:
-            for path in (folder.rglob("*") if folder.exists() else ()):
+            for path in folder.rglob("*") if folder.exists() else ():
                 try:
                     data = path.read_bytes()
                 except (FileNotFoundError, IsADirectoryError):  # gone, or a folder
                     continue
                 self.seen.add(path.name)
-                self.leaks.update(f"{path.name}: {what}" for form, what in self.forms.items()
-                                  if form in data)
+                self.leaks.update(
+                    f"{path.name}: {what}" for form, what in self.forms.items() if form in data
+                )
 
     def check(self, *streams: str) -> None:
         for i, stream in enumerate(streams):
             data = stream.encode()
-            self.leaks.update(f"stream {i}: {what}" for form, what in self.forms.items()
-                              if form in data)
+            self.leaks.update(
+                f"stream {i}: {what}" for form, what in self.forms.items() if form in data
+            )
         assert not self.leaks, sorted(self.leaks)
 
 
-def run_scanned(args: list[str], env: dict[str, str], folders: Iterable[Path],
-                forms: dict[bytes, str]) -> tuple[int, str, str, Scanner]:
+def run_scanned(
+    args: list[str], env: dict[str, str], folders: Iterable[Path], forms: dict[bytes, str]
+) -> tuple[int, str, str, Scanner]:
     """Run the CLI while scanning ``folders``; check every byte for ``forms``."""
     scanner = Scanner(folders, forms).start()
     try:
-        done = subprocess.run([sys.executable, "-m", "harvester", *args], env=env,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "harvester", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         scanner.stop()
     scanner.check(done.stdout, done.stderr)
@@ -130,8 +154,11 @@ def sim_config() -> SimulatorConfig:
     """The conftest simulator, also knowing the awkward key; a stall above the timeout."""
     return SimulatorConfig(
         seed=19,  # its fault draws bring every kind of MIXED_FAULTS within 60 requests
-        keys={API_KEY: API_SECRET, AWKWARD_KEY: AWKWARD_SECRET}, rate_limits=SIM_LIMITS,
-        latency=(0.0, 0.003), retry_after=0.05, slow_seconds=2.0,
+        keys={API_KEY: API_SECRET, AWKWARD_KEY: AWKWARD_SECRET},
+        rate_limits=SIM_LIMITS,
+        latency=(0.0, 0.003),
+        retry_after=0.05,
+        slow_seconds=2.0,
     )
 
 
@@ -147,15 +174,21 @@ def faulty_job(job_file: JobFile, simulator: SimulatorThread, **overrides: Any) 
     ids=["text", "json-separate-state"],
 )
 def test_no_secret_in_anything_a_faulty_run_prints_or_writes(
-    log_args: list[str], separate_state: bool, tmp_path: Path, job_file: JobFile,
-    simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    log_args: list[str],
+    separate_state: bool,
+    tmp_path: Path,
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     simulator.reconfigure(faults=MIXED_FAULTS)
     path = faulty_job(job_file, simulator, end="2026-04-15")
     state = tmp_path / "elsewhere" / "state.sqlite"
     args = ["run", str(path), *log_args, *(["--state", str(state)] if separate_state else [])]
     code, _, stderr, scanner = run_scanned(
-        args, env, [output_dir, state.parent], needles(API_KEY, API_SECRET))
+        args, env, [output_dir, state.parent], needles(API_KEY, API_SECRET)
+    )
 
     assert code == 1, stderr  # the bad payloads fail their units
     counters = simulator.counters()
@@ -163,22 +196,32 @@ def test_no_secret_in_anything_a_faulty_run_prints_or_writes(
     assert counters["codes"]["20"] > 0 and counters["bad_signatures"] == 0
     # What was scanned: every kind of file a run writes, some only while it runs.
     names = scanner.seen
-    assert {"state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "harvester.lock",
-            "last-run.json", "part-0.parquet"} <= names, sorted(names)
+    assert {
+        "state.sqlite",
+        "state.sqlite-wal",
+        "state.sqlite-shm",
+        "harvester.lock",
+        "last-run.json",
+        "part-0.parquet",
+    } <= names, sorted(names)
     assert any(n.startswith("run-") and n.endswith(".jsonl") for n in names)  # quarantine
     assert any(n.startswith("run-") and n.endswith(".json") for n in names)  # report
     assert "retrying" in stderr and "failed:" in stderr  # -v logged every retry
 
 
 def test_no_secret_with_url_special_characters_in_the_credentials(
-    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig,
-    output_dir: Path, env: dict[str, str],
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     simulator.reconfigure(faults=dict.fromkeys(TRANSIENT, 0.03))
     path = faulty_job(job_file, simulator)
     awkward = {**env, "FLIPSNACK_API_KEY": AWKWARD_KEY, "FLIPSNACK_API_SECRET": AWKWARD_SECRET}
-    code, _, stderr, _ = run_scanned(["run", str(path), "-v"], awkward, [output_dir],
-                                     needles(AWKWARD_KEY, AWKWARD_SECRET))
+    code, _, stderr, _ = run_scanned(
+        ["run", str(path), "-v"], awkward, [output_dir], needles(AWKWARD_KEY, AWKWARD_SECRET)
+    )
     assert code == 0, stderr
     assert simulator.counters()["bad_signatures"] == 0  # the awkward key really was used
     assert_complete(path, sim_config)
@@ -190,13 +233,19 @@ def test_no_secret_with_url_special_characters_in_the_credentials(
     ids=["wrong-secret", "unknown-key"],
 )
 def test_no_secret_when_the_api_rejects_the_credentials(
-    key: str, secret: str, code: int, job_file: JobFile, simulator: SimulatorThread,
-    output_dir: Path, env: dict[str, str],
+    key: str,
+    secret: str,
+    code: int,
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     path = job_file()
     rejected = {**env, "FLIPSNACK_API_KEY": key, "FLIPSNACK_API_SECRET": secret}
     exit_code, _, stderr, scanner = run_scanned(
-        ["run", str(path), "-v"], rejected, [output_dir], needles(key, secret, API_SECRET))
+        ["run", str(path), "-v"], rejected, [output_dir], needles(key, secret, API_SECRET)
+    )
     assert exit_code == 3, stderr
     assert f"the API rejected the credentials: code {code}" in stderr
     counters = simulator.counters()  # requests still in flight at the stop are abandoned
@@ -205,17 +254,27 @@ def test_no_secret_when_the_api_rejects_the_credentials(
 
 
 def test_no_secret_when_the_api_is_unreachable(
-    tmp_path: Path, output_dir: Path, env: dict[str, str],
+    tmp_path: Path,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again: connection refused
-    job = job_dict(f"http://127.0.0.1:{port}/v1/", output_dir, concurrency=2,
-                   retry={**FAST_RETRY, "circuit_breaker_seconds": 0.3})
+    job = job_dict(
+        f"http://127.0.0.1:{port}/v1/",
+        output_dir,
+        concurrency=2,
+        retry={**FAST_RETRY, "circuit_breaker_seconds": 0.3},
+    )
     path = tmp_path / "down.yaml"
     path.write_text(yaml.safe_dump(job))
-    code, _, stderr, _ = run_scanned(["run", str(path), "-v", "--log-format", "json"], env,
-                                     [output_dir], needles(API_KEY, API_SECRET))
+    code, _, stderr, _ = run_scanned(
+        ["run", str(path), "-v", "--log-format", "json"],
+        env,
+        [output_dir],
+        needles(API_KEY, API_SECRET),
+    )
     assert code == 1, stderr
     assert "ClientConnectorError" in stderr and "the API looks down" in stderr
 
@@ -237,13 +296,23 @@ NOT_A_NAME = "expected the NAME of an environment variable (like FLIPSNACK_API_K
         ({}, {"secret": API_SECRET}, "secret", IN_THE_FILE),
         ({"key_env": API_KEY}, {}, "api.key_env", NOT_A_NAME),
         ({"secret_env": API_SECRET}, {}, "api.secret_env", NOT_A_NAME),
-        ({"base_url": f"https://{API_KEY}:{API_SECRET}@api.flipsnack.com/v1/"}, {},
-         "api.base_url", "must not hold credentials (user:password@)"),
+        (
+            {"base_url": f"https://{API_KEY}:{API_SECRET}@api.flipsnack.com/v1/"},
+            {},
+            "api.base_url",
+            "must not hold credentials (user:password@)",
+        ),
     ],
 )
 def test_a_literal_credential_in_the_job_file_is_refused_without_echo(
-    api: dict[str, str], top: dict[str, str], field: str, says: str, tmp_path: Path,
-    simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    api: dict[str, str],
+    top: dict[str, str],
+    field: str,
+    says: str,
+    tmp_path: Path,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     job = job_dict(simulator.base_url, output_dir, **top)
     job["api"].update(api)
@@ -259,19 +328,26 @@ def test_a_literal_credential_in_the_job_file_is_refused_without_echo(
 
 
 def test_credentials_from_name_file_variables(
-    tmp_path: Path, job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig,
-    output_dir: Path, env: dict[str, str],
+    tmp_path: Path,
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     (secrets / "key").write_text(API_KEY + "\n")  # as `echo` writes it
     (secrets / "secret").write_text(API_SECRET + "\n")
     from_files = {k: v for k, v in env.items() if not k.startswith("FLIPSNACK_")}
-    from_files |= {"FLIPSNACK_API_KEY_FILE": str(secrets / "key"),
-                   "FLIPSNACK_API_SECRET_FILE": str(secrets / "secret")}
+    from_files |= {
+        "FLIPSNACK_API_KEY_FILE": str(secrets / "key"),
+        "FLIPSNACK_API_SECRET_FILE": str(secrets / "secret"),
+    }
     path = job_file()
-    code, _, stderr, _ = run_scanned(["run", str(path)], from_files, [output_dir],
-                                     needles(API_KEY, API_SECRET))
+    code, _, stderr, _ = run_scanned(
+        ["run", str(path)], from_files, [output_dir], needles(API_KEY, API_SECRET)
+    )
     assert code == 0, stderr
     assert simulator.counters()["bad_signatures"] == 0
     assert_complete(path, sim_config)
@@ -281,16 +357,27 @@ def test_credentials_from_name_file_variables(
     ("drop", "extra", "named"),
     [
         (("FLIPSNACK_API_SECRET",), {}, ["FLIPSNACK_API_SECRET"]),
-        (("FLIPSNACK_API_KEY", "FLIPSNACK_API_SECRET"), {},
-         ["FLIPSNACK_API_KEY", "FLIPSNACK_API_SECRET"]),
-        (("FLIPSNACK_API_KEY",), {"FLIPSNACK_API_KEY_FILE": "/nonexistent/key"},
-         ["FLIPSNACK_API_KEY_FILE"]),
+        (
+            ("FLIPSNACK_API_KEY", "FLIPSNACK_API_SECRET"),
+            {},
+            ["FLIPSNACK_API_KEY", "FLIPSNACK_API_SECRET"],
+        ),
+        (
+            ("FLIPSNACK_API_KEY",),
+            {"FLIPSNACK_API_KEY_FILE": "/nonexistent/key"},
+            ["FLIPSNACK_API_KEY_FILE"],
+        ),
     ],
     ids=["secret", "both", "unreadable-file"],
 )
 def test_a_missing_credential_exits_2_naming_the_variable_before_any_request(
-    drop: tuple[str, ...], extra: dict[str, str], named: list[str], job_file: JobFile,
-    simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    drop: tuple[str, ...],
+    extra: dict[str, str],
+    named: list[str],
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
     path = job_file()
     missing = {k: v for k, v in env.items() if k not in drop} | extra
@@ -304,10 +391,14 @@ def test_a_missing_credential_exits_2_naming_the_variable_before_any_request(
 
 
 def test_the_credential_variables_are_the_ones_the_job_names(
-    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str],
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
 ) -> None:
-    path = job_file(api={"base_url": simulator.base_url, "key_env": "ACME_KEY",
-                         "secret_env": "ACME_SECRET"})
+    path = job_file(
+        api={"base_url": simulator.base_url, "key_env": "ACME_KEY", "secret_env": "ACME_SECRET"}
+    )
     done = run_cli("run", str(path), env=env)  # FLIPSNACK_* are set, ACME_* are not
     assert done.returncode == 2, done.stderr
     assert "environment: ACME_KEY: " in done.stderr and "environment: ACME_SECRET: " in done.stderr
