@@ -33,7 +33,7 @@ def window_margin(seconds: float) -> float:
 
 
 class _Window:
-    """The start times of the last ``calls`` calls, for one ``seconds``-long window."""
+    """The start times of the calls still inside one ``seconds``-long window (at most ``calls``)."""
 
     __slots__ = ("calls", "seconds", "starts")
 
@@ -47,6 +47,18 @@ class _Window:
         if len(self.starts) < self.calls:
             return float("-inf")
         return self.starts[0] + self.seconds
+
+    def record(self, now: float) -> None:
+        """Count a call started at ``now``; forget the starts that have left the window.
+
+        They can no longer hold a call back, and a generous limit (1,000,000 a second) would
+        otherwise keep up to ``calls`` of them: memory growing with the run.
+        """
+        starts = self.starts
+        starts.append(now)
+        horizon = now - self.seconds
+        while starts[0] <= horizon:
+            starts.popleft()
 
 
 class RateLimiter:
@@ -91,7 +103,7 @@ class RateLimiter:
                 self.waited_seconds += ready_at - now
                 await self._sleep(ready_at - now)
             for window in self._windows:
-                window.starts.append(now)
+                window.record(now)
             self.calls += 1
 
     def pause(self, seconds: float) -> None:

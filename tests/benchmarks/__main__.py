@@ -1,0 +1,76 @@
+"""``python -m tests.benchmarks [--long] [--only NAME ...] [--keep DIR]``: run, print one table.
+
+Exit status 1 when a figure misses its goal, so a script can gate on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.benchmarks import baseline, budget, files, memory, overhead, planning
+from tests.benchmarks.common import Figure, machine
+
+Benchmark = Callable[[Path], list[Figure]]
+
+# Files last: it counts what the runs before it wrote.
+SUITE: dict[str, Benchmark] = {
+    "budget": budget.run,
+    "overhead": overhead.run,
+    "memory": memory.run,
+    "planning": planning.run,
+    "baseline": baseline.run,
+    "files": files.run,
+}
+LONG: dict[str, Benchmark] = {"budget-long": budget.run_long}
+
+
+def table(figures: list[Figure]) -> str:
+    """The figures as one aligned text table, notes numbered beneath it."""
+    header = ("#", "figure", "measured", "goal", "result")
+    rows = [
+        (str(i), f.name, f.measured, f.goal or "-",
+         "info" if f.passed is None else ("pass" if f.passed else "FAIL"))
+        for i, f in enumerate(figures, 1)
+    ]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    out = [line, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), line]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    out.append(line)
+    out += [f"[{i}] {f.note}" for i, f in enumerate(figures, 1) if f.note]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen benchmarks in one working folder; print the machine and the table."""
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks", description=__doc__)
+    parser.add_argument(
+        "--long", action="store_true", help="only budget use at 5/s + 60/min (~3 min)"
+    )
+    parser.add_argument("--only", nargs="+", choices=[*SUITE, *LONG], help="run these only")
+    parser.add_argument("--keep", type=Path, help="work (and leave the outputs) in this folder")
+    args = parser.parse_args(argv)
+    chosen = LONG if args.long else SUITE
+    if args.only:
+        chosen = {name: {**SUITE, **LONG}[name] for name in args.only}
+    figures: list[Figure] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="harvester-bench-") as temp:
+        workdir = args.keep or Path(temp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for name, bench in chosen.items():
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            figures += bench(workdir)
+    print("\n".join(f"{k:9s} {v}" for k, v in machine()))
+    print(f"{'suite':9s} {time.monotonic() - started:.0f} s ({', '.join(chosen)})")
+    print(table(figures))
+    return 1 if any(f.passed is False for f in figures) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
