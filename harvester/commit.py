@@ -142,6 +142,8 @@ class Committer:
         self._ready = ready
         self._queue: asyncio.Queue[Outcome | object] = asyncio.Queue()
         self._unstaged: list[Fetched] = []
+        # What this run staged, by partition: written from memory, not read back and decoded.
+        self._staged_here: defaultdict[date, list[Fetched]] = defaultdict(list)
 
     def put(self, outcome: Outcome) -> None:
         """Hand an outcome to the writer (never blocks a worker); a result is staged at once."""
@@ -163,6 +165,8 @@ class Committer:
         if self._unstaged:
             self._store.stage(self._unstaged)
             self._report.units_fetched += len(self._unstaged)
+            for result in self._unstaged:
+                self._staged_here[result.unit.start].append(result)
             self._unstaged = []
 
     async def run(self) -> None:
@@ -205,9 +209,15 @@ class Committer:
             self._quarantine.add(exc)
         log.error("%s failed: %s (%s, %d attempts)", exc.unit, exc.reason, exc.kind, exc.attempts)
 
-    async def flush(self, period_start: date) -> int:
-        """Upsert one partition from its staged answers, then mark them done; return units."""
-        results = self._store.staged(period_start)
+    async def flush(self, period_start: date, *, from_store: bool = False) -> int:
+        """Upsert one partition from its staged answers, then mark them done; return units.
+
+        A partition completed in this run is written from the answers this run staged (the
+        run began by writing whatever an earlier run left staged, so they are all there);
+        ``from_store`` reads them back from the state instead.
+        """
+        here = self._staged_here.pop(period_start, None)
+        results = self._store.staged(period_start) if from_store or here is None else here
         if not results:
             return 0
         # Parquet encoding and fsync release the GIL: keep the event loop answering meanwhile.
@@ -226,5 +236,6 @@ class Committer:
         """Write every partition that still has staged answers (recovery, and the final flush)."""
         total = 0
         for period_start in self._store.staged_periods():
-            total += await self.flush(period_start)
+            total += await self.flush(period_start, from_store=True)
+        self._staged_here.clear()
         return total
