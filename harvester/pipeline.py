@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -109,19 +109,9 @@ def harvest(job: Job, options: RunOptions, env: Mapping[str, str] | None = None)
     lock = OutputLock(job.output)
     lock.acquire(wait=options.wait_for_lock)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_run(job, options, credentials, state_path))
+        return asyncio.run(_run(job, options, credentials, state_path))
     finally:
         lock.release()
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (less CPU per request), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:  # optional: not on Windows, not required anywhere
-        return None
-    return uvloop.new_event_loop
 
 
 @contextlib.asynccontextmanager
