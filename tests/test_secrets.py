@@ -21,7 +21,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 import yaml
 
-from harvester.simulator import SimulatorConfig, SimulatorThread
+from harvester.simulator import FAULT_KINDS, SimulatorConfig, SimulatorThread
 from tests.conftest import (
     API_KEY,
     API_SECRET,
@@ -38,20 +38,7 @@ UNKNOWN_KEY = "UNKNOWN-KEY-8c2a-harvest-test"
 # Credentials with characters a URL must encode: a leak of the encoded form is a leak too.
 AWKWARD_KEY = "K3y with/slash+plus=eq&amp%"
 AWKWARD_SECRET = "S3cret with/slash+plus=eq&amp%"
-TRANSIENT = (
-    "http500",
-    "http502",
-    "http503",
-    "http429",
-    "code22",
-    "code38",
-    "code31",
-    "code32",
-    "truncated",
-    "not_json",
-    "drop",
-    "slow",
-)
+TRANSIENT = tuple(sorted(FAULT_KINDS - {"bad_payload"}))  # every fault a retry outlives
 MIXED_FAULTS = {**dict.fromkeys(TRANSIENT, 0.025), "bad_payload": 0.05}  # 35% faulty
 FAST_WINDOWS = [{"calls": 10, "seconds": 0.05}, {"calls": 40, "seconds": 0.2}]
 FAST_RETRY = {"attempts": 12, "max_backoff_seconds": 0.05}
