@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
 import traceback
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from harvester.errors import (
     EXIT_BAD_JOB,
     EXIT_CODES,
     EXIT_INTERNAL,
+    EXIT_LOCAL_IO,
     HarvesterError,
     JobError,
     Problem,
@@ -147,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarvesterError as exc:
         _say(f"error: {exc}", logging.ERROR)
         return exc.exit_code
+    except (OSError, sqlite3.Error) as exc:  # the disk, not the API: full, read-only, denied
+        _say(f"error: cannot read or write local files: {exc}", logging.ERROR)
+        return EXIT_LOCAL_IO
     except KeyboardInterrupt:
         return 130
     except Exception:  # a bug: say so, with a traceback that cannot carry a secret

@@ -62,6 +62,7 @@ EXIT_LOCKED = 4
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in harvester, never an expected outcome
+EXIT_LOCAL_IO = 74  # EX_IOERR: the output or state folder cannot be written (disk, permissions)
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "every unit succeeded",

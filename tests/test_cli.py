@@ -346,3 +346,19 @@ def test_the_demo_job_harvests_from_the_bundled_simulator(tmp_path: Path) -> Non
     assert actual_rows(tmp_path / job.output) == expected_rows(job, SimulatorConfig())
     again = run_cli("run", str(demo), env=env, cwd=tmp_path)
     assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+def test_an_output_that_cannot_be_written_exits_74(
+    job_file: JobFile, simulator: SimulatorThread, tmp_path: Path, env: dict[str, str]
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    path = job_file()
+    job = yaml.safe_load(path.read_text())
+    job["output"] = str(blocker / "output")
+    path.write_text(yaml.safe_dump(job))
+    done = run_cli("run", str(path), env=env)
+    assert done.returncode == 74, done.stderr
+    assert done.stderr.startswith("error: cannot read or write local files:")
+    assert "Traceback" not in done.stderr
+    assert simulator.counters()["requests"] == 0
