@@ -81,6 +81,7 @@ class Fetched(NamedTuple):
 # --- the payload --------------------------------------------------------------------------------
 
 MAX_FIGURE = 10**15  # far above any real flipbook's traffic; larger means a broken answer
+MAX_PAGE = 100_000  # far above any real flipbook's length; and `page` is an int32 column
 COLLECTION_FIGURES = ("impressions", "views", "time_spent", "downloads")
 PAGE_FIGURES = ("views", "clicks", "time_spent")
 
@@ -113,7 +114,7 @@ def _pages(raw: Any) -> tuple[tuple[int, int, int, int], ...]:
             clicks, spent = item.get("clicks"), item.get("time_spent")
             if (
                 type(page) is int and type(views) is int and type(clicks) is int
-                and type(spent) is int and 0 <= page <= MAX_FIGURE and 0 <= views <= MAX_FIGURE
+                and type(spent) is int and 0 <= page <= MAX_PAGE and 0 <= views <= MAX_FIGURE
                 and 0 <= clicks <= MAX_FIGURE and 0 <= spent <= MAX_FIGURE and page not in rows
             ):
                 rows[page] = (page, views, clicks, spent)
@@ -129,8 +130,8 @@ def _page(i: int, item: Any, rows: Mapping[int, object]) -> tuple[int, int, int,
     if not isinstance(item, dict):
         raise InvalidPayload(f"pages[{i}]: expected an object, got {_kind(item)}")
     page = item.get("page")
-    if type(page) is not int or page < 0 or page > MAX_FIGURE:
-        raise InvalidPayload(f"pages[{i}].page: expected a non-negative integer")
+    if type(page) is not int or page < 0 or page > MAX_PAGE:
+        raise InvalidPayload(f"pages[{i}].page: expected an integer from 0 to {MAX_PAGE}")
     if page in rows:
         raise InvalidPayload(f"pages[{i}].page: page {page} appears twice")
     views, clicks, spent = (_figure(item.get(f), f"pages[{i}].{f}") for f in PAGE_FIGURES)

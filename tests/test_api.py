@@ -214,6 +214,7 @@ def _parse(data: Any, page_stats: bool = True) -> Fetched:
             "twice",
         ),
         (lambda d: d["pages"][0].update(page="1"), "page"),
+        (lambda d: d["pages"][0].update(page=2**31), "page"),
         (lambda d: d["pages"][0].pop("clicks"), "clicks"),
         (lambda d: d["pages"][0].update(time_spent=-5), "time_spent"),
     ],
