@@ -149,6 +149,25 @@ def test_done_among_searches_the_primary_key(store: StateStore) -> None:
     assert "USING PRIMARY KEY" in plan and "SCAN u" not in plan
 
 
+def test_a_shared_window_is_read_by_a_primary_key_range(store: StateStore) -> None:
+    from harvester.state import _DONE_IN_WINDOW
+
+    rows = store._db.execute(f"EXPLAIN QUERY PLAN {_DONE_IN_WINDOW}", ["2026-01-01", "2026-01-01"])
+    plan = " ".join(row[3] for row in rows)
+    assert "USING PRIMARY KEY (period_start=?" in plan, plan
+
+
+def test_done_among_reads_shared_windows_and_scattered_units_alike(store: StateStore) -> None:
+    from harvester.state import SHARED_WINDOW_UNITS
+
+    day = date(2026, 2, 1)
+    shared = [Unit(f"h{i}", day, day) for i in range(SHARED_WINDOW_UNITS + 3)]
+    scattered = [Unit("lone", date(2026, 2, d), date(2026, 2, d)) for d in (2, 3)]
+    done = shared[::2] + scattered[:1]
+    store.mark_done(done)
+    assert store.done_among(shared + scattered) == set(done)
+
+
 def test_mark_failed_records_a_new_unit(store: StateStore) -> None:
     u = unit()
     store.mark_failed(u, kind="rejected", reason="code 42", attempts=1)
