@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
         help="after SIGINT/SIGTERM, how long in-flight requests may finish (default 10)",
     )
 
+    stat = commands.add_parser("status", help="what is done and what failed, from the state")
+    stat.add_argument("job", type=Path, help="the YAML job file")
+    stat.add_argument("--state", type=Path, help="state database, as given to run")
+
     sim = commands.add_parser("simulate", help="serve the bundled Flipsnack-compatible simulator")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8080)
@@ -108,6 +112,14 @@ def _say(text: str, level: int) -> None:
 _json_logs = False
 
 
+def _status(args: argparse.Namespace) -> int:
+    from harvester.config import load_job
+    from harvester.pipeline import RunOptions, status
+
+    print(redact(status(load_job(args.job), RunOptions(state_path=args.state))))
+    return 0
+
+
 def _simulate(args: argparse.Namespace) -> int:
     import yaml
 
@@ -142,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _json_logs = getattr(args, "log_format", "text") == "json"
     setup_logging("json" if _json_logs else "text", level)
     try:
-        return _run(args) if args.command == "run" else _simulate(args)
+        commands = {"run": _run, "status": _status, "simulate": _simulate}
+        return commands[args.command](args)
     except JobError as exc:
         _say(f"error: invalid job:\n{exc}", logging.ERROR)
         return EXIT_BAD_JOB

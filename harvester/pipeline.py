@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -44,7 +45,7 @@ from harvester.retry import CircuitBreaker, build_retrying
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
 from harvester.state import OutputLock, StateStore, default_state_path
 
-__all__ = ["RunOptions", "harvest", "plan_pending"]
+__all__ = ["RunOptions", "harvest", "plan_pending", "status"]
 
 log = logging.getLogger("harvester")
 
@@ -97,6 +98,35 @@ def plan_pending(job: Job, options: RunOptions) -> tuple[int, int]:
         for _ in pending:
             pass
     return total, report.units_to_fetch
+
+
+def status(job: Job, options: RunOptions, *, limit: int = 20) -> str:
+    """What the state says of a job's output: counts, failed units, the last run; read only."""
+    path = _state_path(job, options)
+    if not path.exists():
+        return f"{job.output}: no state yet ({path}): nothing was harvested here"
+    with StateStore(path) as store:
+        counts, failed = store.counts(), store.failed()
+    lines = [
+        f"{job.output}: {counts['done']} units done, {counts['failed']} failed, "
+        f"{counts['staged']} fetched but not yet written (the next run writes them)"
+    ]
+    lines += [
+        f"failed: {f.unit}: {f.reason} ({f.kind}, {f.attempts} attempts, {f.failed_at})"
+        for f in failed[:limit]
+    ]
+    if len(failed) > limit:
+        lines.append(f"... and {len(failed) - limit} more failed units")
+    if failed:
+        lines.append("the next run retries every failed unit")
+    last = path.parent / "last-run.json"
+    if last.exists():
+        report = json.loads(last.read_text(encoding="utf-8"))
+        lines.append(
+            f"last run: {report.get('outcome')} at {report.get('finished_at')}, "
+            f"exit {report.get('exit_code')} (report: {last})"
+        )
+    return "\n".join(lines)
 
 
 def harvest(job: Job, options: RunOptions, env: Mapping[str, str] | None = None) -> RunReport:

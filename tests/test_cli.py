@@ -362,3 +362,24 @@ def test_an_output_that_cannot_be_written_exits_74(
     assert done.stderr.startswith("error: cannot read or write local files:")
     assert "Traceback" not in done.stderr
     assert simulator.counters()["requests"] == 0
+
+
+def test_status_reports_counts_failures_and_the_last_run(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str]
+) -> None:
+    path = job_file()
+    before = run_cli("status", str(path), env=env)
+    assert before.returncode == 0 and "no state yet" in before.stdout
+    simulator.reconfigure(deleted=frozenset({HASHES[2]}))
+    assert run_cli("run", str(path), env=env).returncode == 1
+    simulator.reset_counters()
+    done = run_cli("status", str(path), env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"{output_dir}: 30 units done, 3 failed, 0 fetched but not yet written " \
+        "(the next run writes them)"
+    assert [line.split(":")[0] for line in lines[1:4]] == ["failed"] * 3
+    assert all("code 43" in line and "(rejected, 1 attempts" in line for line in lines[1:4])
+    assert lines[4] == "the next run retries every failed unit"
+    assert lines[5].startswith("last run: finished with failures at ") and "exit 1" in lines[5]
+    assert simulator.counters()["requests"] == 0  # status asks the API nothing
