@@ -153,8 +153,8 @@ def show(value: Any, *, echo: bool = True) -> str:
 
 
 def join(path: str, key: object) -> str:
-    """``api`` + ``timeout`` → ``api.timeout``."""
-    name = key if isinstance(key, str) else repr(key)
+    """``api`` + ``timeout`` → ``api.timeout``; an empty or non-text key shows as its repr."""
+    name = key if isinstance(key, str) and key.strip() else repr(key)
     return f"{path}.{name}" if path else name
 
 
@@ -173,7 +173,7 @@ def mapping(
 
 def unknown_key(ctx: Context, path: str, key: object, known: tuple[str, ...]) -> None:
     """Refuse a key; never echo its value (it may be a credential someone pasted)."""
-    name = key if isinstance(key, str) else repr(key)
+    name = key if isinstance(key, str) and key.strip() else repr(key)
     name = name if len(name) <= 64 else name[:40] + "..."
     folded = re.sub(r"[\W_]", "", name.lower())
     close = difflib.get_close_matches(name, known, n=1)

@@ -12,11 +12,18 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import settings
 
 from harvester.config import Job, RateLimit, load_job
 from harvester.plan import iter_units
 from harvester.simulator import SimulatorConfig, SimulatorThread, expected_stats
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, read_dataset
+
+# In CI the property tests replay the same examples every run: a failure there is reproducible,
+# and new ground is broken locally (run them with --hypothesis-seed=random values).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 # Distinctive values, so a grep of everything the harvester printed or wrote can find a leak.
 API_KEY = "KEY-5f1c-harvest-test-9d2e"

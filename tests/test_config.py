@@ -462,3 +462,12 @@ def test_credential_values_never_appear_in_errors(tmp_path: Path) -> None:
         load_credentials(ApiSettings(), {"FLIPSNACK_API_KEY": SECRET})
     assert SECRET not in str(caught.value)
     assert [p.field for p in caught.value.problems] == ["FLIPSNACK_API_SECRET"]
+
+
+@pytest.mark.parametrize("key", ['""', "' '"])
+def test_an_empty_key_is_named_in_the_message(key: str) -> None:
+    with pytest.raises(JobError) as info:
+        parse_job(f"{key}: 1\ncollections: [abc]\nstart: 2026-01-01\n", "job.yaml")
+    (problem,) = info.value.problems
+    assert problem.field in ("''", "' '")  # quoted, so the reader sees which key
+    assert "unknown key" in problem.message
