@@ -274,8 +274,11 @@ def _job(ctx: Context, data: Any) -> Job | None:
     if not isinstance(output, str) or not output.strip() or "\0" in output:
         ctx.fail("output", f"expected a non-empty folder path, found {show(output)}")
     refresh = integer(ctx, top.get("refresh_days", ABSENT), "refresh_days", DEFAULT_REFRESH_DAYS, 0)
-    discover = _discover(ctx, top)
-    collections = _collections(ctx, top, discovering=discover is not None)
+    # The job-level range, read once: discovered collections and listed ones share it.
+    start = calendar_date(ctx, top["start"], "start") if "start" in top else None
+    defaults = (start, calendar_date(ctx, top.get("end", "yesterday"), "end"))
+    discover = _discover(ctx, top, defaults)
+    collections = _collections(ctx, top, defaults, discovering=discover is not None)
     return Job(
         source=Path(ctx.source),
         collections=collections,
@@ -290,7 +293,9 @@ def _job(ctx: Context, data: Any) -> Job | None:
     )
 
 
-def _discover(ctx: Context, top: dict[Any, Any]) -> Discovery | None:
+def _discover(
+    ctx: Context, top: dict[Any, Any], defaults: tuple[date | None, date | None]
+) -> Discovery | None:
     """``discover: true`` or ``discover: {status, query}``: every collection of the account."""
     raw = top.get("discover", False)
     if raw is False:
@@ -312,8 +317,7 @@ def _discover(ctx: Context, top: dict[Any, Any]) -> Discovery | None:
     if "start" not in top:
         ctx.fail("start", "required with discover: discovered collections use the job's range")
         return None
-    first = calendar_date(ctx, top["start"], "start")
-    last = calendar_date(ctx, top.get("end", "yesterday"), "end")
+    first, last = defaults
     if first is None or last is None:
         return None
     if first > last:
@@ -443,7 +447,11 @@ def _granularity(ctx: Context, raw: Any) -> str:
 
 
 def _collections(
-    ctx: Context, top: dict[Any, Any], *, discovering: bool = False
+    ctx: Context,
+    top: dict[Any, Any],
+    defaults: tuple[date | None, date | None],
+    *,
+    discovering: bool = False,
 ) -> tuple[Collection, ...]:
     """The collections, each with its own range or the job-level defaults; hashes unique.
 
@@ -453,8 +461,6 @@ def _collections(
     raw = top.get("collections", ABSENT)
     if discovering and (raw is ABSENT or raw == []):
         return ()
-    start = calendar_date(ctx, top["start"], "start") if "start" in top else None
-    defaults = (start, calendar_date(ctx, top.get("end", "yesterday"), "end"))
     if raw is ABSENT:
         ctx.fail("collections", "required: a list of collections, e.g. '- hash: d3m0h45h'")
         return ()

@@ -32,7 +32,6 @@ LIST_PAGE_SIZE = 50  # records per collection.getList call; a shorter page is th
 class FetchStats:
     """What the fetcher saw, for the run report."""
 
-    successes: int = 0
     errors: Counter[str] = field(default_factory=Counter)  # by error kind, every attempt
     retries: int = 0
     rate_limit_answers: int = 0
@@ -72,7 +71,6 @@ class UnitFetcher:
                 exc.unit, exc.attempts = unit, attempts
                 self._observe(exc)
                 raise
-            self.stats.successes += 1
             self._breaker.record_success()
             return result
 

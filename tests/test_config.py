@@ -471,3 +471,10 @@ def test_an_empty_key_is_named_in_the_message(key: str) -> None:
     (problem,) = info.value.problems
     assert problem.field in ("''", "' '")  # quoted, so the reader sees which key
     assert "unknown key" in problem.message
+
+
+def test_a_bad_job_range_is_reported_once_with_discover_and_collections() -> None:
+    text = "discover: true\nstart: 2026-02-30\ncollections: [abc]\n"
+    with pytest.raises(JobError) as info:
+        parse_job(text, "job.yaml")
+    assert [p.field for p in info.value.problems] == ["start"]
