@@ -6,7 +6,7 @@ JOB    ?= configs/demo.yaml
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install harvest test bench bench-long lint typecheck clean
+.PHONY: help install harvest test bench bench-long lint format format-check typecheck check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -14,10 +14,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,metrics,plot]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the package with its dev extras (editable)
+install: $(STAMP) ## create .venv and install the package with every extra (editable)
 
 harvest: $(STAMP) ## harvest JOB (default: the demo job, from the bundled simulator)
 	$(BIN)/harvester run $(JOB)
@@ -34,8 +34,16 @@ bench-long: $(STAMP) ## budget use at the real default limits, three minutes
 lint: $(STAMP) ## ruff over the package and tests
 	$(BIN)/ruff check harvester tests
 
+format: $(STAMP) ## ruff format over the package and tests
+	$(BIN)/ruff format harvester tests
+
+format-check: $(STAMP) ## fail when a file is not formatted as ruff format would
+	$(BIN)/ruff format --check harvester tests
+
 typecheck: $(STAMP) ## mypy --strict over the package
 	$(BIN)/mypy
+
+check: lint format-check typecheck ## lint, format check and type check (what CI runs before the tests)
 
 clean: ## remove the venv, caches and what runs wrote under output/
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import quote_plus
 
 import aiohttp
@@ -34,7 +34,7 @@ from harvester.errors import (
     RateLimited,
     RequestTimeout,
 )
-from harvester.plan import Unit
+from harvester.model import Fetched, Unit
 from harvester.ratelimit import RateLimiter
 from harvester.redact import redact
 
@@ -64,18 +64,6 @@ def sign(params: Mapping[str, str], secret: str) -> str:
             parts.append(name)
             parts.append(params[name])
     return hashlib.md5("".join(parts).encode("utf-8")).hexdigest()
-
-
-class Fetched(NamedTuple):
-    """One unit's validated answer, ready to be staged and written."""
-
-    unit: Unit
-    fetched_at: datetime  # timezone-aware, UTC
-    impressions: int
-    views: int
-    time_spent: int
-    downloads: int
-    pages: tuple[tuple[int, int, int, int], ...]  # (page, views, clicks, time_spent) by page
 
 
 # --- the payload --------------------------------------------------------------------------------
@@ -113,9 +101,15 @@ def _pages(raw: Any) -> tuple[tuple[int, int, int, int], ...]:
             page, views = item.get("page"), item.get("views")
             clicks, spent = item.get("clicks"), item.get("time_spent")
             if (
-                type(page) is int and type(views) is int and type(clicks) is int
-                and type(spent) is int and 0 <= page <= MAX_PAGE and 0 <= views <= MAX_FIGURE
-                and 0 <= clicks <= MAX_FIGURE and 0 <= spent <= MAX_FIGURE and page not in rows
+                type(page) is int
+                and type(views) is int
+                and type(clicks) is int
+                and type(spent) is int
+                and 0 <= page <= MAX_PAGE
+                and 0 <= views <= MAX_FIGURE
+                and 0 <= clicks <= MAX_FIGURE
+                and 0 <= spent <= MAX_FIGURE
+                and page not in rows
             ):
                 rows[page] = (page, views, clicks, spent)
                 continue

@@ -18,9 +18,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
 
-from harvester.api import Fetched
 from harvester.errors import InvalidPayload, UnitError
-from harvester.plan import Unit
+from harvester.model import Fetched, Unit
 from harvester.redact import redact
 from harvester.report import FailedEntry, RunReport
 from harvester.sink import ParquetSink
@@ -84,8 +83,11 @@ def pending_units(
         done = store.done_among(batch) if batch and not refresh_all else set()
         todo = batch
         if done:
-            todo = [u for u in batch
-                    if u not in done or (refresh_from is not None and u.end >= refresh_from)]
+            todo = [
+                u
+                for u in batch
+                if u not in done or (refresh_from is not None and u.end >= refresh_from)
+            ]
             report.units_already_done += len(batch) - len(todo)
         planned = tracker.planned
         for unit in todo:

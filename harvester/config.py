@@ -34,6 +34,7 @@ from harvester.fields import (
     positive,
     show,
 )
+from harvester.model import GRANULARITIES, RateLimit
 
 __all__ = [
     "DEFAULT_RATE_LIMITS",
@@ -64,18 +65,9 @@ DEFAULT_CIRCUIT_BREAKER_SECONDS = 600.0
 DEFAULT_GRANULARITY = "day"
 DEFAULT_OUTPUT = "output"
 DEFAULT_REFRESH_DAYS = 0
-GRANULARITIES = ("day", "week", "month", "range")
 
 MAX_CONCURRENCY = 1000
 MAX_ATTEMPTS = 100
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimit:
-    """At most ``calls`` calls in any ``seconds``-long sliding window."""
-
-    calls: int
-    seconds: float
 
 
 DEFAULT_RATE_LIMITS = (RateLimit(5, 1.0), RateLimit(60, 60.0))

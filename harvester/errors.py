@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harvester.plan import Unit
+    from harvester.model import Unit
 
 __all__ = [
     "EXIT_CODES",

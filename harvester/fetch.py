@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying
 
-from harvester.api import Fetched, StatsClient
+from harvester.api import StatsClient
 from harvester.config import Discovery
 from harvester.errors import CircuitOpen, HttpError, PermanentError, RateLimited, UnitError
-from harvester.plan import Unit
+from harvester.model import Fetched, Unit
 from harvester.ratelimit import RateLimiter
 from harvester.retry import CircuitBreaker
 

@@ -36,7 +36,8 @@ from harvester.errors import (
     UnitError,
 )
 from harvester.fetch import UnitFetcher
-from harvester.plan import Unit, count_units, iter_windows
+from harvester.model import Unit
+from harvester.plan import count_units, iter_windows
 from harvester.pool import Stopped, StopToken, WorkerPool
 from harvester.ratelimit import RateLimiter
 from harvester.redact import register_secrets

@@ -19,19 +19,9 @@ from itertools import chain, groupby
 from typing import NamedTuple
 
 from harvester.config import Job
+from harvester.model import Unit
 
 __all__ = ["Unit", "count_units", "iter_units", "iter_windows"]
-
-
-class Unit(NamedTuple):
-    """One call's worth of work: a collection and an inclusive window."""
-
-    collection_hash: str
-    start: date
-    end: date
-
-    def __str__(self) -> str:
-        return f"{self.collection_hash} {self.start.isoformat()}..{self.end.isoformat()}"
 
 
 # Building a NamedTuple through tuple.__new__ skips the generated __new__'s argument handling:
@@ -123,8 +113,10 @@ def _window_of(granularity: str) -> _Window:
 def _spans(job: Job) -> list[_Span]:
     """The job's collections as spans, in job-file order; empty ranges have no units."""
     kept = [c for c in job.collections if c.start <= c.end]
-    return [_Span(i, c.hash, c.start.toordinal(), c.end.toordinal(), c.start, c.end)
-            for i, c in enumerate(kept)]
+    return [
+        _Span(i, c.hash, c.start.toordinal(), c.end.toordinal(), c.start, c.end)
+        for i, c in enumerate(kept)
+    ]
 
 
 def _range_batches(spans: list[_Span]) -> Iterator[list[Unit]]:
@@ -177,5 +169,7 @@ def _window_batches(spans: list[_Span], window: _Window, daily: bool) -> Iterato
 def _clipped(rows: list[_Span], first: int, last: int) -> list[Unit]:
     """Each row's unit for the window ``first..last``, clipped to the row's own range."""
     start, end = date.fromordinal(first), date.fromordinal(last)
-    return [_new(Unit, (h, start if lo <= first else own_start, end if hi >= last else own_end))
-            for _, h, lo, hi, own_start, own_end in rows]
+    return [
+        _new(Unit, (h, start if lo <= first else own_start, end if hi >= last else own_end))
+        for _, h, lo, hi, own_start, own_end in rows
+    ]

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
-from harvester.config import RateLimit
+from harvester.model import RateLimit
 
 __all__ = ["RateLimiter", "window_margin"]
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from harvester.api import Fetched
+from harvester.model import Fetched
 
 __all__ = [
     "COLLECTION_SCHEMA",

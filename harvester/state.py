@@ -23,9 +23,8 @@ from typing import Any, NamedTuple, Self
 
 import orjson
 
-from harvester.api import Fetched
 from harvester.errors import HarvesterError, LockedError
-from harvester.plan import Unit
+from harvester.model import Fetched, Unit
 
 __all__ = ["FailedUnit", "OutputLock", "StateStore", "default_state_path"]
 

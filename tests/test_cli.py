@@ -376,8 +376,10 @@ def test_status_reports_counts_failures_and_the_last_run(
     done = run_cli("status", str(path), env=env)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == f"{output_dir}: 30 units done, 3 failed, 0 fetched but not yet written " \
+    assert (
+        lines[0] == f"{output_dir}: 30 units done, 3 failed, 0 fetched but not yet written "
         "(the next run writes them)"
+    )
     assert [line.split(":")[0] for line in lines[1:4]] == ["failed"] * 3
     assert all("code 43" in line and "(rejected, 1 attempts" in line for line in lines[1:4])
     assert lines[4] == "the next run retries every failed unit"

@@ -56,14 +56,17 @@ def job_file(tmp_path: Path) -> Callable[[str], Path]:
 
 def test_a_minimal_job_gets_every_default() -> None:
     job = parse("start: 2026-01-01\ncollections: [d3m0h45h]\n")
-    assert job == parse_job("start: 2026-01-01\ncollections: [d3m0h45h]", "job.yaml",
-                            today=TODAY)
+    assert job == parse_job("start: 2026-01-01\ncollections: [d3m0h45h]", "job.yaml", today=TODAY)
     assert job.collections == (Collection("d3m0h45h", date(2026, 1, 1), date(2026, 4, 9)),)
     assert job.api == ApiSettings()
     assert job.api.rate_limits == DEFAULT_RATE_LIMITS
     assert not job.api.uses_simulator
     assert (job.concurrency, job.granularity, job.page_stats, job.refresh_days) == (
-        4, "day", True, 0)
+        4,
+        "day",
+        True,
+        0,
+    )
     assert job.output == Path("output")
     assert job.source == Path("job.yaml")
 
@@ -90,12 +93,17 @@ def test_every_setting_is_read() -> None:
           - {hash: only-end, end: yesterday}
           - "0123"
     """)
-    assert job.api == ApiSettings("http://localhost:8080/v1/", "MY_KEY", "MY_SECRET", 2.5,
-                                  (RateLimit(1, 0.5),))
+    assert job.api == ApiSettings(
+        "http://localhost:8080/v1/", "MY_KEY", "MY_SECRET", 2.5, (RateLimit(1, 0.5),)
+    )
     assert (job.concurrency, job.retry.attempts, job.retry.max_backoff_seconds) == (1000, 100, 1)
     assert job.retry.circuit_breaker_seconds == 30.0
     assert (job.granularity, job.page_stats, job.output, job.refresh_days) == (
-        "range", False, Path("data/stats"), 3)
+        "range",
+        False,
+        Path("data/stats"),
+        3,
+    )
     assert [(c.hash, c.start.isoformat(), c.end.isoformat()) for c in job.collections] == [
         ("a_b-C", "2026-03-11", "2026-04-10"),
         ("x9y8z7", "2026-03-01", "2026-03-31"),
@@ -104,11 +112,18 @@ def test_every_setting_is_read() -> None:
     ]
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("today", date(2026, 4, 10)), ("yesterday", date(2026, 4, 9)), ("-0d", date(2026, 4, 10)),
-    ("-1d", date(2026, 4, 9)), ("-365d", date(2025, 4, 10)), ("'2026-02-28'", date(2026, 2, 28)),
-    ("2024-02-29", date(2024, 2, 29)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("today", date(2026, 4, 10)),
+        ("yesterday", date(2026, 4, 9)),
+        ("-0d", date(2026, 4, 10)),
+        ("-1d", date(2026, 4, 9)),
+        ("-365d", date(2025, 4, 10)),
+        ("'2026-02-28'", date(2026, 2, 28)),
+        ("2024-02-29", date(2024, 2, 29)),
+    ],
+)
 def test_date_forms(text: str, expected: date) -> None:
     assert parse(f"start: {text}\nend: {text}\ncollections: [a]").collections[0].end == expected
 
@@ -139,8 +154,9 @@ def test_the_bundled_configs_are_valid() -> None:
 def test_a_missing_file_is_a_problem(tmp_path: Path) -> None:
     with pytest.raises(JobError) as caught:
         load_job(tmp_path / "nope.yaml")
-    assert caught.value.problems == [Problem(str(tmp_path / "nope.yaml"), "<file>",
-                                             "file not found")]
+    assert caught.value.problems == [
+        Problem(str(tmp_path / "nope.yaml"), "<file>", "file not found")
+    ]
 
 
 def test_a_directory_or_binary_file_is_a_problem(tmp_path: Path) -> None:
@@ -181,16 +197,23 @@ def test_yaml_syntax_errors_give_line_and_column() -> None:
 def test_a_key_given_twice_is_an_error_not_last_one_wins() -> None:
     found = problems("start: 2026-01-01\ncollections: [a]\nstart: 2026-02-01\n")
     assert found == {"<yaml>": "invalid YAML at line 3, column 1: the key 'start' is given twice"}
-    merged = parse("start: 2026-01-01\ncollections:\n  - &c {hash: a, end: 2026-01-02}\n"
-                   "  - {<<: *c, hash: b}\n")
+    merged = parse(
+        "start: 2026-01-01\ncollections:\n  - &c {hash: a, end: 2026-01-02}\n"
+        "  - {<<: *c, hash: b}\n"
+    )
     assert [c.hash for c in merged.collections] == ["a", "b"]  # a merge key may be overridden
 
 
 def test_hostile_yaml_is_refused_quickly() -> None:
     assert "nested too deeply" in problems("[" * 5000 + "]" * 5000)["<yaml>"]
-    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
-        for p, n in zip("abcdefgh", "bcdefghi", strict=True)) + "collections: *i\n"
+    bomb = (
+        "a: &a [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+            for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+        )
+        + "collections: *i\n"
+    )
     found = problems(bomb)  # 9**9 leaves if anything walked it all
     assert len(found["collections[0]"]) < 300
 
@@ -230,13 +253,32 @@ EVERYTHING_WRONG = """
 def test_every_problem_of_a_file_is_reported_at_once() -> None:
     found = problems(EVERYTHING_WRONG)
     assert set(found) == {
-        "api.base_url", "api.timeout_seconds", "api.rate_limits[0].calls",
-        "api.rate_limits[0].seconds", "api.rate_limits[1].secnds", "api.rate_limits[1].seconds",
-        "api.rate_limits[2]", "concurency", "concurrency", "retry.attempts",
-        "retry.max_backoff_seconds", "retry.circuit_breaker_seconds", "granularity",
-        "page_stats", "output", "refresh_days", "start", "end", "collections[0]",
-        "collections[1]", "collections[2].hash", "collections[3].hash", "collections[3].start",
-        "collections[4].hsh", "collections[4].hash", "collections[5]",
+        "api.base_url",
+        "api.timeout_seconds",
+        "api.rate_limits[0].calls",
+        "api.rate_limits[0].seconds",
+        "api.rate_limits[1].secnds",
+        "api.rate_limits[1].seconds",
+        "api.rate_limits[2]",
+        "concurency",
+        "concurrency",
+        "retry.attempts",
+        "retry.max_backoff_seconds",
+        "retry.circuit_breaker_seconds",
+        "granularity",
+        "page_stats",
+        "output",
+        "refresh_days",
+        "start",
+        "end",
+        "collections[0]",
+        "collections[1]",
+        "collections[2].hash",
+        "collections[3].hash",
+        "collections[3].start",
+        "collections[4].hsh",
+        "collections[4].hash",
+        "collections[5]",
     }
     assert found["concurency"] == "unknown key 'concurency'; did you mean 'concurrency'?"
     assert found["api.rate_limits[1].secnds"].endswith("did you mean 'seconds'?")
@@ -254,42 +296,45 @@ def test_every_problem_of_a_file_is_reported_at_once() -> None:
     assert "ftp://example.com" in found["api.base_url"]  # base_url may be echoed
 
 
-@pytest.mark.parametrize(("setting", "field", "expected"), [
-    ("concurrency: 0", "concurrency", "from 1 to 1000"),
-    ("concurrency: 4.0", "concurrency", "found number 4.0"),
-    ("concurrency: '4'", "concurrency", "found string '4'"),
-    ("concurrency: on", "concurrency", "booleans"),
-    ("concurrency:", "concurrency", "found null"),
-    ("refresh_days: true", "refresh_days", "booleans"),
-    ("retry: {attempts: 101}", "retry.attempts", "from 1 to 100"),
-    ("retry: {max_backoff_seconds: 0}", "retry.max_backoff_seconds", "> 0"),
-    ("retry: {circuit_breaker_seconds: -5}", "retry.circuit_breaker_seconds", "> 0"),
-    ("retry: {circuit_breaker_seconds: .nan}", "retry.circuit_breaker_seconds", "finite"),
-    ("retry: 3", "retry", "expected a mapping"),
-    ("api: {timeout_seconds: no}", "api.timeout_seconds", "booleans"),
-    ("api: {rate_limits: []}", "api.rate_limits", "non-empty list"),
-    ("api: {rate_limits: [{calls: 0, seconds: 1}]}", "api.rate_limits[0].calls", ">= 1"),
-    ("api: {rate_limits: [{calls: 1.5, seconds: 1}]}", "api.rate_limits[0].calls", "integer"),
-    ("api: {base_url: 'https://'}", "api.base_url", "http(s)://"),
-    ("api: {base_url: api.flipsnack.com}", "api.base_url", "http(s)://"),
-    ("api: {base_url: 'https://a b'}", "api.base_url", "http(s)://"),
-    ("api: {base_url: 'http://[::1'}", "api.base_url", "http(s)://"),
-    ("api: {base_url: 5}", "api.base_url", "integer 5"),
-    ("api: {base_url: 'https://me:pw@api.flipsnack.com/v1/'}", "api.base_url", "credentials"),
-    ("granularity: Day", "granularity", "did you mean 'day'?"),
-    ("granularity: [day]", "granularity", "expected one of day, week, month, range"),
-    ("page_stats: 1", "page_stats", "true or false"),
-    ("output: 5", "output", "non-empty folder path"),
-    ("output: '   '", "output", "non-empty folder path"),
-    ("output: null", "output", "found null"),
-    ("end: 2026-1-5", "end", "YYYY-MM-DD"),
-    ("end: '2026-01-05 10:00'", "end", "without a time"),
-    ("end: -3", "end", "found integer -3"),
-    ("end: +3d", "end", "-Nd"),
-    ("end: -99999999d", "end", "-Nd"),
-    ("end: -9999999d", "end", "before year 1"),
-    ("end: tomorrow", "end", "today, yesterday"),
-])
+@pytest.mark.parametrize(
+    ("setting", "field", "expected"),
+    [
+        ("concurrency: 0", "concurrency", "from 1 to 1000"),
+        ("concurrency: 4.0", "concurrency", "found number 4.0"),
+        ("concurrency: '4'", "concurrency", "found string '4'"),
+        ("concurrency: on", "concurrency", "booleans"),
+        ("concurrency:", "concurrency", "found null"),
+        ("refresh_days: true", "refresh_days", "booleans"),
+        ("retry: {attempts: 101}", "retry.attempts", "from 1 to 100"),
+        ("retry: {max_backoff_seconds: 0}", "retry.max_backoff_seconds", "> 0"),
+        ("retry: {circuit_breaker_seconds: -5}", "retry.circuit_breaker_seconds", "> 0"),
+        ("retry: {circuit_breaker_seconds: .nan}", "retry.circuit_breaker_seconds", "finite"),
+        ("retry: 3", "retry", "expected a mapping"),
+        ("api: {timeout_seconds: no}", "api.timeout_seconds", "booleans"),
+        ("api: {rate_limits: []}", "api.rate_limits", "non-empty list"),
+        ("api: {rate_limits: [{calls: 0, seconds: 1}]}", "api.rate_limits[0].calls", ">= 1"),
+        ("api: {rate_limits: [{calls: 1.5, seconds: 1}]}", "api.rate_limits[0].calls", "integer"),
+        ("api: {base_url: 'https://'}", "api.base_url", "http(s)://"),
+        ("api: {base_url: api.flipsnack.com}", "api.base_url", "http(s)://"),
+        ("api: {base_url: 'https://a b'}", "api.base_url", "http(s)://"),
+        ("api: {base_url: 'http://[::1'}", "api.base_url", "http(s)://"),
+        ("api: {base_url: 5}", "api.base_url", "integer 5"),
+        ("api: {base_url: 'https://me:pw@api.flipsnack.com/v1/'}", "api.base_url", "credentials"),
+        ("granularity: Day", "granularity", "did you mean 'day'?"),
+        ("granularity: [day]", "granularity", "expected one of day, week, month, range"),
+        ("page_stats: 1", "page_stats", "true or false"),
+        ("output: 5", "output", "non-empty folder path"),
+        ("output: '   '", "output", "non-empty folder path"),
+        ("output: null", "output", "found null"),
+        ("end: 2026-1-5", "end", "YYYY-MM-DD"),
+        ("end: '2026-01-05 10:00'", "end", "without a time"),
+        ("end: -3", "end", "found integer -3"),
+        ("end: +3d", "end", "-Nd"),
+        ("end: -99999999d", "end", "-Nd"),
+        ("end: -9999999d", "end", "before year 1"),
+        ("end: tomorrow", "end", "today, yesterday"),
+    ],
+)
 def test_one_bad_setting(setting: str, field: str, expected: str) -> None:
     found = problems(f"start: 2020-01-01\ncollections: [a]\n{setting}\n")
     assert list(found) == [field], found
@@ -297,8 +342,10 @@ def test_one_bad_setting(setting: str, field: str, expected: str) -> None:
 
 
 def test_a_float_timeout_and_int_seconds_are_numbers() -> None:
-    job = parse("start: 2026-01-01\ncollections: [a]\napi: {timeout_seconds: 5, "
-                "rate_limits: [{calls: 2, seconds: 1}]}\n")
+    job = parse(
+        "start: 2026-01-01\ncollections: [a]\napi: {timeout_seconds: 5, "
+        "rate_limits: [{calls: 2, seconds: 1}]}\n"
+    )
     assert job.api.timeout_seconds == 5.0 and isinstance(job.api.timeout_seconds, float)
     assert job.api.rate_limits == (RateLimit(2, 1.0),)
 
@@ -306,23 +353,29 @@ def test_a_float_timeout_and_int_seconds_are_numbers() -> None:
 # --- collections ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("collections", "field", "expected"), [
-    ("collections: []", "collections", "non-empty list"),
-    ("collections:", "collections", "found null"),
-    ("collections: a", "collections", "non-empty list"),
-    ("collections: {hash: a}", "collections", "non-empty list"),
-    ("collections: [0123]", "collections[0]", "quotes"),
-    ("collections: [yes]", "collections[0]", "quotes"),
-    ("collections: [2026-01-01]", "collections[0]", "quotes"),
-    ("collections: [{hash: 12}]", "collections[0].hash", "quotes"),
-    ("collections: [{hash: null}]", "collections[0].hash", "found null"),
-    ("collections: [{}]", "collections[0].hash", "required"),
-    ("collections: ['']", "collections[0]", "1-64"),
-    (f"collections: [{'a' * 65}]", "collections[0]", "1-64"),
-    ("collections: ['d3m0/h45h']", "collections[0]", "1-64"),
-    ("collections: [{hash: a, stat: 2026-01-01}]", "collections[0].stat",
-     "did you mean 'start'?"),
-])
+@pytest.mark.parametrize(
+    ("collections", "field", "expected"),
+    [
+        ("collections: []", "collections", "non-empty list"),
+        ("collections:", "collections", "found null"),
+        ("collections: a", "collections", "non-empty list"),
+        ("collections: {hash: a}", "collections", "non-empty list"),
+        ("collections: [0123]", "collections[0]", "quotes"),
+        ("collections: [yes]", "collections[0]", "quotes"),
+        ("collections: [2026-01-01]", "collections[0]", "quotes"),
+        ("collections: [{hash: 12}]", "collections[0].hash", "quotes"),
+        ("collections: [{hash: null}]", "collections[0].hash", "found null"),
+        ("collections: [{}]", "collections[0].hash", "required"),
+        ("collections: ['']", "collections[0]", "1-64"),
+        (f"collections: [{'a' * 65}]", "collections[0]", "1-64"),
+        ("collections: ['d3m0/h45h']", "collections[0]", "1-64"),
+        (
+            "collections: [{hash: a, stat: 2026-01-01}]",
+            "collections[0].stat",
+            "did you mean 'start'?",
+        ),
+    ],
+)
 def test_bad_collections(collections: str, field: str, expected: str) -> None:
     found = problems(f"start: 2026-01-01\n{collections}\n")
     assert list(found) == [field], found
@@ -335,8 +388,10 @@ def test_missing_collections() -> None:
 
 def test_duplicate_hashes_name_the_earlier_index() -> None:
     found = problems("start: 2026-01-01\ncollections: [a, b, {hash: a}, b]\n")
-    assert found == {"collections[2].hash": "duplicate: 'a' is already collections[0]",
-                     "collections[3].hash": "duplicate: 'b' is already collections[1]"}
+    assert found == {
+        "collections[2].hash": "duplicate: 'a' is already collections[0]",
+        "collections[3].hash": "duplicate: 'b' is already collections[1]",
+    }
 
 
 def test_start_is_required_once_not_per_collection() -> None:
@@ -363,10 +418,14 @@ def test_start_after_end_per_collection_and_for_the_job_level_range() -> None:
 
 
 def test_a_job_level_range_used_by_nobody_may_be_inverted() -> None:
-    job = parse("start: 2026-05-01\nend: 2026-04-01\ncollections: "
-                "[{hash: a, start: 2026-01-01}, {hash: b, end: 2026-06-01}]\n")
+    job = parse(
+        "start: 2026-05-01\nend: 2026-04-01\ncollections: "
+        "[{hash: a, start: 2026-01-01}, {hash: b, end: 2026-06-01}]\n"
+    )
     assert [(c.start, c.end) for c in job.collections] == [
-        (date(2026, 1, 1), date(2026, 4, 1)), (date(2026, 5, 1), date(2026, 6, 1))]
+        (date(2026, 1, 1), date(2026, 4, 1)),
+        (date(2026, 5, 1), date(2026, 6, 1)),
+    ]
 
 
 def test_start_in_the_future_is_after_yesterday() -> None:
@@ -378,12 +437,24 @@ def test_start_in_the_future_is_after_yesterday() -> None:
 SECRET = "sk_live_9f8e7d6c5b4a"
 
 
-@pytest.mark.parametrize("where", [
-    "api: {api_key: VALUE}", "api: {apiKey: VALUE}", "api: {key: VALUE}",
-    "api: {secret: VALUE}", "api: {api_secret: VALUE}", "api: {password: VALUE}",
-    "api: {token: VALUE}", "api: {flipsnack_secret: VALUE}", "api_key: VALUE",
-    "secret: VALUE", "token: VALUE", "password: VALUE", "api-key: VALUE",
-])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "api: {api_key: VALUE}",
+        "api: {apiKey: VALUE}",
+        "api: {key: VALUE}",
+        "api: {secret: VALUE}",
+        "api: {api_secret: VALUE}",
+        "api: {password: VALUE}",
+        "api: {token: VALUE}",
+        "api: {flipsnack_secret: VALUE}",
+        "api_key: VALUE",
+        "secret: VALUE",
+        "token: VALUE",
+        "password: VALUE",
+        "api-key: VALUE",
+    ],
+)
 def test_credentials_in_the_job_file_are_refused_without_echo(where: str) -> None:
     with pytest.raises(JobError) as caught:
         parse(f"start: 2026-01-01\ncollections: [a]\n{where.replace('VALUE', SECRET)}\n")
@@ -392,12 +463,19 @@ def test_credentials_in_the_job_file_are_refused_without_echo(where: str) -> Non
     assert SECRET not in str(caught.value)
 
 
-@pytest.mark.parametrize("setting", [
-    f"api: {{key_env: '{SECRET}-x'}}", f"api: {{secret_env: '{SECRET} '}}",
-    f"api: {{key_env: '9{SECRET}'}}", f"api: {{kye_env: {SECRET}}}",
-    f"api: {{secret_env: [{SECRET}]}}", f"api: {{key_env: {{a: {SECRET}}}}}",
-    f"api: {SECRET}", f"api: [{SECRET}]",
-])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        f"api: {{key_env: '{SECRET}-x'}}",
+        f"api: {{secret_env: '{SECRET} '}}",
+        f"api: {{key_env: '9{SECRET}'}}",
+        f"api: {{kye_env: {SECRET}}}",
+        f"api: {{secret_env: [{SECRET}]}}",
+        f"api: {{key_env: {{a: {SECRET}}}}}",
+        f"api: {SECRET}",
+        f"api: [{SECRET}]",
+    ],
+)
 def test_nothing_under_api_is_echoed(setting: str) -> None:
     with pytest.raises(JobError) as caught:
         parse(f"start: 2026-01-01\ncollections: [a]\n{setting}\n")
@@ -415,8 +493,9 @@ def test_key_env_must_be_a_variable_name() -> None:
 def test_the_simulator_still_validates_variable_names() -> None:
     job = parse("start: 2026-01-01\ncollections: [a]\napi: {base_url: simulator}\n")
     assert job.api.uses_simulator
-    found = problems("start: 2026-01-01\ncollections: [a]\n"
-                     "api: {base_url: simulator, key_env: 'not a name'}\n")
+    found = problems(
+        "start: 2026-01-01\ncollections: [a]\napi: {base_url: simulator, key_env: 'not a name'}\n"
+    )
     assert list(found) == ["api.key_env"]
 
 
@@ -442,7 +521,9 @@ def test_missing_credentials_name_every_variable() -> None:
     with pytest.raises(JobError) as caught:
         load_credentials(ApiSettings(), {"FLIPSNACK_API_KEY": "   "})
     assert [(p.source, p.field) for p in caught.value.problems] == [
-        ("environment", "FLIPSNACK_API_KEY"), ("environment", "FLIPSNACK_API_SECRET")]
+        ("environment", "FLIPSNACK_API_KEY"),
+        ("environment", "FLIPSNACK_API_SECRET"),
+    ]
     assert "FLIPSNACK_API_SECRET_FILE" in caught.value.problems[1].message
 
 

@@ -57,11 +57,46 @@ def outcome(text: str) -> Job | JobError:
 # --- 1. arbitrary text ----------------------------------------------------------------------
 
 yamlish_text = st.lists(
-    st.sampled_from(["api:", "  base_url: ", "collections:", "  - ", "start:", "end:", " -3d",
-                     "granularity:", "retry:", "{", "}", "[", "]", ",", ":", " ", "\n", "\t",
-                     "'", '"', "&a", "*a", "!!python/object", "2026-02-30", "yes", "123456",
-                     "? ", "---", "#", "- [", "\x00", "é", "concurrency: ", "..."]),
-    max_size=30).map("".join)
+    st.sampled_from(
+        [
+            "api:",
+            "  base_url: ",
+            "collections:",
+            "  - ",
+            "start:",
+            "end:",
+            " -3d",
+            "granularity:",
+            "retry:",
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            " ",
+            "\n",
+            "\t",
+            "'",
+            '"',
+            "&a",
+            "*a",
+            "!!python/object",
+            "2026-02-30",
+            "yes",
+            "123456",
+            "? ",
+            "---",
+            "#",
+            "- [",
+            "\x00",
+            "é",
+            "concurrency: ",
+            "...",
+        ]
+    ),
+    max_size=30,
+).map("".join)
 
 
 @FUZZ
@@ -74,14 +109,40 @@ def test_any_text_gives_a_job_or_a_job_error(text: str) -> None:
 
 names = st.from_regex(r"[a-z_]{1,12}", fullmatch=True)
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=-3, max_value=2000),
-    st.floats(), st.text(max_size=20), st.dates(),
-    st.sampled_from(["today", "yesterday", "-3d", "-0d", "-99999999d", "2026-02-30",
-                     "2026-01-01", "2026-01-01T10:00:00", "simulator", "http://x", "day",
-                     "week", "range", "FLIPSNACK_API_KEY", "", " ", "0123"]),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-3, max_value=2000),
+    st.floats(),
+    st.text(max_size=20),
+    st.dates(),
+    st.sampled_from(
+        [
+            "today",
+            "yesterday",
+            "-3d",
+            "-0d",
+            "-99999999d",
+            "2026-02-30",
+            "2026-01-01",
+            "2026-01-01T10:00:00",
+            "simulator",
+            "http://x",
+            "day",
+            "week",
+            "range",
+            "FLIPSNACK_API_KEY",
+            "",
+            " ",
+            "0123",
+        ]
+    ),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(names, inner, max_size=3)), max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(names, inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -153,8 +214,11 @@ SECRET = "Zq7sEcReTvAlUe42"
 def test_values_under_api_are_never_echoed(data: st.DataObject) -> None:
     job = copy.deepcopy(VALID_JOB)
     target = data.draw(st.sampled_from(["api", "key_env", "secret_env", "new"]))
-    secret = data.draw(st.sampled_from([SECRET, f"{SECRET}-x", f"9{SECRET}", [SECRET],
-                                        {"k": SECRET}, f"sk {SECRET}"]))
+    secret = data.draw(
+        st.sampled_from(
+            [SECRET, f"{SECRET}-x", f"9{SECRET}", [SECRET], {"k": SECRET}, f"sk {SECRET}"]
+        )
+    )
     if target == "api":
         job["api"] = secret
     elif target == "new":
@@ -176,6 +240,7 @@ origin = date(2024, 12, 1)
 @st.composite
 def valid_jobs(draw: st.DrawFn) -> dict[str, Any]:
     """A valid job over at most ~100 days per collection."""
+
     def day() -> date:
         return origin + timedelta(days=draw(st.integers(min_value=0, max_value=400)))
 
@@ -185,8 +250,14 @@ def valid_jobs(draw: st.DrawFn) -> dict[str, Any]:
         "start": start,
         "end": start + timedelta(days=draw(st.integers(min_value=0, max_value=100))),
     }
-    hashes = draw(st.lists(st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True),
-                           min_size=1, max_size=6, unique=True))
+    hashes = draw(
+        st.lists(
+            st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True),
+            min_size=1,
+            max_size=6,
+            unique=True,
+        )
+    )
     collections: list[Any] = []
     for h in hashes:
         kind = draw(st.sampled_from(["bare", "own", "default"]))
@@ -206,5 +277,6 @@ def test_a_valid_job_plans_as_many_units_as_it_counts(raw: dict[str, Any]) -> No
     job = outcome(yaml.safe_dump(raw))
     assert isinstance(job, Job), str(job)
     assert [c.hash for c in job.collections] == [
-        c if isinstance(c, str) else c["hash"] for c in raw["collections"]]
+        c if isinstance(c, str) else c["hash"] for c in raw["collections"]
+    ]
     assert count_units(job) == len(list(iter_units(job)))

@@ -32,6 +32,7 @@ def spans(units: list[Unit]) -> list[tuple[str, str, str]]:
 
 def reference(job: Job) -> list[list[Unit]]:
     """The batches by brute force: every day of every collection, grouped by window."""
+
     def window(day: date) -> tuple[date, date]:
         if job.granularity == "day":
             return day, day
@@ -44,8 +45,9 @@ def reference(job: Job) -> list[list[Unit]]:
 
     if job.granularity == "range":
         starts = sorted({c.start for c in job.collections if c.start <= c.end})
-        return [[Unit(c.hash, c.start, c.end) for c in job.collections if c.start == s]
-                for s in starts]
+        return [
+            [Unit(c.hash, c.start, c.end) for c in job.collections if c.start == s] for s in starts
+        ]
     batches: dict[date, list[Unit]] = {}
     for c in job.collections:
         day = c.start
@@ -109,13 +111,22 @@ def test_leap_years_get_their_29th_of_february() -> None:
     ]
     days = make_job("day", ("2024-02-28", "2024-03-01"), ("2100-02-28", "2100-03-01"))
     assert [u.start.isoformat() for u in iter_units(days)] == [
-        "2024-02-28", "2024-02-29", "2024-03-01", "2100-02-28", "2100-03-01"]  # 2100: no leap
+        "2024-02-28",
+        "2024-02-29",
+        "2024-03-01",
+        "2100-02-28",
+        "2100-03-01",
+    ]  # 2100: no leap
     assert count_units(days) == 5
 
 
 def test_range_is_one_unit_per_collection_batched_by_start() -> None:
-    job = make_job("range", ("2026-03-01", "2026-03-31"), ("2026-01-01", "2026-12-31"),
-                   ("2026-03-01", "2026-03-02"))
+    job = make_job(
+        "range",
+        ("2026-03-01", "2026-03-31"),
+        ("2026-01-01", "2026-12-31"),
+        ("2026-03-01", "2026-03-02"),
+    )
     assert [spans(b) for b in iter_windows(job)] == [
         [("c1", "2026-01-01", "2026-12-31")],
         [("c0", "2026-03-01", "2026-03-31"), ("c2", "2026-03-01", "2026-03-02")],
@@ -130,8 +141,12 @@ def test_a_single_day_range_is_one_unit(granularity: str) -> None:
 
 
 def test_collections_with_their_own_ranges_join_and_leave_batches() -> None:
-    job = make_job("week", ("2026-01-05", "2026-01-25"), ("2026-01-14", "2026-01-14"),
-                   ("2026-03-02", "2026-03-03"))
+    job = make_job(
+        "week",
+        ("2026-01-05", "2026-01-25"),
+        ("2026-01-14", "2026-01-14"),
+        ("2026-03-02", "2026-03-03"),
+    )
     assert [spans(b) for b in iter_windows(job)] == [
         [("c0", "2026-01-05", "2026-01-11")],
         [("c0", "2026-01-12", "2026-01-18"), ("c1", "2026-01-14", "2026-01-14")],
@@ -171,8 +186,9 @@ def test_units_print_as_hash_and_range() -> None:
 # --- against the brute-force reference ------------------------------------------------------
 
 day_offsets = st.integers(min_value=0, max_value=800)
-job_ranges = st.lists(st.tuples(day_offsets, st.integers(min_value=0, max_value=120)),
-                      min_size=1, max_size=8)
+job_ranges = st.lists(
+    st.tuples(day_offsets, st.integers(min_value=0, max_value=120)), min_size=1, max_size=8
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -181,8 +197,13 @@ def test_batches_match_the_reference_and_their_starts_only_increase(
     granularity: str, ranges: list[tuple[int, int]]
 ) -> None:
     origin = D("2023-12-01")
-    job = make_job(granularity, *[((origin + timedelta(a)).isoformat(),
-                                   (origin + timedelta(a + n)).isoformat()) for a, n in ranges])
+    job = make_job(
+        granularity,
+        *[
+            ((origin + timedelta(a)).isoformat(), (origin + timedelta(a + n)).isoformat())
+            for a, n in ranges
+        ],
+    )
     batches = list(iter_windows(job))
     assert batches == reference(job)
     assert all(batches), "no empty batch is yielded"
@@ -198,8 +219,9 @@ def big_job(collections: int, days: int, granularity: str = "day") -> Job:
     first = D("2020-01-01")
     last = first + timedelta(days=days - 1)
     hashes = (f"h{i:05d}" for i in range(collections))
-    return Job(Path("big.yaml"), tuple(Collection(h, first, last) for h in hashes),
-               granularity=granularity)
+    return Job(
+        Path("big.yaml"), tuple(Collection(h, first, last) for h in hashes), granularity=granularity
+    )
 
 
 def test_a_million_units_plan_quickly() -> None:
@@ -214,9 +236,13 @@ def test_a_million_units_plan_quickly() -> None:
 def test_staggered_ranges_plan_quickly() -> None:
     """Collections that each touch a few windows cost their units, not a scan of all others."""
     first = D("2000-01-01")
-    job = Job(Path("s.yaml"), tuple(Collection(f"h{i}", first + timedelta(days=3 * i),
-                                               first + timedelta(days=3 * i + 9))
-                                    for i in range(5000)))
+    job = Job(
+        Path("s.yaml"),
+        tuple(
+            Collection(f"h{i}", first + timedelta(days=3 * i), first + timedelta(days=3 * i + 9))
+            for i in range(5000)
+        ),
+    )
     began = time.perf_counter()
     assert sum(1 for _ in iter_units(job)) == count_units(job) == 50_000
     assert time.perf_counter() - began < 5

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any
 
-from harvester.config import DEFAULT_RATE_LIMITS, RateLimit
+from harvester.config import DEFAULT_RATE_LIMITS
+from harvester.model import RateLimit
 
 FAULT_KINDS = frozenset(
     {

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harvester.config import RateLimit
+from harvester.model import RateLimit
 
 CODE_PER_SECOND = 31
 CODE_PER_MINUTE = 32

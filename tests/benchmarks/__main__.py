@@ -33,8 +33,13 @@ def table(figures: list[Figure]) -> str:
     """The figures as one aligned text table, notes numbered beneath it."""
     header = ("#", "figure", "measured", "goal", "result")
     rows = [
-        (str(i), f.name, f.measured, f.goal or "-",
-         "info" if f.passed is None else ("pass" if f.passed else "FAIL"))
+        (
+            str(i),
+            f.name,
+            f.measured,
+            f.goal or "-",
+            "info" if f.passed is None else ("pass" if f.passed else "FAIL"),
+        )
         for i, f in enumerate(figures, 1)
     ]
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]

@@ -57,8 +57,13 @@ def run(workdir: Path) -> list[Figure]:
     config = sim_config(rate_limits=LIMITS, latency=(LATENCY, LATENCY), keys=keys)
     with RecordingSimulator(config) as sim:
         job = write_job(
-            workdir / "baseline.yaml", sim.base_url, workdir / "baseline-out",
-            collections=COLLECTIONS, days=DAYS, limits=LIMITS, concurrency=CONCURRENCY,
+            workdir / "baseline.yaml",
+            sim.base_url,
+            workdir / "baseline-out",
+            collections=COLLECTIONS,
+            days=DAYS,
+            limits=LIMITS,
+            concurrency=CONCURRENCY,
         )
         with ThreadPoolExecutor(2) as pool:
             naive = pool.submit(_naive, job, workdir / "naive-out")
@@ -104,8 +109,11 @@ def main(job_path: str, output: str) -> None:
     started = time.perf_counter()
     for unit in iter_units(job):
         params = {
-            "action": GET_STATS, "apiKey": key, "collectionHash": unit.collection_hash,
-            "startDate": unit.start.isoformat(), "endDate": unit.end.isoformat(),
+            "action": GET_STATS,
+            "apiKey": key,
+            "collectionHash": unit.collection_hash,
+            "startDate": unit.start.isoformat(),
+            "endDate": unit.end.isoformat(),
             "includePageStats": "true",
         }
         params["signature"] = sign(params, secret)
@@ -114,10 +122,14 @@ def main(job_path: str, output: str) -> None:
         if answer["code"] != 20:
             raise RuntimeError(f"{unit}: code {answer['code']}")
         data = answer["data"]
-        row = {"collection_hash": unit.collection_hash, "period_start": unit.start,
-               "period_end": unit.end}
-        collections.append({**row, **{k: data[k] for k in ("impressions", "views",
-                                                              "time_spent", "downloads")}})
+        row = {
+            "collection_hash": unit.collection_hash,
+            "period_start": unit.start,
+            "period_end": unit.end,
+        }
+        collections.append(
+            {**row, **{k: data[k] for k in ("impressions", "views", "time_spent", "downloads")}}
+        )
         pages.extend({**row, **page} for page in data["pages"])
         time.sleep(pause)
     Path(output).mkdir(parents=True, exist_ok=True)

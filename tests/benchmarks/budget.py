@@ -78,8 +78,13 @@ def measure(
     collections = -(-units // days)
     with RecordingSimulator(sim_config(rate_limits=limits, latency=latency)) as sim:
         job = write_job(
-            workdir / "budget.yaml", sim.base_url, workdir / "budget-out",
-            collections=collections, days=days, limits=limits, concurrency=concurrency,
+            workdir / "budget.yaml",
+            sim.base_url,
+            workdir / "budget-out",
+            collections=collections,
+            days=days,
+            limits=limits,
+            concurrency=concurrency,
         )
         _, report = run_harvester(job)
         arrivals = sorted(sim.arrivals())
@@ -89,8 +94,14 @@ def measure(
     measured, rate = steady_use(arrivals, limit)
     ceiling = limit.seconds / (limit.seconds + window_margin(limit.seconds))
     return BudgetRun(
-        limit, len(arrivals), measured, rate, rate / (limit.calls / limit.seconds),
-        violations, ceiling, report["elapsed_seconds"],
+        limit,
+        len(arrivals),
+        measured,
+        rate,
+        rate / (limit.calls / limit.seconds),
+        violations,
+        ceiling,
+        report["elapsed_seconds"],
     )
 
 

@@ -169,7 +169,8 @@ def run_harvester(job: Path, *extra: str, cwd: Path | None = None) -> tuple[Chil
     """``harvester run JOB -q`` in a child; its report (empty for a dry run) and its cost."""
     child = run_child(
         [sys.executable, "-m", "harvester", "run", str(job), "-q", *extra],
-        env=harvester_env(), cwd=cwd,
+        env=harvester_env(),
+        cwd=cwd,
     )
     if child.exit_code != 0:
         raise RuntimeError(f"harvester exited {child.exit_code}:\n{child.stderr[-3000:]}")
@@ -254,7 +255,9 @@ class RecordingSimulator:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()

@@ -59,7 +59,12 @@ def run(workdir: Path) -> list[Figure]:
         found = sum(files for files, _ in census(output).values())
         rewritten += max(0, report["files_written"] - found)
     figures.append(
-        Figure("files rewritten within a run", str(rewritten), "0", rewritten == 0,
-               "report files_written minus files found, summed over the runs")
+        Figure(
+            "files rewritten within a run",
+            str(rewritten),
+            "0",
+            rewritten == 0,
+            "report files_written minus files found, summed over the runs",
+        )
     )
     return figures

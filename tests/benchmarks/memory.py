@@ -30,8 +30,13 @@ ABSOLUTE_GOAL_MB = 300
 
 def _run(sim: RecordingSimulator, workdir: Path, days: int) -> tuple[Child, dict[str, Any]]:
     job = write_job(
-        workdir / f"memory-{days}.yaml", sim.base_url, workdir / f"memory-{days}-out",
-        collections=COLLECTIONS, days=days, limits=UNLIMITED, concurrency=CONCURRENCY,
+        workdir / f"memory-{days}.yaml",
+        sim.base_url,
+        workdir / f"memory-{days}-out",
+        collections=COLLECTIONS,
+        days=days,
+        limits=UNLIMITED,
+        concurrency=CONCURRENCY,
     )
     return run_harvester(job)
 

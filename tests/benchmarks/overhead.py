@@ -57,8 +57,13 @@ def run(workdir: Path) -> list[Figure]:
     with RecordingSimulator(config) as sim:
         jobs = [
             write_job(
-                workdir / f"overhead-{i}.yaml", sim.base_url, workdir / f"overhead-out-{i}",
-                collections=COLLECTIONS, days=DAYS, limits=UNLIMITED, concurrency=CONCURRENCY,
+                workdir / f"overhead-{i}.yaml",
+                sim.base_url,
+                workdir / f"overhead-out-{i}",
+                collections=COLLECTIONS,
+                days=DAYS,
+                limits=UNLIMITED,
+                concurrency=CONCURRENCY,
             )
             for i in range(ROUNDS)
         ]

@@ -33,8 +33,13 @@ def dry_run(workdir: Path, days: int, *, with_state: bool) -> Child:
     name = f"plan-{days}"
     output = workdir / f"{name}-out"
     job = write_job(
-        workdir / f"{name}.yaml", "http://127.0.0.1:9/v1/", output,
-        collections=COLLECTIONS, days=days, limits=LIMITS, concurrency=4,
+        workdir / f"{name}.yaml",
+        "http://127.0.0.1:9/v1/",
+        output,
+        collections=COLLECTIONS,
+        days=days,
+        limits=LIMITS,
+        concurrency=4,
     )
     state = default_state_path(output)
     pending = COLLECTIONS * days
@@ -55,8 +60,10 @@ def dry_run(workdir: Path, days: int, *, with_state: bool) -> Child:
 
 def run(workdir: Path) -> list[Figure]:
     """1 M units (best of three) vs 100 k units, with a state; and 1 M without one."""
-    big = min((dry_run(workdir, BIG_DAYS, with_state=True) for _ in range(ROUNDS)),
-              key=lambda child: child.wall)
+    big = min(
+        (dry_run(workdir, BIG_DAYS, with_state=True) for _ in range(ROUNDS)),
+        key=lambda child: child.wall,
+    )
     small = dry_run(workdir, SMALL_DAYS, with_state=True)
     fresh = dry_run(workdir, BIG_DAYS, with_state=False)
     memory = big.max_rss_mb / small.max_rss_mb
