@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--refresh", action="store_true", help="re-fetch every unit, even those done")
     run.add_argument("--wait", action="store_true", help="wait for another run on the same output")
     run.add_argument(
+        "--retry-gone",
+        action="store_true",
+        help="fetch collections recorded as gone (deleted, not ours: codes 43/46) again",
+    )
+    run.add_argument(
         "--dry-run", action="store_true", help="plan only: count what would be fetched"
     )
     run.add_argument("--log-format", choices=LOG_FORMATS, default="text")
@@ -76,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from harvester.config import load_job
-    from harvester.pipeline import RunOptions, harvest, plan_pending
+    from harvester.pipeline import RunOptions, harvest
+    from harvester.status import plan_pending
 
     job = load_job(args.job)
     options = RunOptions(
@@ -84,14 +90,23 @@ def _run(args: argparse.Namespace) -> int:
         refresh=args.refresh,
         wait_for_lock=args.wait,
         grace_seconds=args.grace,
+        retry_gone=args.retry_gone,
     )
     if args.dry_run:
-        total, pending = plan_pending(job, options)
-        note = ""
+        plan = plan_pending(job, options)
+        counts = plan.counts
+        notes = [
+            f"{counts.provisional} provisional" if counts.provisional else "",
+            f"{counts.changed} whose window changed" if counts.changed else "",
+            f"{counts.not_begun} not begun yet" if counts.not_begun else "",
+            f"{counts.gone} of gone collections skipped" if counts.gone else "",
+        ]
+        detail = "; ".join(n for n in notes if n)
+        note = f" ({detail})" if detail else ""
         if job.discover:
-            note = " (discover: the account's collections are listed at run time)"
+            note += " (discover: the account's collections are listed at run time)"
         print(
-            f"{job.source}: {total} units in the job, {pending} to fetch now "
+            f"{job.source}: {plan.total} units in the job, {counts.to_fetch} to fetch now "
             f"(dry run: no request made){note}"
         )
         return 0
@@ -114,7 +129,8 @@ _json_logs = False
 
 def _status(args: argparse.Namespace) -> int:
     from harvester.config import load_job
-    from harvester.pipeline import RunOptions, status
+    from harvester.pipeline import RunOptions
+    from harvester.status import status
 
     print(redact(status(load_job(args.job), RunOptions(state_path=args.state))))
     return 0

@@ -1,10 +1,17 @@
-"""From fetched answers to committed rows: staging, partition tracking, Parquet upserts.
+"""From fetched answers to committed rows: the plan filter, partition bookkeeping, commits.
 
-A fetched unit is staged in the state store at once (group-committed by a single writer task),
-so a kill loses at most the units in flight. When every planned unit of an output partition
-(``period_start``) is resolved, the partition is rewritten in Parquet from the staged answers
-and its units are marked done. A crash between the two is repaired by :meth:`Committer.flush_all`
-at the next start: staged answers are written again (an upsert: same rows, no refetch).
+:class:`Ledger` is the one owner of partition bookkeeping. It filters the plan against the
+state (what is done, final and complete needs no call), counts what it hands out per output
+partition (``period_start``), and knows when a partition is complete: every unit handed out
+for it has been resolved (fetched, failed, skipped or abandoned).
+
+:class:`Committer` is the single writer. A fetched unit is staged in the state store at once
+(group-committed), so a kill loses at most the units in flight. When the ledger says a
+partition is complete, it is rewritten in Parquet from the staged answers (replacing older
+windows of the same calendar periods, wherever they sit) and its units are marked done. A
+crash between the two is repaired by :meth:`Committer.flush_all` at the next start.
+
+Both return their counts; :mod:`harvester.pipeline` builds the report from them.
 """
 
 from __future__ import annotations
@@ -15,86 +22,124 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
-from harvester.errors import InvalidPayload, UnitError
+from harvester.errors import ApiRejected, InvalidPayload, UnitError
 from harvester.model import Fetched, Unit
 from harvester.redact import redact
-from harvester.report import FailedEntry, RunReport
+from harvester.report import FailedEntry
 from harvester.sink import ParquetSink
-from harvester.state import StateStore
+from harvester.state import GONE, StateStore
 
-__all__ = ["Committer", "PartitionTracker", "Quarantine", "pending_units"]
+__all__ = [
+    "CommitCounts",
+    "Committer",
+    "Gone",
+    "Ledger",
+    "PlanCounts",
+    "Quarantine",
+    "Rules",
+    "is_gone",
+]
 
 log = logging.getLogger("harvester.commit")
 
+GONE_CODES = frozenset({43, 46})  # forbidden (deleted, not ours), invalid hash: for good
 
-class PartitionTracker:
-    """Counts each partition's unresolved units; says when a partition is complete."""
 
-    def __init__(self) -> None:
+def is_gone(exc: UnitError) -> bool:
+    """Whether the API said the collection is deleted, not ours, or never existed."""
+    return isinstance(exc, ApiRejected) and exc.code in GONE_CODES
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What decides whether a planned unit needs a call."""
+
+    today: date  # UTC, read once per run: windows starting later have not begun
+    page_stats: bool = True  # a unit written without pages is fetched again when pages are on
+    refresh_from: date | None = None  # done units ending on or after it are fetched again
+    retry_gone: bool = False  # fetch units of collections recorded as gone
+
+
+@dataclass
+class PlanCounts:
+    """What the plan filter decided, unit by unit."""
+
+    already_done: int = 0
+    to_fetch: int = 0
+    provisional: int = 0  # of to_fetch: written before their window ended
+    changed: int = 0  # of to_fetch: written for another window of the same calendar period
+    not_begun: int = 0  # windows that start after today: neither fetched nor recorded
+    gone: int = 0  # units of collections recorded as gone, skipped
+
+
+class Ledger:
+    """The plan minus what is done, and the count of each partition's unresolved units."""
+
+    def __init__(self, store: StateStore, rules: Rules, gone: set[str]) -> None:
+        self._store = store
+        self._rules = rules
+        self._gone = gone  # shared with the committer, which adds to it
         self._outstanding: defaultdict[date, int] = defaultdict(int)
         self._closed: set[date] = set()
+        self._ready: list[date] = []
+        self.counts = PlanCounts()
 
-    def planned(self, unit: Unit) -> None:
-        """A unit of ``unit.start``'s partition was handed out."""
-        self._outstanding[unit.start] += 1
+    def pending(self, batches: Iterable[list[Unit]]) -> Iterator[Unit]:
+        """The units that need a call, lazily, batch by batch (a batch is one window)."""
+        rules, counts = self._rules, self.counts
+        refresh_all = rules.refresh_from == date.min
+        for batch in batches:
+            begun = [u for u in batch if u.start <= rules.today]
+            counts.not_begun += len(batch) - len(begun)
+            if self._gone and not rules.retry_gone:
+                kept = [u for u in begun if u.collection_hash not in self._gone]
+                counts.gone += len(begun) - len(kept)
+                begun = kept
+            # One state lookup per batch, not per unit: a million-unit plan spends its time here.
+            stored = self._store.lookup(begun) if begun and not refresh_all else {}
+            for unit in begun:
+                row = stored.get(unit)
+                if row is not None and row.covers(unit, pages=rules.page_stats):
+                    if rules.refresh_from is None or unit.end < rules.refresh_from:
+                        counts.already_done += 1
+                        continue
+                elif row is not None and row.status == "done":
+                    if (row.start, row.end) != (unit.start, unit.end):
+                        counts.changed += 1
+                    elif not row.final:
+                        counts.provisional += 1
+                counts.to_fetch += 1
+                self._outstanding[unit.start] += 1
+                yield unit
+            self._close({unit.start for unit in batch})
 
-    def close(self, starts: Iterable[date]) -> list[date]:
-        """No more units will be planned for these partitions; return the complete ones."""
-        ready = []
-        for start in starts:
+    def _close(self, starts: Iterable[date]) -> None:
+        """No more units will be handed out for these partitions."""
+        for start in sorted(starts):
             if self._outstanding.get(start, 0) == 0:
                 self._outstanding.pop(start, None)
-                ready.append(start)
+                self._ready.append(start)
             else:
                 self._closed.add(start)
-        return ready
 
-    def resolved(self, unit: Unit) -> date | None:
-        """A unit ended (staged, failed or abandoned); return its partition if now complete."""
+    def resolved(self, unit: Unit) -> None:
+        """A unit handed out has ended (staged, failed, skipped or abandoned)."""
         start = unit.start
         self._outstanding[start] -= 1
         if self._outstanding[start] == 0 and start in self._closed:
             del self._outstanding[start]
             self._closed.discard(start)
-            return start
-        return None
+            self._ready.append(start)
 
-
-def pending_units(
-    batches: Iterable[list[Unit]],
-    store: StateStore,
-    tracker: PartitionTracker,
-    report: RunReport,
-    *,
-    refresh_from: date | None,
-    ready: list[date],
-) -> Iterator[Unit]:
-    """The plan minus what the state says is done (unless refreshed), lazily, batch by batch.
-
-    ``refresh_from``: units ending on or after it are fetched even when done (``date.min``
-    refreshes everything). Partitions that become complete when a batch closes go to ``ready``.
-    """
-    refresh_all = refresh_from == date.min
-    for batch in batches:
-        # One filter per batch, not per unit: a million-unit plan spends its time here.
-        done = store.done_among(batch) if batch and not refresh_all else set()
-        todo = batch
-        if done:
-            todo = [
-                u
-                for u in batch
-                if u not in done or (refresh_from is not None and u.end >= refresh_from)
-            ]
-            report.units_already_done += len(batch) - len(todo)
-        planned = tracker.planned
-        for unit in todo:
-            report.units_to_fetch += 1
-            planned(unit)
-            yield unit
-        ready.extend(tracker.close({unit.start for unit in batch}))
+    def take_ready(self) -> list[date]:
+        """The partitions that became complete since the last call, in order."""
+        ready, self._ready = self._ready, []
+        return ready
 
 
 class Quarantine:
@@ -120,8 +165,30 @@ class Quarantine:
         self.count += 1
 
 
-Outcome = Fetched | UnitError | Unit  # a Unit alone: abandoned by a stop
+class Gone(NamedTuple):
+    """A unit not fetched because its collection is gone (learnt earlier in this run)."""
+
+    unit: Unit
+
+
+Outcome = Fetched | UnitError | Gone | Unit  # a Unit alone: abandoned by a stop
 _CLOSE: object = object()
+
+
+@dataclass
+class CommitCounts:
+    """What the writer did."""
+
+    fetched: int = 0  # answers staged by this run
+    committed: int = 0  # of those, written to the datasets and marked done
+    recovered: int = 0  # answers an interrupted run had staged, written at the start
+    failed: int = 0
+    gone: int = 0  # units whose collection the API said is gone (43/46), this run
+    page_rows: int = 0
+    collection_rows: int = 0
+    files: int = 0
+    partitions: int = 0
+    failures: list[FailedEntry] = field(default_factory=list)
 
 
 class Committer:
@@ -131,21 +198,23 @@ class Committer:
         self,
         store: StateStore,
         sink: ParquetSink,
-        tracker: PartitionTracker,
-        report: RunReport,
+        ledger: Ledger,
         quarantine: Quarantine,
-        ready: list[date],
+        rules: Rules,
+        gone: set[str],
     ) -> None:
         self._store = store
         self._sink = sink
-        self._tracker = tracker
-        self._report = report
+        self._ledger = ledger
         self._quarantine = quarantine
-        self._ready = ready
+        self._rules = rules
+        self._gone = gone
         self._queue: asyncio.Queue[Outcome | object] = asyncio.Queue()
         self._unstaged: list[Fetched] = []
         # What this run staged, by partition: written from memory, not read back and decoded.
         self._staged_here: defaultdict[date, list[Fetched]] = defaultdict(list)
+        self._gone_logged: set[str] = set()
+        self.counts = CommitCounts()
 
     def put(self, outcome: Outcome) -> None:
         """Hand an outcome to the writer (never blocks a worker); a result is staged at once."""
@@ -155,6 +224,8 @@ class Committer:
             if not self._unstaged:
                 asyncio.get_running_loop().call_soon(self._stage_soon)
             self._unstaged.append(outcome)
+        elif isinstance(outcome, UnitError) and is_gone(outcome) and outcome.unit is not None:
+            self._gone.add(outcome.unit.collection_hash)  # at once: workers skip the rest
         self._queue.put_nowait(outcome)
 
     def _stage_soon(self) -> None:
@@ -165,8 +236,9 @@ class Committer:
     def _stage(self) -> None:
         """Stage every result not staged yet, in one transaction."""
         if self._unstaged:
-            self._store.stage(self._unstaged)
-            self._report.units_fetched += len(self._unstaged)
+            rules = self._rules
+            self._store.stage(self._unstaged, today=rules.today, pages=rules.page_stats)
+            self.counts.fetched += len(self._unstaged)
             for result in self._unstaged:
                 self._staged_here[result.unit.start].append(result)
             self._unstaged = []
@@ -194,50 +266,82 @@ class Committer:
         for outcome in batch:
             if isinstance(outcome, UnitError):
                 self._record_failure(outcome)
+            elif isinstance(outcome, Gone):
+                self.counts.gone += 1
         for outcome in batch:
-            unit = outcome.unit if not isinstance(outcome, Unit) else outcome
-            if unit is not None and (start := self._tracker.resolved(unit)) is not None:
-                self._ready.append(start)
-        while self._ready:
-            await self.flush(self._ready.pop(0))
+            unit = outcome if isinstance(outcome, Unit) else outcome.unit
+            if unit is not None:
+                self._ledger.resolved(unit)
+        for start in self._ledger.take_ready():
+            self.counts.committed += await self.flush(start)
 
     def _record_failure(self, exc: UnitError) -> None:
-        """Record a failed unit in the state, the report and (for bad payloads) the quarantine."""
-        assert exc.unit is not None
-        self._store.mark_failed(exc.unit, kind=exc.kind, reason=exc.reason, attempts=exc.attempts)
-        self._report.units_failed += 1
-        self._report.failed.append(FailedEntry.from_error(exc))
+        """Record a failed unit in the state, the counts and (for bad payloads) the quarantine."""
+        unit = exc.unit
+        assert unit is not None
+        gone = is_gone(exc)
+        if gone:
+            self.counts.gone += 1
+            if unit.collection_hash in self._gone_logged:
+                return  # answered while the first refusal was in flight: one line per collection
+            self._gone_logged.add(unit.collection_hash)
+        self._store.mark_failed(
+            unit, kind=exc.kind, reason=exc.reason, attempts=exc.attempts, gone=gone
+        )
+        self.counts.failures.append(FailedEntry.from_error(exc, gone=gone))
         if isinstance(exc, InvalidPayload):
             self._quarantine.add(exc)
-        log.error("%s failed: %s (%s, %d attempts)", exc.unit, exc.reason, exc.kind, exc.attempts)
+        if gone:
+            log.error(
+                "%s: %s; the collection is recorded as %s: later runs skip it "
+                "(run with --retry-gone to try it again)",
+                unit.collection_hash,
+                exc.reason,
+                GONE,
+            )
+            return
+        self.counts.failed += 1
+        log.error("%s failed: %s (%s, %d attempts)", unit, exc.reason, exc.kind, exc.attempts)
 
     async def flush(self, period_start: date, *, from_store: bool = False) -> int:
-        """Upsert one partition from its staged answers, then mark them done; return units.
+        """Write one partition from its staged answers, then mark them done; return units.
 
         A partition completed in this run is written from the answers this run staged (the
         run began by writing whatever an earlier run left staged, so they are all there);
-        ``from_store`` reads them back from the state instead.
+        ``from_store`` reads them back from the state instead. Older windows of the same
+        periods are removed from the datasets in the same commit, wherever they sit.
         """
         here = self._staged_here.pop(period_start, None)
         results = self._store.staged(period_start) if from_store or here is None else here
         if not results:
             return 0
+        replaced = self._store.replaced([r.unit for r in results])
         # Parquet encoding and fsync release the GIL: keep the event loop answering meanwhile.
-        written = await asyncio.to_thread(self._sink.write_partition, period_start, results)
-        self._store.mark_done([r.unit for r in results])
-        report = self._report
-        report.units_committed += len(results)
-        report.page_rows_written += written.page_rows
-        report.collection_rows_written += written.collection_rows
-        report.files_written += written.files
-        report.partitions_written += 1
-        log.debug("committed %s: %d units", period_start, len(results))
-        return len(results)
+        written = await asyncio.to_thread(
+            self._sink.write_partition, period_start, results, replaced
+        )
+        units = list({r.unit: None for r in results})
+        self._store.mark_done(units)
+        counts = self.counts
+        counts.page_rows += written.page_rows
+        counts.collection_rows += written.collection_rows
+        counts.files += written.files
+        counts.partitions += 1
+        log.debug("committed %s: %d units", period_start, len(units))
+        return len(units)
 
-    async def flush_all(self) -> int:
-        """Write every partition that still has staged answers (recovery, and the final flush)."""
+    async def flush_all(self, *, recovery: bool = False) -> int:
+        """Write every partition that still has staged answers; return the units written.
+
+        ``recovery``: at the start of a run, what an interrupted run left; else the end of
+        this run (partitions a stop left incomplete).
+        """
         total = 0
         for period_start in self._store.staged_periods():
             total += await self.flush(period_start, from_store=True)
         self._staged_here.clear()
+        if recovery:
+            self.counts.recovered += total
+        else:
+            self.counts.committed += total
         return total

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import aiohttp
 
 from harvester.api import StatsClient, paced
-from harvester.commit import Committer, PartitionTracker, Quarantine, pending_units
+from harvester.commit import Committer, Gone, Ledger, Quarantine, Rules
 from harvester.config import Credentials, Job, load_credentials, with_discovered
 from harvester.errors import (
     EXIT_OK,
@@ -36,7 +34,9 @@ from harvester.errors import (
     UnitError,
 )
 from harvester.fetch import UnitFetcher
-from harvester.model import Unit
+from harvester.lock import OutputLock
+from harvester.model import Clock, Unit, system_clock
+from harvester.output import bind_output, check_output
 from harvester.plan import count_units, iter_windows
 from harvester.pool import Stopped, StopToken, WorkerPool
 from harvester.ratelimit import RateLimiter
@@ -44,9 +44,9 @@ from harvester.redact import register_secrets
 from harvester.report import RunReport, report_dict, write_report
 from harvester.retry import CircuitBreaker, build_retrying
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
-from harvester.state import OutputLock, StateStore, default_state_path
+from harvester.state import StateStore, default_state_path
 
-__all__ = ["RunOptions", "harvest", "plan_pending", "status"]
+__all__ = ["RunOptions", "harvest", "rules_of", "state_path_of"]
 
 log = logging.getLogger("harvester")
 
@@ -63,71 +63,24 @@ class RunOptions:
     refresh: bool = False
     wait_for_lock: bool = False
     grace_seconds: float = DEFAULT_GRACE_SECONDS
-    today: date | None = None
+    today: date | None = None  # UTC; default: the clock's date, read once per run
+    clock: Clock | None = None  # wall time, monotonic time and sleep; default: the real ones
+    retry_gone: bool = False  # fetch collections recorded as gone (43/46) again
 
 
-def _state_path(job: Job, options: RunOptions) -> Path:
+def state_path_of(job: Job, options: RunOptions) -> Path:
+    """The state database a run of ``job`` uses."""
     return options.state_path or default_state_path(job.output)
 
 
-def _refresh_from(job: Job, options: RunOptions) -> date | None:
-    """Done units ending on or after this date are fetched again (None: none are)."""
+def rules_of(job: Job, options: RunOptions, today: date) -> Rules:
+    """The plan filter's rules for one run."""
+    refresh_from = None
     if options.refresh:
-        return date.min
-    if job.refresh_days > 0:
-        today = options.today or datetime.now(UTC).date()
-        return today - timedelta(days=job.refresh_days)
-    return None
-
-
-def plan_pending(job: Job, options: RunOptions) -> tuple[int, int]:
-    """Dry run: (units in the job, units a run would fetch now); no request, nothing written."""
-    total = count_units(job)
-    path = _state_path(job, options)
-    if not path.exists():
-        return total, total
-    report = RunReport("dry-run", str(job.source), str(job.output), str(path), "")
-    with StateStore(path) as store:
-        pending = pending_units(
-            iter_windows(job),
-            store,
-            PartitionTracker(),
-            report,
-            refresh_from=_refresh_from(job, options),
-            ready=[],
-        )
-        for _ in pending:
-            pass
-    return total, report.units_to_fetch
-
-
-def status(job: Job, options: RunOptions, *, limit: int = 20) -> str:
-    """What the state says of a job's output: counts, failed units, the last run; read only."""
-    path = _state_path(job, options)
-    if not path.exists():
-        return f"{job.output}: no state yet ({path}): nothing was harvested here"
-    with StateStore(path) as store:
-        counts, failed = store.counts(), store.failed()
-    lines = [
-        f"{job.output}: {counts['done']} units done, {counts['failed']} failed, "
-        f"{counts['staged']} fetched but not yet written (the next run writes them)"
-    ]
-    lines += [
-        f"failed: {f.unit}: {f.reason} ({f.kind}, {f.attempts} attempts, {f.failed_at})"
-        for f in failed[:limit]
-    ]
-    if len(failed) > limit:
-        lines.append(f"... and {len(failed) - limit} more failed units")
-    if failed:
-        lines.append("the next run retries every failed unit")
-    last = path.parent / "last-run.json"
-    if last.exists():
-        report = json.loads(last.read_text(encoding="utf-8"))
-        lines.append(
-            f"last run: {report.get('outcome')} at {report.get('finished_at')}, "
-            f"exit {report.get('exit_code')} (report: {last})"
-        )
-    return "\n".join(lines)
+        refresh_from = date.min
+    elif job.refresh_days > 0:
+        refresh_from = today - timedelta(days=job.refresh_days)
+    return Rules(today, job.page_stats, refresh_from, options.retry_gone)
 
 
 def harvest(job: Job, options: RunOptions, env: Mapping[str, str] | None = None) -> RunReport:
@@ -136,7 +89,8 @@ def harvest(job: Job, options: RunOptions, env: Mapping[str, str] | None = None)
     if not job.api.uses_simulator:
         credentials = load_credentials(job.api, os.environ if env is None else env)
         register_secrets([credentials.key, credentials.secret])
-    state_path = _state_path(job, options)
+    state_path = state_path_of(job, options)
+    check_output(job, state_path)  # before anything is locked or written
     lock = OutputLock(job.output)
     lock.acquire(wait=options.wait_for_lock)
     try:
@@ -167,61 +121,54 @@ async def _endpoint(
         await simulator.stop()
 
 
-def _new_report(job: Job, state_path: Path) -> RunReport:
-    now = datetime.now(UTC)
-    return RunReport(
+async def _run(
+    job: Job, options: RunOptions, credentials: Credentials | None, state_path: Path
+) -> RunReport:
+    """The asynchronous part of :func:`harvest`."""
+    clock = options.clock or system_clock()
+    started = clock.monotonic()
+    now = clock.now()
+    today = options.today or clock.today()
+    report = RunReport(
         run_id=now.strftime("%Y%m%dT%H%M%S%fZ"),
         job=str(job.source),
         output=str(job.output),
         state=str(state_path),
         started_at=now.isoformat(timespec="seconds"),
+        today=today.isoformat(),
         datasets=[str(job.output / PAGE_STATS), str(job.output / COLLECTION_STATS)],
     )
-
-
-async def _run(
-    job: Job, options: RunOptions, credentials: Credentials | None, state_path: Path
-) -> RunReport:
-    """The asynchronous part of :func:`harvest`."""
-    started = time.monotonic()
-    report = _new_report(job, state_path)
     report.units_in_job = count_units(job)
     quarantine = Quarantine(state_path.parent / "quarantine" / f"run-{report.run_id}.jsonl")
     sink = ParquetSink(job.output)
     removed = sink.cleanup()
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
-    with StateStore(state_path) as store:
+    with StateStore(state_path, clock=clock.now, granularity=job.granularity) as store:
+        bind_output(job, store, sink, now=now)
+        run = _Harvest(job, options, store, sink, quarantine, clock, rules_of(job, options, today))
         try:
             async with _endpoint(job, credentials) as (base_url, creds):
-                run = _Harvest(job, options, store, sink, report, quarantine)
                 await run.run(base_url, creds)
         except (CredentialsRejected, CircuitOpen, DiscoveryFailed) as exc:
             report.stopped_by = type(exc).__name__
             report.message = str(exc)
             report.exit_code = exc.exit_code
+        finally:
+            run.fill(report)
         report.quarantined = quarantine.count
         report.quarantine_file = str(quarantine.path) if quarantine.count else None
-        _finish(report, started)
+        _finish(report, clock, started)
         store.record_run(report_dict(report))
     write_report(report, state_path.parent)
     return report
 
 
-def _finish(report: RunReport, started: float) -> None:
+def _finish(report: RunReport, clock: Clock, started: float) -> None:
     """Fill in the closing numbers, the exit code and the one-word outcome."""
-    report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
-    report.elapsed_seconds = round(time.monotonic() - started, 3)
-    # The plan is read lazily: after an early stop, units it never reached count here too
-    # (an upper bound then: some of them may have been done by an earlier run).
-    report.units_not_attempted = max(
-        0,
-        report.units_in_job
-        - report.units_already_done
-        - report.units_fetched
-        - report.units_failed,
-    )
-    if report.exit_code == EXIT_OK and report.units_failed:
+    report.finished_at = clock.now().isoformat(timespec="seconds")
+    report.elapsed_seconds = round(clock.monotonic() - started, 3)
+    if report.exit_code == EXIT_OK and report.failed:
         report.exit_code = EXIT_UNITS_FAILED
     if report.stopped_by in ("SIGINT", "SIGTERM"):
         report.outcome = f"stopped by {report.stopped_by}"
@@ -235,7 +182,7 @@ def _finish(report: RunReport, started: float) -> None:
 
 
 class _Harvest:
-    """One run's moving parts, wired: limiter, breaker, pool, fetcher, committer, signals."""
+    """One run's moving parts, wired: limiter, breaker, pool, fetcher, ledger, committer."""
 
     def __init__(
         self,
@@ -243,39 +190,86 @@ class _Harvest:
         options: RunOptions,
         store: StateStore,
         sink: ParquetSink,
-        report: RunReport,
         quarantine: Quarantine,
+        clock: Clock,
+        rules: Rules,
     ) -> None:
-        self.job, self.options, self.store, self.report = job, options, store, report
-        self.token = StopToken()
-        self.tracker = PartitionTracker()
-        self.ready: list[date] = []
-        self.committer = Committer(store, sink, self.tracker, report, quarantine, self.ready)
-        self.limiter = RateLimiter(job.api.rate_limits, sleep=self.token.sleep)
-        self.breaker = CircuitBreaker(job.retry.circuit_breaker_seconds)
+        self.job, self.options, self.store = job, options, store
+        self.token = StopToken(sleep=clock.sleep)
+        # Collections the API said are gone: the ledger skips them, workers too, mid-run.
+        self.gone = store.gone_collections() if not rules.retry_gone else set()
+        self.ledger = Ledger(store, rules, self.gone)
+        self.committer = Committer(store, sink, self.ledger, quarantine, rules, self.gone)
+        self.limiter = RateLimiter(
+            job.api.rate_limits, clock=clock.monotonic, sleep=self.token.sleep
+        )
+        self.breaker = CircuitBreaker(job.retry.circuit_breaker_seconds, clock=clock.monotonic)
         self.pool: WorkerPool[Unit] = WorkerPool(job.concurrency, self.token)
         self.retrying = build_retrying(job.retry, self.breaker, sleep=self.token.sleep)
+        self.clock = clock
+        self.units_in_job = count_units(job)
+        self.stopped_by: str | None = None
+        self.exit_code = EXIT_OK
+        self.fetcher: UnitFetcher | None = None
 
     async def run(self, base_url: str, credentials: Credentials) -> None:
         """Recover staged answers, discover collections, fetch every pending unit, commit."""
-        recovered = await self.committer.flush_all()
-        self.report.units_recovered = recovered
+        recovered = await self.committer.flush_all(recovery=True)
         if recovered:
-            log.info("recovered %d fetched units an interrupted run had not written", recovered)
+            log.info("wrote %d fetched units an interrupted run had not written", recovered)
         async with self._session() as session:
-            client = StatsClient(session, base_url, credentials, page_stats=self.job.page_stats)
-            fetcher = UnitFetcher(
+            client = StatsClient(
+                session,
+                base_url,
+                credentials,
+                page_stats=self.job.page_stats,
+                now=self.clock.now,
+            )
+            self.fetcher = UnitFetcher(
                 client,
                 self.limiter,
                 self.retrying,
                 self.breaker,
                 max_attempts=self.job.retry.attempts,
             )
-            try:
-                job = await self._discover(fetcher)
-                await self._fetch(job, fetcher)
-            finally:
-                _copy_fetch_stats(self.report, fetcher, self.limiter)
+            job = await self._discover(self.fetcher)
+            await self._fetch(job, self.fetcher)
+
+    def fill(self, report: RunReport) -> None:
+        """Put every stage's counts into the report: the one place the report is written."""
+        plan, done = self.ledger.counts, self.committer.counts
+        report.units_in_job = self.units_in_job
+        report.units_already_done = plan.already_done
+        report.units_to_fetch = plan.to_fetch
+        report.units_provisional = plan.provisional
+        report.units_changed = plan.changed
+        report.units_not_begun = plan.not_begun
+        report.units_fetched = done.fetched
+        report.units_committed = done.committed
+        report.units_recovered = done.recovered
+        report.units_failed = done.failed
+        report.units_gone = plan.gone + done.gone
+        report.failed = list(done.failures)
+        # The plan is read to its end even after a stop (without fetching), so this is exact.
+        report.units_not_attempted = max(
+            0,
+            report.units_in_job
+            - plan.already_done
+            - plan.not_begun
+            - report.units_gone
+            - done.fetched
+            - done.failed,
+        )
+        report.page_rows_written = done.page_rows
+        report.collection_rows_written = done.collection_rows
+        report.files_written = done.files
+        report.partitions_written = done.partitions
+        if self.stopped_by is not None:
+            report.stopped_by = report.stopped_by or self.stopped_by
+        if report.exit_code == EXIT_OK:
+            report.exit_code = self.exit_code
+        if self.fetcher is not None:
+            _copy_fetch_stats(report, self.fetcher, self.limiter)
 
     def _session(self) -> aiohttp.ClientSession:
         """One pooled session; every request paced, and timed from its admission."""
@@ -299,29 +293,22 @@ class _Harvest:
         job = with_discovered(self.job, hashes)
         added = len(job.collections) - len(self.job.collections)
         log.info("discovered %d collections (%d not listed in the job)", len(hashes), added)
-        self.report.units_in_job = count_units(job)
+        self.units_in_job = count_units(job)
         return job
 
     async def _fetch(self, job: Job, fetcher: UnitFetcher) -> None:
         """Run the pool over the pending units with the writer beside it; honour signals."""
-        units = pending_units(
-            iter_windows(job),
-            self.store,
-            self.tracker,
-            self.report,
-            refresh_from=_refresh_from(job, self.options),
-            ready=self.ready,
-        )
+        units = self.ledger.pending(iter_windows(job))
         writer = asyncio.create_task(self.committer.run())
         writer.add_done_callback(self._writer_done)
-        progress = asyncio.create_task(_log_progress(self.report, self.limiter))
+        progress = asyncio.create_task(self._log_progress())
         loop = asyncio.get_running_loop()
         for signum in SIGNAL_EXIT:
             loop.add_signal_handler(signum, self._on_signal, signum)
         log.info(
             "%s: %d units in the job; fetching those not yet done (concurrency %d)",
             job.source,
-            self.report.units_in_job,
+            self.units_in_job,
             job.concurrency,
         )
         try:
@@ -330,8 +317,11 @@ class _Harvest:
             progress.cancel()
             self.committer.close()
             await writer  # the writer never runs two commits at once: wait, don't cancel
-            if self.token.reason != "second signal":
+            hard_stop = self.token.reason == "second signal"
+            if not hard_stop:
                 await self.committer.flush_all()
+                for _ in units:  # count what the stop left, without fetching it
+                    pass
             for signum in SIGNAL_EXIT:
                 loop.remove_signal_handler(signum)
         if self.token.reason in ("SIGINT", "SIGTERM", "second signal"):
@@ -339,6 +329,9 @@ class _Harvest:
 
     async def _work(self, fetcher: UnitFetcher, unit: Unit) -> None:
         """One unit, fetched; its outcome handed to the writer, whatever it is."""
+        if unit.collection_hash in self.gone:
+            self.committer.put(Gone(unit))  # learnt mid-run: no call for the rest of it
+            return
         try:
             self.committer.put(await fetcher.fetch(unit))
         except (Stopped, asyncio.CancelledError):
@@ -347,6 +340,8 @@ class _Harvest:
         except CircuitOpen as exc:
             if isinstance(exc.__cause__, UnitError):
                 self.committer.put(exc.__cause__)
+            else:
+                self.committer.put(unit)
             self.token.set("circuit breaker")
             raise
         except CredentialsRejected:
@@ -365,10 +360,9 @@ class _Harvest:
     def _on_signal(self, signum: signal.Signals) -> None:
         """First signal: stop handing out units, let in-flight requests finish; second: now."""
         name = signal.Signals(signum).name
-        report = self.report
         if self.token.is_set:
             log.warning("%s again: stopping now; what was fetched is staged and kept", name)
-            report.stopped_by = report.stopped_by or name
+            self.stopped_by = self.stopped_by or name
             self.token.reason = "second signal"
             self.pool.cancel()
             return
@@ -379,10 +373,30 @@ class _Harvest:
             self.pool.in_flight,
             grace,
         )
-        report.stopped_by = name
-        report.exit_code = SIGNAL_EXIT[signum]
+        self.stopped_by = name
+        self.exit_code = SIGNAL_EXIT[signum]
         self.token.set(name)
         asyncio.get_running_loop().call_later(grace, self.pool.cancel)
+
+    async def _log_progress(self) -> None:
+        """Every half minute, one line a tail -f or a log aggregator can follow."""
+        last = 0
+        plan, done = self.ledger.counts, self.committer.counts
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_SECONDS)
+            resolved = done.fetched + done.failed + done.gone
+            rate = (resolved - last) / PROGRESS_EVERY_SECONDS
+            last = resolved
+            log.info(
+                "progress: %d of %d to fetch done (%d failed), %d committed; %.2f units/s;"
+                " %d requests",
+                resolved,
+                plan.to_fetch,
+                done.failed,
+                done.committed,
+                rate,
+                self.limiter.calls,
+            )
 
 
 def _raise_if_cancelled() -> None:
@@ -402,23 +416,3 @@ def _copy_fetch_stats(report: RunReport, fetcher: UnitFetcher, limiter: RateLimi
     report.rate_limit_waits = limiter.waits
     report.rate_limit_wait_seconds = round(limiter.waited_seconds, 3)
     report.rate_limit_pauses = limiter.pauses
-
-
-async def _log_progress(report: RunReport, limiter: RateLimiter) -> None:
-    """Every half minute, one line a tail -f or a log aggregator can follow."""
-    last = 0
-    while True:
-        await asyncio.sleep(PROGRESS_EVERY_SECONDS)
-        done = report.units_fetched + report.units_failed
-        rate = (done - last) / PROGRESS_EVERY_SECONDS
-        last = done
-        log.info(
-            "progress: %d fetched, %d failed, %d committed; %.2f units/s; %d requests, "
-            "%.0f s waiting on the rate limit",
-            report.units_fetched,
-            report.units_failed,
-            report.units_committed,
-            rate,
-            limiter.calls,
-            limiter.waited_seconds,
-        )

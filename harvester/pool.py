@@ -21,10 +21,14 @@ class Stopped(Exception):
 
 
 class StopToken:
-    """A run-wide stop flag whose :meth:`sleep` ends early when it is set."""
+    """A run-wide stop flag whose :meth:`sleep` ends early when it is set.
 
-    def __init__(self) -> None:
+    ``sleep`` is the run's clock's sleep (a fake one in tests); the loop's own by default.
+    """
+
+    def __init__(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._event = asyncio.Event()
+        self._sleep = sleep
         self.reason: str | None = None
 
     @property
@@ -45,11 +49,25 @@ class StopToken:
         if seconds <= 0:
             await asyncio.sleep(0)
             return
+        if self._sleep is asyncio.sleep:
+            try:
+                await asyncio.wait_for(self._event.wait(), seconds)
+            except TimeoutError:
+                return
+            raise Stopped(self.reason)
+        await self._race(seconds)
+
+    async def _race(self, seconds: float) -> None:
+        """The clock's sleep against the stop event, whichever ends first."""
+        sleeping = asyncio.ensure_future(self._sleep(seconds))
+        stopping = asyncio.ensure_future(self._event.wait())
         try:
-            await asyncio.wait_for(self._event.wait(), seconds)
-        except TimeoutError:
-            return
-        raise Stopped(self.reason)
+            await asyncio.wait((sleeping, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            stopping.cancel()
+        if self._event.is_set():
+            raise Stopped(self.reason)
 
 
 class WorkerPool(Generic[T]):

@@ -28,9 +28,10 @@ class FailedEntry:
     kind: str
     reason: str
     attempts: int
+    gone: bool = False  # the collection is deleted, not ours, or unknown: later runs skip it
 
     @classmethod
-    def from_error(cls, exc: UnitError) -> FailedEntry:
+    def from_error(cls, exc: UnitError, *, gone: bool = False) -> FailedEntry:
         """From a unit's final error (its ``unit`` must be set)."""
         assert exc.unit is not None
         unit = exc.unit
@@ -41,6 +42,7 @@ class FailedEntry:
             exc.kind,
             exc.reason,
             exc.attempts,
+            gone,
         )
 
 
@@ -58,13 +60,18 @@ class RunReport:
     exit_code: int = 0
     outcome: str = ""
     stopped_by: str | None = None
+    today: str = ""  # the UTC date the run took as today (windows after it have not begun)
     units_in_job: int = 0
     units_already_done: int = 0
     units_to_fetch: int = 0
+    units_provisional: int = 0  # of units_to_fetch: written before their window had ended
+    units_changed: int = 0  # of units_to_fetch: their calendar period's window grew or moved
+    units_not_begun: int = 0  # windows starting after today: not fetched, not recorded
     units_fetched: int = 0
-    units_committed: int = 0
-    units_recovered: int = 0
+    units_committed: int = 0  # fetched by this run and written
+    units_recovered: int = 0  # fetched by an interrupted run, written at this run's start
     units_failed: int = 0
+    units_gone: int = 0  # of collections the API says are deleted or not ours (43/46)
     units_not_attempted: int = 0
     requests: int = 0
     retries: int = 0
@@ -90,19 +97,34 @@ class RunReport:
     def summary(self) -> str:
         """A few human lines for the end of stderr."""
         lines = [
-            f"{self.outcome}: {self.units_committed} units committed, {self.units_failed} failed, "
-            f"{self.units_already_done} already done, {self.units_not_attempted} not attempted "
+            f"{self.outcome}: {self.units_committed} units fetched and committed, "
+            f"{self.units_failed} failed, {self.units_already_done} already done, "
+            f"{self.units_not_attempted} not attempted, of {self.units_in_job} in the job "
             f"({self.elapsed_seconds:.1f} s, {self.requests} requests, {self.retries} retries)",
             f"rows written: {self.page_rows_written} page_stats, "
             f"{self.collection_rows_written} collection_stats in {self.files_written} files "
             f"under {', '.join(self.datasets) or self.output}",
         ]
+        notes = [
+            (self.units_recovered, "written from the answers an interrupted run had fetched"),
+            (self.units_provisional, "re-fetched because their window had not ended"),
+            (self.units_changed, "re-fetched because their calendar period's window changed"),
+            (self.units_gone, "of collections the API says are deleted or not ours (gone)"),
+            (self.units_not_begun, f"not begun yet (after {self.today}): not fetched"),
+        ]
+        lines += [f"units: {n} {what}" for n, what in notes if n]
         if self.rate_limit_waits or self.rate_limit_answers:
             lines.append(
                 f"rate limit: waited {self.rate_limit_wait_seconds:.1f} s in "
                 f"{self.rate_limit_waits} waits; {self.rate_limit_answers} limit answers"
             )
         for entry in self.failed[:10]:
+            if entry.gone:
+                lines.append(
+                    f"gone: {entry.collection_hash}: {entry.reason}; later runs skip it"
+                    " (--retry-gone tries it again)"
+                )
+                continue
             lines.append(
                 f"failed: {entry.collection_hash} {entry.start}..{entry.end}: {entry.reason} "
                 f"({entry.kind}, {entry.attempts} attempts)"

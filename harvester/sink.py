@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from harvester.model import Fetched
+from harvester.model import Fetched, Unit
 
 __all__ = [
     "COLLECTION_SCHEMA",
@@ -77,6 +77,7 @@ PAGE_FILE_SCHEMA = PAGE_SCHEMA.remove(PAGE_SCHEMA.get_field_index(PARTITION_KEY)
 COLLECTION_FILE_SCHEMA = COLLECTION_SCHEMA.remove(COLLECTION_SCHEMA.get_field_index(PARTITION_KEY))
 
 _SCHEMAS = {PAGE_STATS: PAGE_SCHEMA, COLLECTION_STATS: COLLECTION_SCHEMA}
+_FILE_SCHEMAS = {PAGE_STATS: PAGE_FILE_SCHEMA, COLLECTION_STATS: COLLECTION_FILE_SCHEMA}
 _SORT_KEYS = {
     PAGE_STATS: ["collection_hash", "period_end", "page"],
     COLLECTION_STATS: ["collection_hash", "period_end"],
@@ -155,6 +156,16 @@ def _unit_columns(results: Sequence[Fetched]) -> pa.Table:
     )
 
 
+def _keys(units: Sequence[Unit]) -> pa.Table:
+    """The (collection_hash, period_end) keys of ``units``, as the anti-join takes them."""
+    return pa.table(
+        {
+            "collection_hash": pa.array([u.collection_hash for u in units], pa.string()),
+            "period_end": pa.array([u.end for u in units], pa.date32()),
+        }
+    )
+
+
 def _fsync_dir(path: Path) -> None:
     """Make a rename or a new entry in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -188,8 +199,15 @@ class ParquetSink:
                 removed += 1
         return removed
 
-    def write_partition(self, period_start: date, results: Sequence[Fetched]) -> WriteResult:
-        """Upsert ``results`` (units starting on ``period_start``) into both datasets."""
+    def write_partition(
+        self, period_start: date, results: Sequence[Fetched], replaced: Sequence[Unit] = ()
+    ) -> WriteResult:
+        """Upsert ``results`` (units starting on ``period_start``) into both datasets.
+
+        ``replaced``: older windows of the same calendar periods, whose rows go, in this
+        partition or in whichever one holds them. This partition is written first, so a
+        reader never finds a period missing (at worst, for a moment, both of its windows).
+        """
         strays = [r.unit for r in results if r.unit.start != period_start]
         if strays:
             raise ValueError(f"units outside partition {period_start}: {strays[0]} ...")
@@ -199,13 +217,41 @@ class ParquetSink:
             return WriteResult(0, 0, 0)
         pages = _page_rows(latest)
         collections = _collection_rows(latest)
-        keys = collections.select(UNIT_KEY)
+        here = [u for u in replaced if u.start == period_start]
+        keys = pa.concat_tables([collections.select(UNIT_KEY), _keys(here)])
         files = self._upsert(PAGE_STATS, period_start, pages, keys)
         files += self._upsert(COLLECTION_STATS, period_start, collections, keys)
+        files += self.remove([u for u in replaced if u.start != period_start])
         return WriteResult(pages.num_rows, collections.num_rows, files)
 
+    def remove(self, units: Sequence[Unit]) -> int:
+        """Delete the rows of ``units`` from both datasets; return the files written."""
+        files = 0
+        for start in sorted({u.start for u in units}):
+            keys = _keys([u for u in units if u.start == start])
+            for name, schema in _FILE_SCHEMAS.items():
+                files += self._upsert(name, start, schema.empty_table(), keys)
+        return files
+
+    def units(self, name: str = COLLECTION_STATS) -> pa.Table:
+        """The unit keys a dataset holds: collection_hash, period_start, period_end, fetched_at.
+
+        Reads only those columns (for ``page_stats``, one row per page).
+        """
+        root = self.output / name
+        columns = ["collection_hash", PARTITION_KEY, "period_end", "fetched_at"]
+        if not root.is_dir():
+            return pa.schema([_SCHEMAS[name].field(c) for c in columns]).empty_table()
+        dataset = ds.dataset(
+            root, format="parquet", schema=_SCHEMAS[name], partitioning=partitioning()
+        )
+        return dataset.to_table(columns=columns)
+
     def _upsert(self, name: str, period_start: date, rows: pa.Table, keys: pa.Table) -> int:
-        """Replace the units in ``keys`` with ``rows`` in one partition; return files written."""
+        """Replace the units in ``keys`` with ``rows`` in one partition; return files written.
+
+        A partition left with no rows loses its file.
+        """
         folder = self.output / name / f"{PARTITION_KEY}={period_start.isoformat()}"
         target = folder / PART_FILE
         if target.exists():

@@ -1,19 +1,24 @@
-"""What is done, failed, in flight: a SQLite record per unit, the staging area, the output lock.
+"""What is done, staged, failed or gone: a SQLite record per unit, and the staging area.
+
+A unit is identified by its collection and its calendar *period* (the day, the ISO week's
+Monday, the month's first day; one period per collection for ``range``), not by the window
+sent: a clipped week that grows overnight is the same unit, fetched again and replacing its
+rows. Each row keeps the window last staged or written (``period_start``/``period_end``),
+whether that answer is *final* (fetched after its window ended) and whether it holds pages.
 
 A fetched unit is first *staged* here (its answer kept as a compact JSON payload), so a killed
-run loses at most the units in flight. When the unit's output partition is complete, the sink
-rewrites the partition and :meth:`StateStore.mark_done` flips its units to *done* in one
-transaction. A crash between the Parquet rename and that transaction is harmless: the units are
-still staged, and the next run rewrites the partition from their payloads (an upsert).
+run loses at most the units in flight. When its output partition is complete the sink writes
+it, and :meth:`StateStore.mark_done` flips the units to *done* in one transaction. While a
+unit is staged over an older written window, ``written_start``/``written_end`` remember that
+window, so the commit can remove its rows even when they sit in another partition. A crash
+between the Parquet rename and ``mark_done`` is harmless: the next run rewrites from staging.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from functools import cache
@@ -23,33 +28,45 @@ from typing import Any, NamedTuple, Self
 
 import orjson
 
-from harvester.errors import HarvesterError, LockedError
-from harvester.model import Fetched, Unit
+from harvester.errors import HarvesterError, JobError, Problem
+from harvester.lock import OutputLock
+from harvester.model import GRANULARITIES, Fetched, Unit, period_of
 
-__all__ = ["FailedUnit", "OutputLock", "StateStore", "default_state_path"]
+__all__ = [
+    "FailedUnit",
+    "OutputLock",
+    "StateStore",
+    "Stored",
+    "default_state_path",
+]
 
 STATE_DIR = "_state"
 STATE_FILE = "state.sqlite"
-LOCK_FILE = "harvester.lock"
-SCHEMA_VERSION = 1
-# 300 units x 3 values stays under SQLite's historical limit of 999 bound parameters.
+SCHEMA_VERSION = 2
+# 300 units x 2 values stays well under SQLite's historical limit of 999 bound parameters.
 CHUNK_UNITS = 300
-# A window shared by this many units of a batch is read whole (see done_among).
-SHARED_WINDOW_UNITS = 16
+# A period shared by this many units of a batch is read whole (see lookup).
+SHARED_PERIOD_UNITS = 16
 
 STAGED = "staged"
 DONE = "done"
 FAILED = "failed"
-STATUSES = (DONE, STAGED, FAILED)
+GONE = "gone"
+STATUSES = (DONE, STAGED, FAILED, GONE)
 
-# The partial indexes keep "what is staged / failed" cheap to find among a million done units;
-# queries must spell the status as the same literal for SQLite to use them.
+# The partial indexes keep "what is staged / failed / gone" cheap to find among a million done
+# units; queries must spell the status as the same literal for SQLite to use them.
 _SCHEMA = """
 CREATE TABLE units (
     collection_hash TEXT NOT NULL,
+    period          TEXT NOT NULL,
     period_start    TEXT NOT NULL,
     period_end      TEXT NOT NULL,
-    status          TEXT NOT NULL CHECK (status IN ('staged', 'done', 'failed')),
+    status          TEXT NOT NULL CHECK (status IN ('staged', 'done', 'failed', 'gone')),
+    final           INTEGER NOT NULL DEFAULT 0,
+    pages           INTEGER NOT NULL DEFAULT 0,
+    written_start   TEXT,
+    written_end     TEXT,
     payload         TEXT,
     staged_at       TEXT,
     done_at         TEXT,
@@ -57,10 +74,15 @@ CREATE TABLE units (
     error_reason    TEXT,
     attempts        INTEGER,
     failed_at       TEXT,
-    PRIMARY KEY (period_start, collection_hash, period_end)
+    PRIMARY KEY (period, collection_hash)
 ) WITHOUT ROWID;
 CREATE INDEX units_staged ON units (period_start) WHERE status = 'staged';
-CREATE INDEX units_failed ON units (period_start) WHERE status = 'failed';
+CREATE INDEX units_failed ON units (period) WHERE status = 'failed';
+CREATE INDEX units_gone ON units (collection_hash) WHERE status = 'gone';
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE runs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     recorded_at TEXT NOT NULL,
@@ -68,31 +90,69 @@ CREATE TABLE runs (
 );
 """
 
+# A done unit staged again keeps the window the dataset holds, to remove it at the commit.
 _STAGE = """
-INSERT INTO units (collection_hash, period_start, period_end, status, payload, staged_at)
-VALUES (?, ?, ?, 'staged', ?, ?)
-ON CONFLICT DO UPDATE SET status = 'staged', payload = excluded.payload,
-                          staged_at = excluded.staged_at
+INSERT INTO units (collection_hash, period, period_start, period_end, status, final, pages,
+                   payload, staged_at)
+VALUES (?, ?, ?, ?, 'staged', ?, ?, ?, ?)
+ON CONFLICT DO UPDATE SET
+    written_start = CASE WHEN status = 'done' THEN period_start ELSE written_start END,
+    written_end = CASE WHEN status = 'done' THEN period_end ELSE written_end END,
+    status = 'staged', period_start = excluded.period_start, period_end = excluded.period_end,
+    final = excluded.final, pages = excluded.pages, payload = excluded.payload,
+    staged_at = excluded.staged_at
 """
 
 _MARK_DONE = """
-INSERT INTO units (collection_hash, period_start, period_end, status, done_at)
-VALUES (?, ?, ?, 'done', ?)
-ON CONFLICT DO UPDATE SET status = 'done', payload = NULL, done_at = excluded.done_at
+UPDATE units SET status = 'done', payload = NULL, written_start = NULL, written_end = NULL,
+                 done_at = ?
+WHERE period = ? AND collection_hash = ? AND status = 'staged'
 """
 
 # A failed refresh of a done (or staged) unit must not hide the good rows: keep the status.
 _MARK_FAILED = """
-INSERT INTO units (collection_hash, period_start, period_end, status,
+INSERT INTO units (collection_hash, period, period_start, period_end, status,
                    error_kind, error_reason, attempts, failed_at)
-VALUES (?, ?, ?, 'failed', ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT DO UPDATE SET
-    status = CASE WHEN status IN ('done', 'staged') THEN status ELSE 'failed' END,
+    status = CASE WHEN status IN ('done', 'staged') THEN status ELSE excluded.status END,
+    period_start = CASE WHEN status IN ('done', 'staged') THEN period_start
+                        ELSE excluded.period_start END,
+    period_end = CASE WHEN status IN ('done', 'staged') THEN period_end
+                      ELSE excluded.period_end END,
     error_kind = excluded.error_kind, error_reason = excluded.error_reason,
     attempts = excluded.attempts, failed_at = excluded.failed_at
 """
 
-Key = tuple[str, str, str]
+
+class Stored(NamedTuple):
+    """What the state holds for a unit's period."""
+
+    status: str
+    start: date
+    end: date
+    final: bool
+    pages: bool
+
+    def covers(self, unit: Unit, *, pages: bool) -> bool:
+        """Done, for this very window, final, and with pages when pages are wanted."""
+        return (
+            self.status == DONE
+            and self.final
+            and self.start == unit.start
+            and self.end == unit.end
+            and (self.pages or not pages)
+        )
+
+
+class FailedUnit(NamedTuple):
+    """A unit whose last outcome is a failure (or *gone*), with the error recorded for it."""
+
+    unit: Unit
+    kind: str
+    reason: str
+    attempts: int
+    failed_at: str  # ISO 8601, UTC
 
 
 def default_state_path(output: Path) -> Path:
@@ -105,31 +165,13 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class FailedUnit(NamedTuple):
-    """A unit whose last outcome is a failure, with the error recorded for it."""
-
-    unit: Unit
-    kind: str
-    reason: str
-    attempts: int
-    failed_at: str  # ISO 8601, UTC
-
-
-def _key(unit: Unit) -> Key:
-    """The unit's primary key as stored: ISO dates."""
-    return (unit.collection_hash, unit.start.isoformat(), unit.end.isoformat())
-
-
 def _unit(collection_hash: str, start: str, end: str) -> Unit:
-    """A unit back from its stored key."""
+    """A unit back from its stored window."""
     return Unit(collection_hash, date.fromisoformat(start), date.fromisoformat(end))
 
 
 def _encode(result: Fetched) -> str:
-    """The compact payload: [fetched_at, impressions, views, time_spent, downloads, pages].
-
-    orjson writes the same compact JSON as ``json.dumps(..., separators=(",", ":"))``, faster.
-    """
+    """The compact payload: [fetched_at, impressions, views, time_spent, downloads, pages]."""
     return orjson.dumps(
         [
             result.fetched_at.isoformat(),
@@ -157,58 +199,120 @@ def _decode(unit: Unit, payload: str) -> Fetched:
 
 
 @cache
-def _done_among_sql(n: int) -> str:
-    """The lookup for ``n`` keys, cached so sqlite3 reuses its prepared statement.
+def _lookup_sql(n: int) -> str:
+    """The lookup for ``n`` (period, hash) keys, cached so sqlite3 reuses the statement.
 
-    A join against a VALUES list, not ``(a, b, c) IN (VALUES ...)``: SQLite 3.40 answers the
+    A join against a VALUES list, not ``(a, b) IN (VALUES ...)``: SQLite 3.40 answers the
     row-value IN form with a full table scan, the join with primary-key searches.
     """
-    values = ",".join(["(?,?,?)"] * n)
+    values = ",".join(["(?,?)"] * n)
     return (
-        "SELECT u.collection_hash, u.period_start, u.period_end"
+        "SELECT u.collection_hash, u.period, u.status, u.period_start, u.period_end,"
+        " u.final, u.pages"
         f" FROM (VALUES {values}) AS k"
-        " JOIN units AS u ON u.collection_hash = k.column1"
-        " AND u.period_start = k.column2 AND u.period_end = k.column3"
-        " WHERE u.status = 'done'"
+        " JOIN units AS u ON u.period = k.column1 AND u.collection_hash = k.column2"
     )
 
 
-# Every done unit of one window: a range scan of the primary key's period_start prefix.
-_DONE_IN_WINDOW = (
-    "SELECT collection_hash FROM units"
-    " WHERE period_start = ? AND period_end = ? AND status = 'done'"
+# Every row of one period: a range scan of the primary key's period prefix.
+_IN_PERIOD = (
+    "SELECT collection_hash, status, period_start, period_end, final, pages"
+    " FROM units WHERE period = ?"
 )
 
 
 class StateStore:
-    """SQLite (WAL, synchronous=NORMAL) record of each unit's outcome, and the staging area."""
+    """SQLite (WAL, synchronous=NORMAL) record of each unit's outcome, and the staging area.
 
-    def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utcnow) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    ``granularity`` fixes how windows map to periods; a new store records it, an existing one
+    must match it (None: take the recorded one). ``readonly`` opens an existing file without
+    writing anything to it (for ``status`` and dry runs).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        granularity: str | None = None,
+        readonly: bool = False,
+    ) -> None:
         self.path = path
         self._clock = clock
-        # Autocommit mode: every write below opens its own explicit transaction.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        # In WAL mode NORMAL survives a process kill; only an OS crash may lose the last commits.
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        self._migrate()
+        self.readonly = readonly
+        if readonly:
+            if not path.is_file():
+                raise HarvesterError(f"{path}: no state database here")
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit mode: every write below opens its own explicit transaction.
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode NORMAL survives a process kill; only an OS crash may lose commits.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+        self.granularity = self._open(granularity)
 
-    def _migrate(self) -> None:
-        """Create the schema in a new file; refuse a file from a newer harvester."""
-        with self._transaction():
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                # Statement by statement: executescript() would commit our transaction first.
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+    # --- schema -------------------------------------------------------------------------------
+
+    def _open(self, granularity: str | None) -> str:
+        """Create or upgrade the schema; return the granularity the store is keyed by."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise HarvesterError(
+                f"{self.path}: state schema version {version} is not the one this"
+                f" harvester understands ({SCHEMA_VERSION}); it was written by a newer one"
+            )
+        if version < SCHEMA_VERSION:
+            if self.readonly:
                 raise HarvesterError(
-                    f"{self.path}: state schema version {version} is not the one this"
-                    f" harvester understands ({SCHEMA_VERSION})"
+                    f"{self.path}: state schema version {version} predates this harvester;"
+                    " the next run upgrades it"
                 )
+            self._upgrade(version, granularity or "day")
+        recorded = self.get_meta("granularity")
+        if granularity is not None and recorded is not None and recorded != granularity:
+            raise JobError(
+                [
+                    Problem(
+                        str(self.path),
+                        "granularity",
+                        f"this state records {recorded!r} units; the job asks for"
+                        f" {granularity!r}: use another output (and state) for it",
+                    )
+                ]
+            )
+        if recorded is None and not self.readonly:
+            self.set_meta("granularity", granularity or "day")
+        result = recorded or granularity or "day"
+        if result not in GRANULARITIES:
+            raise HarvesterError(f"{self.path}: unknown granularity {result!r} recorded")
+        return result
+
+    def _upgrade(self, version: int, granularity: str) -> None:
+        """Create the schema in a new file, or carry a version-1 file over to periods."""
+        with self._transaction():
+            old: list[tuple[Any, ...]] = []
+            runs: list[tuple[Any, ...]] = []
+            if version == 1:
+                old = self._db.execute(
+                    "SELECT collection_hash, period_start, period_end, status, payload,"
+                    " staged_at, done_at, error_kind, error_reason, attempts, failed_at"
+                    " FROM units"
+                ).fetchall()
+                runs = self._db.execute("SELECT recorded_at, summary FROM runs").fetchall()
+                self._db.execute("DROP TABLE units")
+                self._db.execute("DROP TABLE runs")
+            for statement in _SCHEMA.split(";"):  # executescript() would commit first
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.executemany("INSERT INTO runs (recorded_at, summary) VALUES (?, ?)", runs)
+            self._db.executemany(_UPGRADE_INSERT, _newest_per_period(old, granularity))
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('granularity', ?)", (granularity,)
+            )
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -225,6 +329,9 @@ class StateStore:
         """The clock's time as stored: ISO 8601 UTC."""
         return self._clock().astimezone(UTC).isoformat()
 
+    def _period(self, unit: Unit) -> str:
+        return period_of(self.granularity, unit.start).isoformat()
+
     def close(self) -> None:
         """Close the database; the store is unusable afterwards."""
         self._db.close()
@@ -240,46 +347,94 @@ class StateStore:
     ) -> None:
         self.close()
 
-    def done_among(self, units: Sequence[Unit]) -> set[Unit]:
-        """Which of ``units`` are done."""
-        # A plan's batch is mostly one window (a day: every unit). Such a window is read
-        # whole with one range scan, three times faster than a primary-key search per unit;
-        # the scan's cost follows the window's done units in the state, which for one job
-        # per output are the batch's own.
-        windows: dict[tuple[date, date], dict[str, Unit]] = {}
-        for u in units:
-            windows.setdefault((u.start, u.end), {})[u.collection_hash] = u
-        done: set[Unit] = set()
-        scattered: list[Unit] = []
-        for (start, end), by_hash in windows.items():
-            if len(by_hash) < SHARED_WINDOW_UNITS:
-                scattered.extend(by_hash.values())
-                continue
-            rows = self._db.execute(_DONE_IN_WINDOW, (start.isoformat(), end.isoformat()))
-            done.update(by_hash[h] for (h,) in rows if h in by_hash)
-        for i in range(0, len(scattered), CHUNK_UNITS):
-            by_key = {_key(u): u for u in scattered[i : i + CHUNK_UNITS]}
-            params = [value for key in by_key for value in key]
-            rows = self._db.execute(_done_among_sql(len(by_key)), params)
-            done.update(by_key[row] for row in rows)
-        return done
+    # --- meta ---------------------------------------------------------------------------------
 
-    def stage(self, results: Sequence[Fetched]) -> None:
-        """Keep each result's answer until its partition is written (one transaction)."""
+    def get_meta(self, key: str) -> str | None:
+        """A recorded setting (the output's id, the granularity), or None."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Record a setting."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def is_empty(self) -> bool:
+        """True when no unit has ever been recorded here."""
+        return self._db.execute("SELECT 1 FROM units LIMIT 1").fetchone() is None
+
+    # --- what is done ---------------------------------------------------------------------------
+
+    def lookup(self, units: Sequence[Unit]) -> dict[Unit, Stored]:
+        """What the state holds for each of ``units``' periods (units with no row are absent)."""
+        # A plan's batch is one calendar window: every unit shares one period. Such a period
+        # is read whole with one range scan, three times faster than a search per unit.
+        by_period: dict[str, dict[str, Unit]] = {}
+        for u in units:
+            by_period.setdefault(self._period(u), {})[u.collection_hash] = u
+        found: dict[Unit, Stored] = {}
+        scattered: list[tuple[str, str]] = []
+        for period, by_hash in by_period.items():
+            if len(by_hash) < SHARED_PERIOD_UNITS:
+                scattered.extend((period, h) for h in by_hash)
+                continue
+            for h, status, start, end, final, pages in self._db.execute(_IN_PERIOD, (period,)):
+                if h in by_hash:
+                    found[by_hash[h]] = _stored(status, start, end, final, pages)
+        for i in range(0, len(scattered), CHUNK_UNITS):
+            keys = scattered[i : i + CHUNK_UNITS]
+            params = [value for key in keys for value in key]
+            for h, period, *row in self._db.execute(_lookup_sql(len(keys)), params):
+                found[by_period[period][h]] = _stored(*row)
+        return found
+
+    def done_among(self, units: Sequence[Unit]) -> set[Unit]:
+        """Which of ``units`` are done for exactly their window (final or not)."""
+        return {
+            u
+            for u, s in self.lookup(units).items()
+            if s.status == DONE and (s.start, s.end) == (u.start, u.end)
+        }
+
+    # --- staging and commits -----------------------------------------------------------------
+
+    def stage(
+        self, results: Sequence[Fetched], *, today: date = date.max, pages: bool = True
+    ) -> None:
+        """Keep each result's answer until its partition is written (one transaction).
+
+        An answer is final when its window ended before ``today``; ``pages``: it holds them.
+        """
         now = self._now()
-        rows = [(*_key(r.unit), _encode(r), now) for r in results]
+        rows = [
+            (
+                r.unit.collection_hash,
+                self._period(r.unit),
+                r.unit.start.isoformat(),
+                r.unit.end.isoformat(),
+                int(r.unit.end < today),
+                int(pages),
+                _encode(r),
+                now,
+            )
+            for r in results
+        ]
         with self._transaction():
             self._db.executemany(_STAGE, rows)
 
     def staged_periods(self) -> list[date]:
-        """The distinct period_start values that have staged units, ascending."""
+        """The distinct window starts (output partitions) that have staged units, ascending."""
         rows = self._db.execute(
             "SELECT DISTINCT period_start FROM units WHERE status = 'staged' ORDER BY 1"
         )
         return [date.fromisoformat(start) for (start,) in rows]
 
     def staged(self, period_start: date) -> list[Fetched]:
-        """The staged results of one period, ordered by collection and period end."""
+        """The staged results of one partition, ordered by collection and period end."""
         rows = self._db.execute(
             "SELECT collection_hash, period_start, period_end, payload FROM units"
             " WHERE status = 'staged' AND period_start = ?"
@@ -288,35 +443,87 @@ class StateStore:
         )
         return [_decode(_unit(h, s, e), payload) for h, s, e, payload in rows]
 
+    def replaced(self, units: Sequence[Unit]) -> list[Unit]:
+        """For staged ``units``, the older windows of their periods the dataset still holds."""
+        keys = [(self._period(u), u.collection_hash) for u in units]
+        old: list[Unit] = []
+        for i in range(0, len(keys), CHUNK_UNITS):
+            chunk = keys[i : i + CHUNK_UNITS]
+            values = ",".join(["(?,?)"] * len(chunk))
+            rows = self._db.execute(
+                "SELECT u.collection_hash, u.written_start, u.written_end, u.period_start,"
+                f" u.period_end FROM (VALUES {values}) AS k JOIN units AS u"
+                " ON u.period = k.column1 AND u.collection_hash = k.column2"
+                " WHERE u.status = 'staged' AND u.written_start IS NOT NULL",
+                [value for key in chunk for value in key],
+            )
+            old.extend(_unit(h, ws, we) for h, ws, we, s, e in rows if (ws, we) != (s, e))
+        return old
+
     def mark_done(self, units: Sequence[Unit]) -> None:
-        """Record units as written to Parquet and drop their payloads (one transaction)."""
+        """Record staged units as written and drop their payloads (one transaction)."""
         now = self._now()
-        rows = [(*_key(u), now) for u in units]
+        rows = [(now, self._period(u), u.collection_hash) for u in units]
         with self._transaction():
             self._db.executemany(_MARK_DONE, rows)
 
-    def mark_failed(self, unit: Unit, *, kind: str, reason: str, attempts: int) -> None:
-        """Record a unit's failure; a done or staged unit keeps its status (and its rows)."""
-        with self._transaction():
-            self._db.execute(_MARK_FAILED, (*_key(unit), kind, reason, attempts, self._now()))
+    def mark_failed(
+        self, unit: Unit, *, kind: str, reason: str, attempts: int, gone: bool = False
+    ) -> None:
+        """Record a unit's failure (``gone``: its collection is deleted or not ours).
 
-    def failed(self) -> list[FailedUnit]:
-        """The units whose status is failed, ordered by period then collection."""
+        A done or staged unit keeps its status, its window and its rows.
+        """
+        status = GONE if gone else FAILED
+        row = (
+            unit.collection_hash,
+            self._period(unit),
+            unit.start.isoformat(),
+            unit.end.isoformat(),
+            status,
+            kind,
+            reason,
+            attempts,
+            self._now(),
+        )
+        with self._transaction():
+            self._db.execute(_MARK_FAILED, row)
+
+    def forget(self, units: Iterable[Unit]) -> None:
+        """Drop what is recorded for these units' periods: the next run fetches them again."""
+        rows = [(self._period(u), u.collection_hash) for u in units]
+        with self._transaction():
+            self._db.executemany("DELETE FROM units WHERE period = ? AND collection_hash = ?", rows)
+
+    # --- reading back ----------------------------------------------------------------------------
+
+    def failed(self, *, gone: bool = False) -> list[FailedUnit]:
+        """The units whose status is failed (or gone), ordered by period then collection."""
+        status = "'gone'" if gone else "'failed'"
         rows = self._db.execute(
             "SELECT collection_hash, period_start, period_end, error_kind, error_reason,"
-            " attempts, failed_at FROM units WHERE status = 'failed'"
-            " ORDER BY period_start, collection_hash, period_end"
+            f" attempts, failed_at FROM units WHERE status = {status}"
+            " ORDER BY period, collection_hash"
         )
         return [
             FailedUnit(_unit(h, s, e), kind, reason, attempts, failed_at)
             for h, s, e, kind, reason, attempts, failed_at in rows
         ]
 
+    def gone_collections(self) -> set[str]:
+        """The collections the API said are deleted, not ours, or unknown (43/46)."""
+        rows = self._db.execute("SELECT DISTINCT collection_hash FROM units WHERE status = 'gone'")
+        return {h for (h,) in rows}
+
     def counts(self) -> dict[str, int]:
-        """How many units are done, staged and failed."""
-        counts = dict.fromkeys(STATUSES, 0)
-        for status, n in self._db.execute("SELECT status, count(*) FROM units GROUP BY status"):
-            counts[status] = n
+        """How many units are done, staged, failed and gone, and how many done are provisional."""
+        counts = dict.fromkeys((*STATUSES, "provisional"), 0)
+        for status, final, n in self._db.execute(
+            "SELECT status, final, count(*) FROM units GROUP BY status, final"
+        ):
+            counts[status] += n
+            if status == DONE and not final:
+                counts["provisional"] += n
         return counts
 
     def record_run(self, summary: Mapping[str, Any]) -> None:
@@ -328,74 +535,35 @@ class StateStore:
             )
 
 
-class OutputLock:
-    """One writer per output folder: an fcntl.flock on output/_state/harvester.lock.
+def _stored(status: str, start: str, end: str, final: int, pages: int) -> Stored:
+    return Stored(
+        status, date.fromisoformat(start), date.fromisoformat(end), bool(final), bool(pages)
+    )
 
-    The kernel releases a flock when its process dies, so a killed run never blocks the next.
-    The file itself is never deleted (deleting a lock file lets two runs lock two files).
+
+_UPGRADE_INSERT = """
+INSERT INTO units (collection_hash, period, period_start, period_end, status, final, pages,
+                   payload, staged_at, done_at, error_kind, error_reason, attempts, failed_at)
+VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+def _newest_per_period(rows: Sequence[tuple[Any, ...]], granularity: str) -> list[tuple[Any, ...]]:
+    """Version-1 rows keyed by period, keeping the newest window of each.
+
+    Version 1 kept one row per window sent: a clipped week fetched on three nights left three.
+    Newest: the latest recorded activity, then the longest window. An answer is final when it
+    was written after its window ended; version 1 always asked for pages when it kept them.
     """
-
-    def __init__(self, output: Path) -> None:
-        self.output = output
-        self.path = output / STATE_DIR / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self, *, wait: bool = False) -> None:
-        """Take the lock; raise LockedError if another run holds it, unless ``wait``."""
-        if self._fd is not None:
-            raise RuntimeError(f"{self.path} is already held by this lock object")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise LockedError(
-                f"{self.output} is being written by another harvester run ({holder});"
-                " this run exits 4; wait for it to finish, or use --wait to wait"
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-        _write_holder(fd)
-
-    def release(self) -> None:
-        """Let the next run in; does nothing if the lock is not held."""
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        try:
-            os.ftruncate(fd, 0)  # no stale pid for a reader who finds the file unlocked
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-    def __enter__(self) -> Self:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
-
-def _write_holder(fd: int) -> None:
-    """Record who holds the lock, for the message another run shows."""
-    text = json.dumps({"pid": os.getpid(), "started": _utcnow().isoformat(timespec="seconds")})
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, text.encode(), 0)
-
-
-def _read_holder(fd: int) -> str:
-    """'pid N, started T' from the lock file, or a placeholder if not yet written."""
-    try:
-        holder = json.loads(os.pread(fd, 4096, 0))
-        return f"pid {holder['pid']}, started {holder['started']}"
-    except (ValueError, KeyError, TypeError):
-        return "pid unknown, started at an unknown time"
+    best: dict[tuple[str, str], tuple[tuple[str, str], tuple[Any, ...]]] = {}
+    for row in rows:
+        h, start, end, status, payload, staged_at, done_at, kind, reason, attempts, failed = row
+        period = period_of(granularity, date.fromisoformat(start)).isoformat()
+        final = int(bool(done_at) and str(done_at)[:10] > end)
+        rank = (max(staged_at or "", done_at or "", failed or ""), end)
+        new = (h, period, start, end, status, final, payload, staged_at, done_at, kind,
+               reason, attempts, failed)  # fmt: skip
+        key = (period, h)
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, new)
+    return [new for _, new in best.values()]

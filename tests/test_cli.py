@@ -44,7 +44,7 @@ def test_exit_0_when_every_unit_is_harvested(
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert done.stderr.endswith(summary_of(output_dir) + "\n")
-    assert f"finished: {UNITS} units committed, 0 failed" in done.stderr
+    assert f"finished: {UNITS} units fetched and committed, 0 failed" in done.stderr
     assert done.stderr.rstrip().endswith("exit 0: every unit succeeded")
     assert_complete(path, sim_config)
 
@@ -55,17 +55,42 @@ def test_exit_1_when_some_units_fail(
     output_dir: Path,
     env: dict[str, str],
 ) -> None:
-    simulator.reconfigure(deleted=frozenset({HASHES[2]}))  # 3 days of it: code 43
+    simulator.reconfigure(faults={"bad_payload": 0.3}, seed=3)
     done = run_cli("run", str(job_file()), env=env)
     assert done.returncode == 1, done.stderr
     assert done.stderr.endswith(summary_of(output_dir) + "\n")
-    assert f"{UNITS - 3} units committed, 3 failed" in done.stderr
-    failed = sorted(line for line in done.stderr.splitlines() if line.startswith("failed: "))
-    assert failed == [
-        f"failed: {HASHES[2]} 2026-03-0{d}..2026-03-0{d}: code 43: forbidden (collection deleted "
-        "or owned by another user) (rejected, 1 attempts)"
-        for d in (1, 2, 3)
+    report = json.loads((output_dir / "_state" / "last-run.json").read_text())
+    failed = report["units_failed"]
+    assert failed > 0
+    assert f"{UNITS - failed} units fetched and committed, {failed} failed" in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("failed: ")]
+    assert len(lines) == min(failed, 10)
+    assert all("(invalid_payload, 1 attempts)" in line for line in lines)
+
+
+def test_a_gone_collection_is_named_once_and_skipped_by_the_next_run(
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    output_dir: Path,
+    env: dict[str, str],
+) -> None:
+    simulator.reconfigure(deleted=frozenset({HASHES[2]}))  # 3 days of it: code 43
+    path = job_file()
+    done = run_cli("run", str(path), env=env)
+    assert done.returncode == 1, done.stderr
+    assert f"{UNITS - 3} units fetched and committed, 0 failed" in done.stderr
+    assert "units: 3 of collections the API says are deleted or not ours (gone)" in done.stderr
+    gone = [line for line in done.stderr.splitlines() if line.startswith("gone: ")]
+    assert gone == [
+        f"gone: {HASHES[2]}: code 43: forbidden (collection deleted or owned by another user);"
+        " later runs skip it (--retry-gone tries it again)"
     ]
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and HASHES[2] in errors[0]  # one line per collection, not per day
+    simulator.reset_counters()
+    again = run_cli("run", str(path), env=env)
+    assert again.returncode == 0, again.stderr
+    assert simulator.counters()["requests"] == 0 and "nothing to do" in again.stderr
 
 
 def test_exit_3_when_the_api_rejects_the_credentials(
@@ -265,6 +290,9 @@ def test_dry_run_counts_units_without_a_request(
     assert run_cli("run", str(path), env=env).returncode == 1
     simulator.reset_counters()
     done = run_cli("run", str(path), "--dry-run", env=env)
+    gone = "(3 of gone collections skipped)"
+    assert done.stdout == f"{path}: {UNITS} units in the job, 0 to fetch now {dry[:-1]} {gone}\n"
+    done = run_cli("run", str(path), "--dry-run", "--retry-gone", env=env)
     assert done.stdout == f"{path}: {UNITS} units in the job, 3 to fetch now {dry}"
     assert simulator.counters()["requests"] == 0
 
@@ -340,7 +368,7 @@ def test_the_demo_job_harvests_from_the_bundled_simulator(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLIPSNACK_")}
     done = run_cli("run", str(demo), env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "finished: 93 units committed" in done.stderr
+    assert "finished: 93 units fetched and committed" in done.stderr
     job = load_job(demo)
     # The demo's simulator runs with the default seed and catalogue; output is relative to cwd.
     assert actual_rows(tmp_path / job.output) == expected_rows(job, SimulatorConfig())
@@ -371,17 +399,24 @@ def test_status_reports_counts_failures_and_the_last_run(
     before = run_cli("status", str(path), env=env)
     assert before.returncode == 0 and "no state yet" in before.stdout
     simulator.reconfigure(deleted=frozenset({HASHES[2]}))
-    assert run_cli("run", str(path), env=env).returncode == 1
+    assert run_cli("run", str(path), env=env).returncode == 1  # its 3 units: gone
+    simulator.reconfigure(faults={"http503": 1.0})
+    # Three more days of HASHES[0], each answered HTTP 503.
+    failing = job_file(end="2026-03-17", retry={"attempts": 1, "max_backoff_seconds": 0.01})
+    assert run_cli("run", str(failing), env=env).returncode == 1
     simulator.reset_counters()
     done = run_cli("status", str(path), env=env)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert (
-        lines[0] == f"{output_dir}: 30 units done, 3 failed, 0 fetched but not yet written "
-        "(the next run writes them)"
+    assert lines[0] == (
+        f"{output_dir}: 30 units done (0 provisional: their window had not ended, the next run"
+        " fetches them again), 3 failed, 0 fetched but not yet written (the next run writes them)"
     )
     assert [line.split(":")[0] for line in lines[1:4]] == ["failed"] * 3
-    assert all("code 43" in line and "(rejected, 1 attempts" in line for line in lines[1:4])
+    assert all("HTTP 503" in line and "(http, 1 attempts" in line for line in lines[1:4])
     assert lines[4] == "the next run retries every failed unit"
-    assert lines[5].startswith("last run: finished with failures at ") and "exit 1" in lines[5]
+    assert (
+        lines[5].startswith(f"gone: {HASHES[2]}: code 43: forbidden") and "--retry-gone" in lines[5]
+    )
+    assert lines[6].startswith("last run: finished with failures at ") and "exit 1" in lines[6]
     assert simulator.counters()["requests"] == 0  # status asks the API nothing

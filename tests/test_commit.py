@@ -1,47 +1,129 @@
-"""Partition tracking: a partition is written only when every planned unit is resolved."""
+"""The ledger: what the plan filter hands out, and when a partition is complete."""
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
 
-from harvester.commit import PartitionTracker
-from harvester.plan import Unit
+import pytest
 
-D1, D2 = date(2026, 1, 1), date(2026, 1, 2)
+from harvester.commit import Ledger, Rules
+from harvester.model import Fetched, Unit
+from harvester.state import StateStore
+
+D1, D2, D3 = date(2026, 1, 1), date(2026, 1, 2), date(2026, 1, 3)
+TODAY = date(2026, 2, 1)
+AT = datetime(2026, 2, 1, 12, tzinfo=UTC)
 
 
-def _unit(h: str, d: date) -> Unit:
-    return Unit(h, d, d)
+def _unit(h: str, d: date, end: date | None = None) -> Unit:
+    return Unit(h, d, end or d)
 
 
-def test_partition_completes_after_close_and_last_resolution() -> None:
-    tracker = PartitionTracker()
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StateStore]:
+    with StateStore(tmp_path / "state.sqlite", granularity="day") as s:
+        yield s
+
+
+def _done(store: StateStore, units: list[Unit], *, today: date = TODAY, pages: bool = True) -> None:
+    store.stage([Fetched(u, AT, 1, 2, 3, 4, ()) for u in units], today=today, pages=pages)
+    store.mark_done(units)
+
+
+def test_partition_completes_when_its_batch_closed_and_its_last_unit_resolved(
+    store: StateStore,
+) -> None:
+    ledger = Ledger(store, Rules(TODAY), set())
     a, b = _unit("a", D1), _unit("b", D1)
-    tracker.planned(a)
-    tracker.planned(b)
-    assert tracker.close([D1]) == []
-    assert tracker.resolved(a) is None
-    assert tracker.resolved(b) == D1
+    units = ledger.pending([[a, b]])
+    assert [next(units), next(units)] == [a, b]
+    ledger.resolved(a)
+    assert ledger.take_ready() == []  # the batch is not closed yet: more might come
+    ledger.resolved(b)
+    assert ledger.take_ready() == []
+    assert next(units, None) is None  # closes D1's batch
+    assert ledger.take_ready() == [D1]
 
 
-def test_partition_resolved_before_close_completes_at_close() -> None:
-    tracker = PartitionTracker()
-    a = _unit("a", D1)
-    tracker.planned(a)
-    assert tracker.resolved(a) is None  # more units of D1 might still be planned
-    assert tracker.close([D1]) == [D1]
-
-
-def test_partitions_are_independent() -> None:
-    tracker = PartitionTracker()
+def test_partitions_are_independent(store: StateStore) -> None:
+    ledger = Ledger(store, Rules(TODAY), set())
     a1, a2 = _unit("a", D1), _unit("a", D2)
-    tracker.planned(a1)
-    tracker.close([D1])
-    tracker.planned(a2)
-    assert tracker.resolved(a2) is None
-    assert tracker.resolved(a1) == D1
-    assert tracker.close([D2]) == [D2]
+    units = ledger.pending([[a1], [a2]])
+    assert next(units) == a1
+    assert next(units) == a2  # D1's batch closed, a1 still out
+    ledger.resolved(a2)
+    assert ledger.take_ready() == []
+    ledger.resolved(a1)
+    assert ledger.take_ready() == [D1]
+    assert next(units, None) is None
+    assert ledger.take_ready() == [D2]
 
 
-def test_a_partition_with_nothing_planned_is_complete_at_once() -> None:
-    assert PartitionTracker().close([D1, D2]) == [D1, D2]
+def test_a_batch_with_nothing_to_fetch_is_complete_at_once(store: StateStore) -> None:
+    _done(store, [_unit("a", D1)])
+    ledger = Ledger(store, Rules(TODAY), set())
+    assert list(ledger.pending([[_unit("a", D1)], [_unit("a", D2)]])) == [_unit("a", D2)]
+    assert ledger.take_ready() == [D1]
+    assert ledger.counts.already_done == 1 and ledger.counts.to_fetch == 1
+
+
+def test_windows_after_today_are_neither_handed_out_nor_counted_as_work(
+    store: StateStore,
+) -> None:
+    ledger = Ledger(store, Rules(D2), set())
+    assert list(ledger.pending([[_unit("a", d)] for d in (D1, D2, D3)])) == [
+        _unit("a", D1),
+        _unit("a", D2),
+    ]
+    assert ledger.counts.not_begun == 1 and ledger.counts.to_fetch == 2
+
+
+def test_a_provisional_unit_is_fetched_again_until_fetched_after_its_end(
+    store: StateStore,
+) -> None:
+    _done(store, [_unit("a", D1)], today=D1)  # fetched on the day itself: provisional
+    ledger = Ledger(store, Rules(D2), set())
+    assert list(ledger.pending([[_unit("a", D1)]])) == [_unit("a", D1)]
+    assert ledger.counts.provisional == 1
+    _done(store, [_unit("a", D1)], today=D2)  # fetched after its end: final
+    ledger = Ledger(store, Rules(D3), set())
+    assert list(ledger.pending([[_unit("a", D1)]])) == []
+
+
+def test_a_period_whose_window_changed_is_fetched_again(tmp_path: Path) -> None:
+    monday = date(2026, 1, 5)
+    with StateStore(tmp_path / "week.sqlite", granularity="week") as store:
+        _done(store, [_unit("a", monday, date(2026, 1, 6))])  # clipped to Tuesday
+        ledger = Ledger(store, Rules(TODAY), set())
+        grown = _unit("a", monday, date(2026, 1, 7))
+        assert list(ledger.pending([[grown]])) == [grown]
+        assert ledger.counts.changed == 1
+
+
+def test_units_written_without_pages_are_fetched_again_when_pages_are_wanted(
+    store: StateStore,
+) -> None:
+    _done(store, [_unit("a", D1)], pages=False)
+    assert (
+        list(Ledger(store, Rules(TODAY, page_stats=False), set()).pending([[_unit("a", D1)]])) == []
+    )
+    assert list(
+        Ledger(store, Rules(TODAY, page_stats=True), set()).pending([[_unit("a", D1)]])
+    ) == [_unit("a", D1)]
+
+
+def test_gone_collections_are_skipped_unless_retried(store: StateStore) -> None:
+    batch = [_unit("a", D1), _unit("g", D1)]
+    ledger = Ledger(store, Rules(TODAY), {"g"})
+    assert list(ledger.pending([batch])) == [_unit("a", D1)]
+    assert ledger.counts.gone == 1
+    retry = Ledger(store, Rules(TODAY, retry_gone=True), {"g"})
+    assert list(retry.pending([batch])) == batch
+
+
+def test_refresh_fetches_done_units_ending_on_or_after_its_date(store: StateStore) -> None:
+    _done(store, [_unit("a", D1), _unit("a", D2)])
+    ledger = Ledger(store, Rules(TODAY, refresh_from=D2), set())
+    assert list(ledger.pending([[_unit("a", D1)], [_unit("a", D2)]])) == [_unit("a", D2)]

@@ -131,40 +131,56 @@ def test_rate_limits_hold_at_concurrency_16(
     assert_complete(path, config)
 
 
-def test_permanent_codes_fail_their_unit_once_and_the_run_goes_on(
+def test_gone_collections_cost_one_call_and_later_runs_skip_them(
     job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig, env: dict[str, str]
 ) -> None:
+    # 43 (deleted, not ours) and 46 (no such hash) are for good: one call each, one log line
+    # each, the collection recorded as gone; the rest of the run and later runs skip it.
     simulator.reconfigure(deleted=frozenset({"g0n3"}), known=frozenset({HASHES[0], "g0n3"}))
     path = job_file(
         start="2026-03-01",
         end="2026-03-03",
+        concurrency=1,
         collections=[{"hash": HASHES[0]}, {"hash": "g0n3"}, {"hash": "unkn0wn"}],
     )
     job = load_job(path)
     report = harvest(job, RunOptions(), env)
-    assert report.exit_code == 1
-    assert report.units_failed == 6 and report.units_committed == 3
+    assert report.exit_code == 1  # news: a collection is gone
+    assert report.units_failed == 0 and report.units_gone == 6 and report.units_committed == 3
     counters = simulator.counters()
-    assert counters["codes"] == {"20": 3, "43": 3, "46": 3}  # each refusal asked exactly once
+    assert counters["codes"] == {"20": 3, "43": 1, "46": 1}  # one refusal per collection
     reasons = {(f.collection_hash, f.reason.split(":")[0]) for f in report.failed}
     assert reasons == {("g0n3", "code 43"), ("unkn0wn", "code 46")}
     with StateStore(default_state_path(job.output)) as store:
-        assert store.counts().get("failed") == 6 and store.counts().get("done") == 3
+        assert store.gone_collections() == {"g0n3", "unkn0wn"}
+        assert store.counts()["done"] == 3
     last = json.loads((job.output / "_state" / "last-run.json").read_text())
-    assert last["exit_code"] == 1 and len(last["failed"]) == 6
+    assert last["exit_code"] == 1 and len(last["failed"]) == 2
+
+    simulator.reset_counters()
+    again = harvest(job, RunOptions(), env)
+    assert again.exit_code == 0 and again.outcome == "nothing to do"
+    assert again.units_gone == 6 and simulator.counters()["requests"] == 0
+
+    simulator.reconfigure(deleted=frozenset(), known=None)  # restored: --retry-gone fetches it
+    retried = harvest(job, RunOptions(retry_gone=True), env)
+    assert retried.exit_code == 0 and retried.units_committed == 6
+    assert simulator.counters()["requests"] == 6
+    assert_complete(path, sim_config)
 
 
 def test_failed_units_are_retried_by_the_next_run(
     job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig, env: dict[str, str]
 ) -> None:
-    simulator.reconfigure(deleted=frozenset({HASHES[2]}))
+    simulator.reconfigure(faults={"bad_payload": 1.0})
     path = job_file()
-    harvest(load_job(path), RunOptions(), env)
-    simulator.reconfigure(deleted=frozenset())
+    first = harvest(load_job(path), RunOptions(), env)
+    assert first.exit_code == 1 and first.units_failed == first.units_in_job
+    simulator.reconfigure(faults={})
     simulator.reset_counters()
     report = harvest(load_job(path), RunOptions(), env)
     assert report.exit_code == 0
-    assert simulator.counters()["requests"] == 3  # HASHES[2] runs 03-01..03-03
+    assert simulator.counters()["requests"] == report.units_in_job
     assert_complete(path, sim_config)
 
 

@@ -30,10 +30,10 @@ import pytest
 import yaml
 
 from harvester.api import Fetched
-from harvester.commit import Committer, PartitionTracker, Quarantine
+from harvester.commit import Committer, Ledger, Quarantine, Rules
 from harvester.config import Job, RateLimit, load_job
+from harvester.lock import LOCK_FILE
 from harvester.plan import Unit, count_units, iter_units
-from harvester.report import RunReport
 from harvester.simulator import SimulatorConfig, SimulatorThread
 from harvester.sink import (
     COLLECTION_STATS,
@@ -44,7 +44,7 @@ from harvester.sink import (
     partitioning,
     read_dataset,
 )
-from harvester.state import LOCK_FILE, STATE_DIR, StateStore, default_state_path
+from harvester.state import STATE_DIR, StateStore, default_state_path
 from tests.conftest import API_KEY, API_SECRET, actual_rows, expected_rows, job_dict, run_cli
 
 POLL_SECONDS = 0.005
@@ -312,7 +312,8 @@ def test_kill_9_at_random_moments_then_resume_to_the_exact_dataset(
     assert_no_visible_partial(job.output)
     assert temp_files(job.output) == []
     with StateStore(default_state_path(job.output)) as store:
-        assert store.counts() == {"done": units, "staged": 0, "failed": 0}
+        counts = store.counts()
+        assert (counts["done"], counts["staged"], counts["failed"]) == (units, 0, 0)
     # A kill costs at most the answers in flight (and the one that triggered it): no more.
     fetched = successes(simulator)
     assert units <= fetched <= units + kills * (1 + CONCURRENCY), fetched
@@ -327,10 +328,10 @@ class BlockedSink(ParquetSink):
         self.writing = threading.Event()
         self.release = threading.Event()
 
-    def write_partition(self, period_start: date, results: Any) -> WriteResult:
+    def write_partition(self, period_start: date, results: Any, replaced: Any = ()) -> WriteResult:
         self.writing.set()
         assert self.release.wait(WAIT_SECONDS)
-        return super().write_partition(period_start, results)
+        return super().write_partition(period_start, results, replaced)
 
 
 async def test_a_result_is_staged_while_the_writer_is_busy_with_a_partition(
@@ -340,14 +341,13 @@ async def test_a_result_is_staged_while_the_writer_is_busy_with_a_partition(
     # the requests in flight, not the results that arrived meanwhile.
     first, second = (Unit("h4sh", date(2026, 1, d), date(2026, 1, d)) for d in (1, 2))
     at = datetime(2026, 1, 3, tzinfo=UTC)
-    report = RunReport("run", "job.yaml", str(tmp_path), "state.sqlite", at.isoformat())
     sink = BlockedSink(tmp_path / "output")
-    tracker, ready = PartitionTracker(), list[date]()
-    tracker.planned(first)
-    tracker.close([first.start])
-    tracker.planned(second)
+    rules = Rules(today=date(2026, 1, 3))
     with StateStore(tmp_path / "state.sqlite") as store:
-        committer = Committer(store, sink, tracker, report, Quarantine(tmp_path / "q"), ready)
+        ledger = Ledger(store, rules, set())
+        units = ledger.pending([[first], [second]])
+        assert [next(units), next(units)] == [first, second]  # first's partition is closed
+        committer = Committer(store, sink, ledger, Quarantine(tmp_path / "q"), rules, set())
         writer = asyncio.create_task(committer.run())
         try:
             committer.put(Fetched(first, at, 1, 2, 3, 4, ((1, 2, 3, 4),)))
@@ -360,7 +360,8 @@ async def test_a_result_is_staged_while_the_writer_is_busy_with_a_partition(
             sink.release.set()
             committer.close()
             await writer
-        assert store.counts() == {"done": 1, "staged": 1, "failed": 0}
+        counts = store.counts()
+        assert (counts["done"], counts["staged"], counts["failed"]) == (1, 1, 0)
 
 
 # --- 2: a finished job makes no request --------------------------------------------------------
@@ -468,7 +469,7 @@ def test_a_signal_stops_gracefully_and_keeps_everything_fetched(
         counts = store.counts()
     assert before_signal <= done  # served before the signal: written and marked done
     assert done == served_units(simulator)  # in-flight answers too; nothing claimed unfetched
-    assert counts == {"done": len(done), "staged": 0, "failed": 0}
+    assert (counts["done"], counts["staged"], counts["failed"]) == (len(done), 0, 0)
     assert len(done) < len(units)  # it did stop mid-run
     pages, collections = expected_rows(job, sim_config)
     assert actual_rows(job.output) == (rows_of(done, pages), rows_of(done, collections))

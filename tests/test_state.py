@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from harvester.api import Fetched
-from harvester.errors import HarvesterError, LockedError
+from harvester.errors import HarvesterError, JobError, LockedError
 from harvester.plan import Unit
 from harvester.state import (
     CHUNK_UNITS,
     FailedUnit,
     OutputLock,
     StateStore,
-    _done_among_sql,
+    _lookup_sql,
     default_state_path,
 )
 
@@ -42,6 +42,17 @@ def fetched(u: Unit, *, views: int = 7, pages: int = 2) -> Fetched:
     zero = ((pages, 0, 0, 0),) if pages else ()
     rows = (*((p, views * p, p, 10 * p) for p in range(1, pages)), *zero)
     return Fetched(u, AT, 11, views, 2**40, 3, rows)
+
+
+def three(counts: dict[str, int]) -> tuple[int, int, int]:
+    """(done, staged, failed) of a store's counts."""
+    return counts["done"], counts["staged"], counts["failed"]
+
+
+def mark_done(store: StateStore, units: list[Unit]) -> None:
+    """Record ``units`` as fetched and written (staged first, as a run does)."""
+    store.stage([fetched(u) for u in units])
+    store.mark_done(units)
 
 
 @pytest.fixture
@@ -62,8 +73,8 @@ def test_new_store_is_wal_versioned_and_empty(store: StateStore) -> None:
     assert store.path.exists()
     db = sqlite3.connect(store.path)
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert db.execute("PRAGMA user_version").fetchone() == (1,)
-    assert store.counts() == {"done": 0, "staged": 0, "failed": 0}
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert three(store.counts()) == (0, 0, 0)
     assert store.staged_periods() == []
     assert store.failed() == []
 
@@ -87,7 +98,7 @@ def test_stage_staged_round_trip_is_exact(store: StateStore) -> None:
     assert store.staged(JAN1) == sorted(results, key=lambda r: (r.unit.collection_hash, r.unit.end))
     assert store.staged(JAN1)[0].fetched_at.tzinfo is not None
     assert store.staged(date(2026, 1, 2)) == []
-    assert store.counts() == {"done": 0, "staged": 3, "failed": 0}
+    assert three(store.counts()) == (0, 3, 0)
 
 
 def test_staged_periods_are_distinct_and_ascending(store: StateStore) -> None:
@@ -110,7 +121,7 @@ def test_mark_done_drops_payload_and_leaves_staging(store: StateStore) -> None:
     store.stage(results)
     store.mark_done([r.unit for r in results[:2]])
     assert store.staged(JAN1) == [results[2]]
-    assert store.counts() == {"done": 2, "staged": 1, "failed": 0}
+    assert three(store.counts()) == (2, 1, 0)
     db = sqlite3.connect(store.path)
     payloads = db.execute("SELECT payload, done_at FROM units WHERE status = 'done'").fetchall()
     assert payloads == [(None, AT.isoformat())] * 2
@@ -125,7 +136,7 @@ def test_staging_a_done_unit_refreshes_it(store: StateStore) -> None:
     store.stage([fetched(u, views=99)])
     assert store.staged(JAN1) == [fetched(u, views=99)]
     assert store.done_among([u]) == set()
-    assert store.counts() == {"done": 0, "staged": 1, "failed": 0}
+    assert three(store.counts()) == (0, 1, 0)
 
 
 def test_done_among(store: StateStore) -> None:
@@ -133,7 +144,7 @@ def test_done_among(store: StateStore) -> None:
     done = units[::3]
     store.stage([fetched(u) for u in units[1::3]])  # staged is not done
     store.mark_failed(units[2], kind="network", reason="reset", attempts=6)
-    store.mark_done(done)
+    mark_done(store, done)
     assert len(units) > 3 * CHUNK_UNITS  # several chunks, the last one short
     assert store.done_among(units) == set(done)
     assert store.done_among(units[1:2]) == set()
@@ -144,27 +155,27 @@ def test_done_among(store: StateStore) -> None:
 
 def test_done_among_searches_the_primary_key(store: StateStore) -> None:
     # (a, b, c) IN (VALUES ...) would scan the whole table: a million units per lookup.
-    sql = _done_among_sql(2)
-    plan = " ".join(row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {sql}", ["x"] * 6))
+    sql = _lookup_sql(2)
+    plan = " ".join(row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {sql}", ["x"] * 4))
     assert "USING PRIMARY KEY" in plan and "SCAN u" not in plan
 
 
 def test_a_shared_window_is_read_by_a_primary_key_range(store: StateStore) -> None:
-    from harvester.state import _DONE_IN_WINDOW
+    from harvester.state import _IN_PERIOD
 
-    rows = store._db.execute(f"EXPLAIN QUERY PLAN {_DONE_IN_WINDOW}", ["2026-01-01", "2026-01-01"])
+    rows = store._db.execute(f"EXPLAIN QUERY PLAN {_IN_PERIOD}", ["2026-01-01"])
     plan = " ".join(row[3] for row in rows)
-    assert "USING PRIMARY KEY (period_start=?" in plan, plan
+    assert "USING PRIMARY KEY (period=?" in plan, plan
 
 
 def test_done_among_reads_shared_windows_and_scattered_units_alike(store: StateStore) -> None:
-    from harvester.state import SHARED_WINDOW_UNITS
+    from harvester.state import SHARED_PERIOD_UNITS
 
     day = date(2026, 2, 1)
-    shared = [Unit(f"h{i}", day, day) for i in range(SHARED_WINDOW_UNITS + 3)]
+    shared = [Unit(f"h{i}", day, day) for i in range(SHARED_PERIOD_UNITS + 3)]
     scattered = [Unit("lone", date(2026, 2, d), date(2026, 2, d)) for d in (2, 3)]
     done = shared[::2] + scattered[:1]
-    store.mark_done(done)
+    mark_done(store, done)
     assert store.done_among(shared + scattered) == set(done)
 
 
@@ -173,7 +184,7 @@ def test_mark_failed_records_a_new_unit(store: StateStore) -> None:
     store.mark_failed(u, kind="rejected", reason="code 42", attempts=1)
     store.mark_failed(u, kind="network", reason="reset", attempts=6)  # the last error wins
     assert store.failed() == [FailedUnit(u, "network", "reset", 6, AT.isoformat())]
-    assert store.counts() == {"done": 0, "staged": 0, "failed": 1}
+    assert three(store.counts()) == (0, 0, 1)
 
 
 def test_failure_does_not_downgrade_done_or_staged(store: StateStore) -> None:
@@ -196,20 +207,113 @@ def test_a_failed_unit_fetched_later_leaves_the_failed_list(store: StateStore) -
     store.stage([fetched(u)])
     assert store.failed() == []
     store.mark_done([u])
-    assert store.counts() == {"done": 1, "staged": 0, "failed": 0}
+    assert three(store.counts()) == (1, 0, 0)
 
 
 def test_reopening_keeps_everything(tmp_path: Path) -> None:
     path = default_state_path(tmp_path)
     with StateStore(path) as s:
+        mark_done(s, [unit("done")])
         s.stage([fetched(unit("staged"))])
-        s.mark_done([unit("done")])
         s.mark_failed(unit("failed"), kind="http", reason="HTTP 503", attempts=6)
     with StateStore(path) as s:
         assert s.staged(JAN1) == [fetched(unit("staged"))]
         assert s.done_among([unit("done"), unit("staged")]) == {unit("done")}
         assert [f.unit for f in s.failed()] == [unit("failed")]
-        assert s.counts() == {"done": 1, "staged": 1, "failed": 1}
+        assert three(s.counts()) == (1, 1, 1)
+
+
+def test_a_grown_window_replaces_its_period_and_remembers_what_to_remove(tmp_path: Path) -> None:
+    monday = date(2026, 1, 5)
+    with StateStore(tmp_path / "s.sqlite", granularity="week") as s:
+        short, grown = Unit("a", monday, monday), Unit("a", monday, monday + timedelta(days=2))
+        mark_done(s, [short])
+        s.stage([fetched(grown)])
+        assert s.replaced([grown]) == [short]  # the dataset still holds the short window
+        assert s.staged(monday) == [fetched(grown)]
+        s.mark_done([grown])
+        assert s.replaced([grown]) == []
+        assert s.done_among([short, grown]) == {grown}
+        assert three(s.counts()) == (1, 0, 0)
+
+
+def test_a_window_moved_to_another_partition_is_still_one_period(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s.sqlite", granularity="month") as s:
+        old, new = (
+            Unit("a", date(2026, 3, 5), date(2026, 3, 31)),
+            Unit("a", date(2026, 3, 6), date(2026, 3, 31)),
+        )
+        mark_done(s, [old])
+        s.stage([fetched(new)])
+        assert s.replaced([new]) == [old]
+        assert s.staged_periods() == [new.start]
+
+
+def test_the_granularity_is_recorded_and_held(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    StateStore(path, granularity="week").close()
+    assert StateStore(path).granularity == "week"
+    with pytest.raises(JobError, match="'week' units; the job asks for 'day'"):
+        StateStore(path, granularity="day")
+
+
+def test_a_version_1_state_is_carried_over_keeping_the_newest_window_per_period(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v1.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    monday = "2026-03-02"
+    rows = [  # three nights of a clipped week, then a whole day unit
+        ("a", monday, "2026-03-03", "done", "2026-03-04T03:00:00+00:00"),
+        ("a", monday, "2026-03-04", "done", "2026-03-05T03:00:00+00:00"),
+        ("a", monday, "2026-03-05", "done", "2026-03-06T03:00:00+00:00"),
+        ("b", "2026-03-09", "2026-03-15", "done", "2026-03-16T03:00:00+00:00"),
+    ]
+    db.executemany(
+        "INSERT INTO units (collection_hash, period_start, period_end, status, done_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+    db.execute("INSERT INTO runs (recorded_at, summary) VALUES ('t', '{}')")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with StateStore(path, granularity="week") as s:
+        newest = Unit("a", date(2026, 3, 2), date(2026, 3, 5))
+        b = Unit("b", date(2026, 3, 9), date(2026, 3, 15))
+        assert s.done_among([newest, b]) == {newest, b}
+        assert three(s.counts()) == (2, 0, 0)
+        assert s.lookup([b])[b].final  # written the day after its end
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM runs").fetchone() == (1,)
+
+
+V1_SCHEMA = """
+CREATE TABLE units (
+    collection_hash TEXT NOT NULL, period_start TEXT NOT NULL, period_end TEXT NOT NULL,
+    status TEXT NOT NULL, payload TEXT, staged_at TEXT, done_at TEXT, error_kind TEXT,
+    error_reason TEXT, attempts INTEGER, failed_at TEXT,
+    PRIMARY KEY (period_start, collection_hash, period_end)
+) WITHOUT ROWID;
+CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, recorded_at TEXT NOT NULL,
+                   summary TEXT NOT NULL);
+"""
+
+
+def test_a_readonly_store_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with StateStore(path) as s:
+        mark_done(s, [unit("a")])
+    for extra in ("-wal", "-shm"):
+        Path(f"{path}{extra}").unlink(missing_ok=True)
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    with StateStore(path, readonly=True) as s:
+        assert three(s.counts()) == (1, 0, 0)
+        with pytest.raises(sqlite3.OperationalError):
+            s.set_meta("x", "y")
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+    with pytest.raises(HarvesterError, match="no state database"):
+        StateStore(tmp_path / "missing.sqlite", readonly=True)
 
 
 def test_record_run(store: StateStore) -> None:

@@ -1,0 +1,97 @@
+"""Read-only views of an output: what a run would fetch now, and what the state holds.
+
+Nothing here requests, locks or writes anything: the state is opened read-only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from harvester.commit import Ledger, PlanCounts
+from harvester.config import Job
+from harvester.model import system_clock
+from harvester.pipeline import RunOptions, rules_of, state_path_of
+from harvester.plan import count_units, iter_windows
+from harvester.state import StateStore
+
+__all__ = ["PlanSummary", "plan_pending", "status"]
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """How many units a job has, and what a run would do with them now."""
+
+    total: int
+    counts: PlanCounts
+    today: date
+
+
+def plan_pending(job: Job, options: RunOptions) -> PlanSummary:
+    """Dry run: the job's units filtered as a run would filter them; no request, nothing written."""
+    today = options.today or (options.clock or system_clock()).today()
+    rules = rules_of(job, options, today)
+    path = state_path_of(job, options)
+    if not path.exists():
+        counts = PlanCounts()
+        for batch in iter_windows(job):  # nothing is done, but the future is still the future
+            begun = sum(1 for u in batch if u.start <= today)
+            counts.to_fetch += begun
+            counts.not_begun += len(batch) - begun
+        return PlanSummary(count_units(job), counts, today)
+    with StateStore(path, readonly=True) as store:
+        gone = store.gone_collections() if not options.retry_gone else set()
+        ledger = Ledger(store, rules, gone)
+        for _ in ledger.pending(iter_windows(job)):
+            pass
+    return PlanSummary(count_units(job), ledger.counts, today)
+
+
+def status(job: Job, options: RunOptions, *, limit: int = 20) -> str:
+    """What the state says of a job's output: counts, failures, the last run; read only."""
+    path = state_path_of(job, options)
+    if not path.exists():
+        return f"{job.output}: no state yet ({path}): nothing was harvested here"
+    with StateStore(path, readonly=True) as store:
+        counts, failed, gone = store.counts(), store.failed(), store.failed(gone=True)
+    lines = [
+        f"{job.output}: {counts['done']} units done ({counts['provisional']} provisional: their"
+        f" window had not ended, the next run fetches them again), {counts['failed']} failed,"
+        f" {counts['staged']} fetched but not yet written (the next run writes them)"
+    ]
+    lines += [
+        f"failed: {f.unit}: {f.reason} ({f.kind}, {f.attempts} attempts, {f.failed_at})"
+        for f in failed[:limit]
+    ]
+    if len(failed) > limit:
+        lines.append(f"... and {len(failed) - limit} more failed units")
+    if failed:
+        lines.append("the next run retries every failed unit")
+    by_collection: dict[str, Any] = {}
+    for g in gone:
+        by_collection.setdefault(g.unit.collection_hash, g)
+    lines += [
+        f"gone: {h}: {g.reason} (since {g.failed_at}); later runs skip it, --retry-gone tries again"
+        for h, g in by_collection.items()
+    ]
+    lines.append(_last_run(path.parent / "last-run.json"))
+    return "\n".join(line for line in lines if line)
+
+
+def _last_run(path: Path) -> str:
+    """One line on the last run's report, or why it cannot be read."""
+    if not path.exists():
+        return ""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(report, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        return f"last run: report unreadable ({path}: {type(exc).__name__})"
+    return (
+        f"last run: {report.get('outcome')} at {report.get('finished_at')}, "
+        f"exit {report.get('exit_code')} (report: {path})"
+    )
