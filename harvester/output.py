@@ -165,14 +165,14 @@ def bind_output(job: Job, store: StateStore, sink: ParquetSink, *, now: datetime
     meta = check_output(job, store.path)
     if meta is None:
         if _has_data(job.output):
-            repaired = repair(sink, job.granularity)
-            if repaired:
-                store.forget(repaired)
+            removed, touched = repair(sink, job.granularity)
+            if removed:
+                store.forget(touched)
                 log.warning(
                     "%s: removed %d older windows of calendar periods that held several"
                     " (kept the newest of each); their periods are fetched again",
                     job.output,
-                    len(repaired),
+                    len(removed),
                 )
         meta = OutputMeta(
             id=uuid.uuid4().hex,
@@ -193,10 +193,10 @@ def bind_output(job: Job, store: StateStore, sink: ParquetSink, *, now: datetime
     return meta
 
 
-def repair(sink: ParquetSink, granularity: str) -> list[Unit]:
+def repair(sink: ParquetSink, granularity: str) -> tuple[list[Unit], list[Unit]]:
     """Keep the newest window of each (collection, calendar period); remove the others.
 
-    Returns every unit of the periods that held several windows (kept and removed alike).
+    Returns the windows removed, and every window of the periods that held several.
     """
     keys = sink.units(COLLECTION_STATS).to_pylist()
     by_period: dict[tuple[str, Any], list[dict[str, Any]]] = {}
@@ -214,4 +214,4 @@ def repair(sink: ParquetSink, granularity: str) -> list[Unit]:
         touched.extend(units)
     if removed:
         sink.remove(removed)
-    return touched
+    return removed, touched
