@@ -1,6 +1,12 @@
 """The command line: parse, call the library, map errors to messages and exit codes.
 
 harvester run JOB.yaml [--state PATH] [--refresh] [--wait] [--dry-run] [--log-format json]
+                      [--metrics-file PATH] [--pushgateway URL]
+harvester validate JOB.yaml
+harvester status JOB.yaml [--state PATH]
+harvester summary OUTPUT [--since DATE] [--until DATE] [--collection HASH] [--account NAME]
+                         [--top N] [--png FILE]
+harvester runs OUTPUT [--limit N] [--json]
 harvester simulate [--host 127.0.0.1] [--port 8080] [--config sim.yaml] [--seed N]
 """
 
@@ -12,6 +18,7 @@ import sqlite3
 import sys
 import traceback
 from collections.abc import Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from harvester import __version__
@@ -66,10 +73,46 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="after SIGINT/SIGTERM, how long in-flight requests may finish (default 10)",
     )
+    run.add_argument(
+        "--metrics-file",
+        type=Path,
+        metavar="PATH",
+        help="write Prometheus metrics here after the run (node_exporter's textfile collector)",
+    )
+    run.add_argument(
+        "--pushgateway", metavar="URL", help="push Prometheus metrics to this Pushgateway"
+    )
+
+    check = commands.add_parser("validate", help="check a job file; no request, nothing written")
+    check.add_argument("job", type=Path, help="the YAML job file")
 
     stat = commands.add_parser("status", help="what is done and what failed, from the state")
     stat.add_argument("job", type=Path, help="the YAML job file")
     stat.add_argument("--state", type=Path, help="state database, as given to run")
+
+    summary = commands.add_parser(
+        "summary", help="totals, busiest pages and coverage gaps of an output's data"
+    )
+    summary.add_argument("output", type=Path, help="the output folder (the job's `output`)")
+    summary.add_argument("--since", type=_date, metavar="DATE", help="periods starting on or after")
+    summary.add_argument(
+        "--until", type=_date, metavar="DATE", help="periods starting on or before"
+    )
+    summary.add_argument(
+        "--collection", action="append", default=[], metavar="HASH", help="only this collection"
+    )
+    summary.add_argument("--account", metavar="NAME", help="only this account")
+    summary.add_argument(
+        "--top", type=_positive, default=10, metavar="N", help="collections shown (default 10)"
+    )
+    summary.add_argument("--png", type=Path, metavar="FILE", help="chart views per period to FILE")
+
+    runs = commands.add_parser("runs", help="the recent runs of an output, newest first")
+    runs.add_argument("output", type=Path, help="the output folder (the job's `output`)")
+    runs.add_argument(
+        "--limit", type=_positive, default=20, metavar="N", help="runs shown (default 20)"
+    )
+    runs.add_argument("--json", action="store_true", help="a JSON array instead of lines")
 
     sim = commands.add_parser("simulate", help="serve the bundled Flipsnack-compatible simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -79,12 +122,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _date(text: str) -> date:
+    """An argument date: ISO, today, yesterday or -Nd, as in a job file."""
+    from harvester.fields import Context, calendar_date
+
+    ctx = Context("arguments", datetime.now(UTC).date())
+    value = calendar_date(ctx, text, "date")
+    if value is None:
+        raise argparse.ArgumentTypeError(ctx.problems[0].message)
+    return value
+
+
+def _positive(text: str) -> int:
+    """An argument count of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, found {text!r}")
+    return int(text)
+
+
 def _run(args: argparse.Namespace) -> int:
+    from harvester import metrics
     from harvester.config import load_job
     from harvester.pipeline import RunOptions, harvest
     from harvester.status import plan_pending
 
     job = load_job(args.job)
+    export = args.metrics_file is not None or args.pushgateway is not None
+    if export and not args.dry_run:
+        metrics.check_target(args.metrics_file)  # before any request: the extra, the folder
     options = RunOptions(
         state_path=args.state,
         refresh=args.refresh,
@@ -111,8 +176,19 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     report = harvest(job, options)
+    if export:
+        metrics.export(
+            report, job.output, metrics_file=args.metrics_file, pushgateway=args.pushgateway
+        )
     _say(report.summary(), logging.INFO if report.exit_code == 0 else logging.WARNING)
     return report.exit_code
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from harvester.validate import describe
+
+    print(describe(args.job))
+    return 0
 
 
 def _say(text: str, level: int) -> None:
@@ -133,6 +209,41 @@ def _status(args: argparse.Namespace) -> int:
     from harvester.status import status
 
     print(redact(status(load_job(args.job), RunOptions(state_path=args.state))))
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from harvester import chart
+    from harvester.display import stdout_console
+    from harvester.summary import render, summarize
+
+    if args.png is not None:
+        chart.check_target(args.png)  # before the tables: the extra, the folder
+    found = summarize(
+        args.output,
+        since=args.since,
+        until=args.until,
+        collections=args.collection,
+        account=args.account,
+    )
+    render(found, stdout_console(), top=args.top)
+    if args.png is not None:
+        print(f"chart: {chart.write_chart(found, args.png, top=args.top)}", file=sys.stderr)
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from harvester.display import stdout_console
+    from harvester.runs import check_output, print_runs, read_runs, report_folders, runs_json
+
+    check_output(args.output)
+    history = read_runs(report_folders(args.output))
+    for path, reason in history.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if args.json:
+        print(runs_json(history, args.limit))
+    else:
+        print_runs(history, args.limit, stdout_console(), args.output)
     return 0
 
 
@@ -170,7 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _json_logs = getattr(args, "log_format", "text") == "json"
     setup_logging("json" if _json_logs else "text", level)
     try:
-        commands = {"run": _run, "status": _status, "simulate": _simulate}
+        commands = {
+            "run": _run,
+            "validate": _validate,
+            "status": _status,
+            "summary": _summary,
+            "runs": _runs,
+            "simulate": _simulate,
+        }
         return commands[args.command](args)
     except JobError as exc:
         _say(f"error: invalid job:\n{exc}", logging.ERROR)

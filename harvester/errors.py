@@ -4,6 +4,7 @@ The tree::
 
     HarvesterError                      root; carries an exit code
     ├── JobError                        bad job file, arguments or credentials setup (exit 2)
+    ├── UsageError                      a command's arguments, or a missing optional extra (exit 2)
     ├── LockedError                     another run holds the output's lock (exit 4)
     ├── CredentialsRejected             the API answered 41/44: no call can succeed (exit 3)
     ├── CircuitOpen                     the API failed every call for too long (exit 1)
@@ -52,6 +53,7 @@ __all__ = [
     "RequestTimeout",
     "TransientError",
     "UnitError",
+    "UsageError",
 ]
 
 EXIT_OK = 0
@@ -104,6 +106,12 @@ class JobError(HarvesterError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UsageError(HarvesterError):
+    """A reading command cannot do what was asked (no such output, a missing optional extra)."""
+
+    exit_code = EXIT_BAD_JOB
 
 
 class LockedError(HarvesterError):

@@ -16,7 +16,14 @@ from tenacity import AsyncRetrying
 
 from harvester.api import StatsClient
 from harvester.config import Discovery
-from harvester.errors import CircuitOpen, HttpError, PermanentError, RateLimited, UnitError
+from harvester.errors import (
+    CircuitOpen,
+    CredentialsRejected,
+    HttpError,
+    PermanentError,
+    RateLimited,
+    UnitError,
+)
 from harvester.model import Fetched, Unit
 from harvester.ratelimit import RateLimiter
 from harvester.retry import CircuitBreaker
@@ -33,6 +40,7 @@ class FetchStats:
     """What the fetcher saw, for the run report."""
 
     errors: Counter[str] = field(default_factory=Counter)  # by error kind, every attempt
+    answers: Counter[str] = field(default_factory=Counter)  # by answer code, every attempt
     retries: int = 0
     rate_limit_answers: int = 0
 
@@ -71,6 +79,10 @@ class UnitFetcher:
                 exc.unit, exc.attempts = unit, attempts
                 self._observe(exc)
                 raise
+            except CredentialsRejected as exc:
+                self.stats.answers[str(exc.code)] += 1
+                raise
+            self.stats.answers["20"] += 1
             self._breaker.record_success()
             return result
 
@@ -102,13 +114,15 @@ class UnitFetcher:
             nonlocal attempts
             attempts += 1
             try:
-                return await self._client.list_page(
+                page = await self._client.list_page(
                     first, LIST_PAGE_SIZE, status=discovery.status, query=discovery.query
                 )
             except UnitError as exc:
                 exc.attempts = attempts
                 self._observe(exc)
                 raise
+            self.stats.answers["20"] += 1
+            return page
 
         page: list[str] = await self._retrying.copy()(attempt)
         return page
@@ -116,6 +130,7 @@ class UnitFetcher:
     def _observe(self, exc: UnitError) -> None:
         """Count the failure, pace the key after a limit answer, feed the breaker, log it."""
         self.stats.errors[exc.kind] += 1
+        self.stats.answers[_answer(exc)] += 1
         if isinstance(exc, RateLimited):
             self.stats.rate_limit_answers += 1
             paused = self._limiter.pause_for_code(exc.code)
@@ -138,6 +153,16 @@ class UnitFetcher:
                 exc.attempts,
                 self._max_attempts,
             )
+
+
+def _answer(exc: UnitError) -> str:
+    """What a failed attempt got back, as a bounded key: the API's code, ``http_<status>``, or
+    the failure's kind (``network``, ``timeout``, ``bad_response``, ``invalid_payload``)."""
+    if exc.code is not None:
+        return str(exc.code)
+    if isinstance(exc, HttpError):
+        return f"http_{exc.status}"
+    return exc.kind
 
 
 def _what(exc: UnitError) -> str:

@@ -412,6 +412,7 @@ def _copy_fetch_stats(report: RunReport, fetcher: UnitFetcher, limiter: RateLimi
     report.requests = limiter.calls
     report.retries = stats.retries
     report.errors_by_kind = dict(stats.errors)
+    report.answers_by_code = dict(sorted(stats.answers.items()))
     report.rate_limit_answers = stats.rate_limit_answers
     report.rate_limit_waits = limiter.waits
     report.rate_limit_wait_seconds = round(limiter.waited_seconds, 3)

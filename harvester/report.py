@@ -76,6 +76,7 @@ class RunReport:
     requests: int = 0
     retries: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    answers_by_code: dict[str, int] = field(default_factory=dict)  # API code, http_5xx, network
     rate_limit_answers: int = 0
     rate_limit_waits: int = 0
     rate_limit_wait_seconds: float = 0.0

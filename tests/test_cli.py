@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -420,3 +422,123 @@ def test_status_reports_counts_failures_and_the_last_run(
     )
     assert lines[6].startswith("last run: finished with failures at ") and "exit 1" in lines[6]
     assert simulator.counters()["requests"] == 0  # status asks the API nothing
+
+
+# --- validate, summary, runs -----------------------------------------------------------------
+
+
+def test_validate_a_good_job(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path
+) -> None:
+    path = job_file()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLIPSNACK_")}
+    done = run_cli("validate", str(path), env=env)  # no credentials needed
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        f"{path}: valid (3 collections, granularity day, {UNITS} units from 2026-03-01 to "
+        f"2026-03-20, output {output_dir}, from {simulator.base_url}, credentials from "
+        "$FLIPSNACK_API_KEY and $FLIPSNACK_API_SECRET)\n"
+    )
+    assert simulator.counters()["requests"] == 0 and not output_dir.exists()
+
+
+@pytest.mark.parametrize("case", ["unknown-key", "granularity-typo", "duplicate-hash"])
+def test_validate_says_what_run_says(
+    case: str, tmp_path: Path, simulator: SimulatorThread, output_dir: Path, env: dict[str, str]
+) -> None:
+    change, problem = BAD_JOBS[case]
+    job = copy.deepcopy(job_dict(simulator.base_url, output_dir))
+    change(job)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    checked = run_cli("validate", str(path), env=env)
+    assert_refused(checked, simulator, output_dir, f"{path}: {problem}")
+    assert checked.stderr == run_cli("run", str(path), env=env).stderr
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # anything but \t and \n
+
+
+def test_summary_off_a_terminal_is_plain_text(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str]
+) -> None:
+    assert run_cli("run", str(job_file()), env=env).returncode == 0
+    for day in ("2026-03-09", "2026-03-10"):
+        for dataset in ("page_stats", "collection_stats"):
+            shutil.rmtree(output_dir / dataset / f"period_start={day}")
+    plain = {k: v for k, v in env.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS")}
+    done = run_cli("summary", str(output_dir), env=plain)
+    assert done.returncode == 0, done.stderr
+    assert not CONTROL.search(done.stdout), repr(done.stdout)
+    lines = done.stdout.splitlines()
+    assert (
+        lines[0] == f"{output_dir}: 3 collections, 2026-03-01..2026-03-20, by day (from the data)"
+    )
+    assert f"  {HASHES[0]}: 12/14 days; missing 2026-03-09..2026-03-10" in lines
+    assert f"  {HASHES[1]}: 14/16 days; missing 2026-03-09..2026-03-10" in lines
+    assert max(len(line) for line in lines) > 80  # not squeezed to a terminal's width
+    assert simulator.counters()["requests"] == UNITS  # the summary asked the API nothing
+
+
+def test_summary_writes_a_chart(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str]
+) -> None:
+    assert run_cli("run", str(job_file()), env=env).returncode == 0
+    png = output_dir.parent / "chart.png"
+    done = run_cli("summary", str(output_dir), "--top", "2", "--png", str(png), env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == f"chart: {png}\n"
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["summary", "OUT/nope"], "error: OUT/nope: no such output folder"),
+        (["summary", "OUT", "--png", "OUT/no/such/dir.png"], "error: --png OUT/no/such/dir.png"),
+        (["summary", "OUT", "--since", "2026-02-30"], "argument --since: not a real calendar"),
+        (["summary", "OUT", "--top", "0"], "argument --top: expected a whole number"),
+        (["runs", "OUT/nope"], "error: OUT/nope: no such output folder"),
+        (["runs", "OUT", "--limit", "x"], "argument --limit: expected a whole number"),
+    ],
+)
+def test_reading_commands_exit_2_on_bad_arguments(
+    args: list[str], complaint: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    done = run_cli(*[a.replace("OUT", str(out)) for a in args])
+    assert done.returncode == 2
+    assert complaint.replace("OUT", str(out)) in done.stderr
+
+
+def test_runs_lists_the_recent_runs(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str]
+) -> None:
+    path = job_file()
+    assert run_cli("run", str(path), env=env).returncode == 0
+    assert run_cli("run", str(path), env=env).returncode == 0  # nothing to do
+    (output_dir / "_state" / "reports" / "run-broken.json").write_text("{")
+    done = run_cli("runs", str(output_dir), env=env)
+    assert done.returncode == 0
+    assert not CONTROL.search(done.stdout)
+    lines = [" ".join(line.split()) for line in done.stdout.splitlines()]
+    assert lines[0] == "started (UTC) took exit outcome committed failed requests run"
+    assert [line.split()[4:9] for line in lines[1:]] == [
+        ["0", "nothing", "to", "do", "0"],
+        ["0", "finished", str(UNITS), "0", str(UNITS)],
+    ]
+    assert done.stderr.startswith(f"skipped {output_dir}/_state/reports/run-broken.json: not JSON")
+    as_json = json.loads(run_cli("runs", str(output_dir), "--json", "--limit", "1").stdout)
+    assert [r["outcome"] for r in as_json] == ["nothing to do"]
+
+
+def test_help_lists_the_reading_commands_and_the_metrics_options() -> None:
+    done = run_cli("--help")
+    for command in ("validate", "status", "summary", "runs"):
+        assert command in done.stdout
+    run = run_cli("run", "--help").stdout
+    assert "--metrics-file" in run and "--pushgateway" in run
+    summary = run_cli("summary", "--help").stdout
+    for option in ("--since", "--until", "--collection", "--account", "--top", "--png"):
+        assert option in summary

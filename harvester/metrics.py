@@ -1,0 +1,221 @@
+"""Prometheus metrics of a run: a textfile for node_exporter, or a push to a Pushgateway.
+
+Every metric describes the output's last run, except two that look further back:
+``harvester_last_success_timestamp_seconds`` is read from the run reports kept with the output
+(so a failed run, or a new container, does not reset it) and
+``harvester_newest_period_end_timestamp_seconds`` from the data itself.
+
+Labels: ``harvest_job`` (the job file), ``output`` and ``account`` identify a harvest; the
+others (``outcome``, ``code``, ``dataset``) take a handful of values. No label ever holds a
+collection hash, so the number of series does not grow with the account. A pushed group is
+keyed ``job="harvester"`` plus the identifying labels (the Pushgateway adds them to every
+metric, so a pushed metric carries the same labels as one read from the textfile).
+
+``prometheus_client`` is the ``[metrics]`` extra: it is imported only here, only when asked for.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from harvester.errors import UsageError
+from harvester.report import RunReport
+from harvester.runs import last_success, read_runs, report_folders
+from harvester.sink import COLLECTION_STATS, PAGE_STATS
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = [
+    "METRICS",
+    "RunMetrics",
+    "check_target",
+    "collect",
+    "export",
+    "newest_period_end",
+    "registry",
+]
+
+log = logging.getLogger("harvester.metrics")
+
+PREFIX = "harvester_"
+PUSH_JOB = "harvester"
+PUSH_TIMEOUT_SECONDS = 10.0
+DEFAULT_ACCOUNT = "default"
+INSTALL_HINT = "pip install 'harvester[metrics]'"
+
+
+# Every metric: its name after the prefix, its help, and its one bounded label ("": none).
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("last_success_timestamp_seconds", "When the newest run exiting 0 finished (0: none).", ""),
+    ("last_run_timestamp_seconds", "When the last run finished.", ""),
+    ("last_run_duration_seconds", "How long the last run took.", ""),
+    ("last_run_exit_code", "The last run's exit code (0: every unit succeeded).", ""),
+    ("last_run_units", "Units of the last run's job, by outcome.", "outcome"),
+    ("last_run_requests", "Requests the last run sent.", ""),
+    ("last_run_answers", "Answers the last run got, by API code or kind of failure.", "code"),
+    ("last_run_retries", "Attempts the last run made again.", ""),
+    ("last_run_rate_limit_wait_seconds", "Seconds the last run waited on the rate limiter.", ""),
+    ("last_run_rows_written", "Rows the last run wrote, by dataset.", "dataset"),
+    ("newest_period_end_timestamp_seconds", "End of the newest period in collection_stats.", ""),
+)
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """The metrics' values (fields named as in METRICS), for the file and the push alike."""
+
+    labels: dict[str, str]  # the identifying labels: harvest_job, output, account
+    last_success_timestamp_seconds: float  # 0 when no run of this output has exited 0 yet
+    last_run_timestamp_seconds: float
+    last_run_duration_seconds: float
+    last_run_exit_code: int
+    last_run_units: dict[str, int]
+    last_run_requests: int
+    last_run_answers: dict[str, int]
+    last_run_retries: int
+    last_run_rate_limit_wait_seconds: float
+    last_run_rows_written: dict[str, int]
+    newest_period_end_timestamp_seconds: float | None  # None: no rows yet, no metric
+
+
+def collect(report: RunReport, output: Path) -> RunMetrics:
+    """The metrics of ``report``'s run on ``output``, with the history its reports keep."""
+    finished = _timestamp(report.finished_at)
+    history = read_runs(report_folders(output, Path(report.state).parent / "reports"))
+    success = last_success(history.runs)
+    last_ok = success.finished_at.timestamp() if success and success.finished_at else 0.0
+    if report.exit_code == 0:
+        last_ok = max(last_ok, finished)
+    return RunMetrics(
+        labels={"harvest_job": report.job, "output": report.output, "account": DEFAULT_ACCOUNT},
+        last_success_timestamp_seconds=last_ok,
+        last_run_timestamp_seconds=finished,
+        last_run_duration_seconds=report.elapsed_seconds,
+        last_run_exit_code=report.exit_code,
+        last_run_units={
+            "committed": report.units_committed,
+            "failed": report.units_failed,
+            "already_done": report.units_already_done,
+            "not_attempted": report.units_not_attempted,
+        },
+        last_run_requests=report.requests,
+        last_run_answers=dict(report.answers_by_code),
+        last_run_retries=report.retries,
+        last_run_rate_limit_wait_seconds=report.rate_limit_wait_seconds,
+        last_run_rows_written={
+            PAGE_STATS: report.page_rows_written,
+            COLLECTION_STATS: report.collection_rows_written,
+        },
+        newest_period_end_timestamp_seconds=newest_period_end(output),
+    )
+
+
+def newest_period_end(output: Path) -> float | None:
+    """Midnight UTC after the newest ``period_end`` in collection_stats (None: no rows)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from harvester.sink import partitioning
+
+    root = output / COLLECTION_STATS
+    if not root.is_dir():
+        return None
+    table = ds.dataset(root, format="parquet", partitioning=partitioning())
+    newest = pc.max(table.to_table(columns=["period_end"])["period_end"]).as_py()
+    if newest is None:
+        return None
+    return datetime.combine(newest + timedelta(days=1), time(), UTC).timestamp()
+
+
+def registry(metrics: RunMetrics, *, labelled: bool = True) -> CollectorRegistry:
+    """A registry holding ``metrics``; ``labelled=False`` leaves the identifying labels out
+    (a push carries them in its grouping key instead)."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    reg = CollectorRegistry()
+    ident = metrics.labels if labelled else {}
+    for name, doc, by in METRICS:
+        value: float | Mapping[str, float] | None = getattr(metrics, name)
+        if value is None:
+            continue
+        family = Gauge(PREFIX + name, doc, [*ident, by] if by else list(ident), registry=reg)
+        if isinstance(value, Mapping):
+            for key, number in sorted(value.items()):
+                family.labels(**ident, **{by: key}).set(number)
+        else:
+            (family.labels(**ident) if ident else family).set(value)
+    return reg
+
+
+def require() -> None:
+    """Raise UsageError unless the ``[metrics]`` extra is installed."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            f"--metrics-file and --pushgateway need prometheus_client: {INSTALL_HINT}"
+        ) from None
+
+
+def check_target(metrics_file: Path | None) -> None:
+    """Before a run: the extra is installed and the metrics file's folder exists."""
+    require()
+    if metrics_file is not None and not metrics_file.parent.is_dir():
+        raise UsageError(f"--metrics-file {metrics_file}: no folder {metrics_file.parent}")
+
+
+def export(
+    report: RunReport,
+    output: Path,
+    *,
+    metrics_file: Path | None = None,
+    pushgateway: str | None = None,
+) -> None:
+    """Write the run's metrics to ``metrics_file`` and/or push them to ``pushgateway``.
+
+    Neither can fail the run, whose data is committed already: a failure is logged.
+    """
+    if metrics_file is None and pushgateway is None:
+        return
+    require()
+    from prometheus_client import push_to_gateway, write_to_textfile
+
+    metrics = collect(report, output)
+    if metrics_file is not None:
+        try:
+            write_to_textfile(str(metrics_file), registry(metrics))  # beside, then renamed
+        except OSError as exc:
+            log.error("could not write the metrics file %s: %s", metrics_file, exc)
+    if pushgateway is not None:
+        try:
+            push_to_gateway(
+                pushgateway,
+                job=PUSH_JOB,
+                registry=registry(metrics, labelled=False),
+                grouping_key=metrics.labels,
+                timeout=PUSH_TIMEOUT_SECONDS,
+            )
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            log.warning("could not push the metrics to %s: %s", _where(pushgateway), exc)
+
+
+def _timestamp(iso: str) -> float:
+    """A report's ISO time as Unix time (now, if the report has none)."""
+    if not iso:
+        return datetime.now(UTC).timestamp()
+    moment = datetime.fromisoformat(iso)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _where(url: str) -> str:
+    """The gateway's host and port, for a message (a URL may carry a password)."""
+    netloc = urlsplit(url if "://" in url else f"http://{url}").netloc
+    return netloc.rpartition("@")[2] or url

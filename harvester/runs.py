@@ -1,0 +1,215 @@
+"""The runs' reports, read back: what an output's recent runs did, newest first.
+
+Every run writes its report as JSON into a folder that belongs to the output
+(``OUTPUT/_harvester/runs/`` or ``OUTPUT/_state/reports/``, or beside a state file moved with
+``--state``). Readers look in every such folder, count each run once (by ``run_id``), and skip
+a file they cannot read with a note rather than fail: one truncated report must not hide the
+others.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from harvester.display import print_table
+from harvester.errors import UsageError
+
+__all__ = [
+    "REPORT_FOLDERS",
+    "RunHistory",
+    "RunRecord",
+    "check_output",
+    "last_success",
+    "print_runs",
+    "read_runs",
+    "report_folders",
+    "runs_json",
+]
+
+# Where runs leave their reports, relative to the output; the first holding a run wins.
+REPORT_FOLDERS = ("_harvester/runs", "_state/reports")
+REPORT_GLOB = "run-*.json"
+DEFAULT_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The figures of one run's report that a history needs."""
+
+    run_id: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    elapsed_seconds: float
+    exit_code: int | None
+    outcome: str
+    units_committed: int
+    units_failed: int
+    requests: int
+    path: Path
+
+    @property
+    def when(self) -> datetime | None:
+        """When the run started (its finish, if the start is unknown)."""
+        return self.started_at or self.finished_at
+
+    @property
+    def succeeded(self) -> bool:
+        """The run exited 0: every unit succeeded, or nothing was left to do."""
+        return self.exit_code == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: times as ISO 8601, the path as a string."""
+        data = asdict(self)
+        for key in ("started_at", "finished_at"):
+            data[key] = data[key].isoformat() if data[key] is not None else None
+        data["path"] = str(self.path)
+        return data
+
+
+@dataclass
+class RunHistory:
+    """The runs found, newest first, and the report files that could not be read."""
+
+    runs: list[RunRecord] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def report_folders(output: Path, *extra: Path) -> list[Path]:
+    """The folders an output's reports may be in: its own, then ``extra`` (once each)."""
+    folders = [output / name for name in REPORT_FOLDERS] + list(extra)
+    seen: dict[Path, Path] = {}
+    for folder in folders:
+        seen.setdefault(folder.resolve(), folder)
+    return list(seen.values())
+
+
+def read_runs(folders: Iterable[Path]) -> RunHistory:
+    """Every readable report in ``folders`` (missing folders are fine), newest first."""
+    history = RunHistory()
+    by_id: dict[str, RunRecord] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob(REPORT_GLOB)):
+            try:
+                record = _record(path)
+            except (OSError, ValueError) as exc:
+                history.skipped.append((path, str(exc)))
+                continue
+            by_id.setdefault(record.run_id, record)
+    oldest = datetime.min.replace(tzinfo=UTC)
+    history.runs = sorted(by_id.values(), key=lambda r: (r.when or oldest, r.run_id), reverse=True)
+    return history
+
+
+def last_success(runs: Iterable[RunRecord]) -> RunRecord | None:
+    """The run that finished last among those that exited 0."""
+    done = [r for r in runs if r.succeeded and r.finished_at is not None]
+    return max(done, key=lambda r: (r.finished_at, r.run_id), default=None)
+
+
+def _record(path: Path) -> RunRecord:
+    """One report file as a record; ValueError (with a short reason) when it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError("not UTF-8 text") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
+        raise ValueError("not a run report (no run_id)")
+    return RunRecord(
+        run_id=data["run_id"],
+        started_at=_time(data.get("started_at")),
+        finished_at=_time(data.get("finished_at")),
+        elapsed_seconds=_number(data.get("elapsed_seconds")),
+        exit_code=data["exit_code"] if type(data.get("exit_code")) is int else None,
+        outcome=str(data.get("outcome") or "unknown"),
+        units_committed=int(_number(data.get("units_committed"))),
+        units_failed=int(_number(data.get("units_failed"))),
+        requests=int(_number(data.get("requests"))),
+        path=path,
+    )
+
+
+def _time(value: Any) -> datetime | None:
+    """An ISO 8601 time as an aware datetime (UTC when it names no zone), else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _number(value: Any) -> float:
+    """A report's count or duration; anything else counts as 0."""
+    return float(value) if type(value) in (int, float) else 0.0
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def check_output(output: Path) -> None:
+    """Raise UsageError unless ``output`` is a folder."""
+    if not output.is_dir():
+        raise UsageError(f"{output}: no such output folder")
+
+
+def print_runs(history: RunHistory, limit: int, console: Console, output: Path) -> None:
+    """One line per run, newest first: when, how long, exit, outcome, units, requests."""
+    runs = history.runs[:limit]
+    if not runs:
+        console.print(f"{output}: no run reports found", markup=False, highlight=False)
+        return
+    table = Table(box=None, pad_edge=False, show_edge=False, highlight=False)
+    for name, justify in _COLUMNS:
+        table.add_column(name, justify=justify, no_wrap=True)
+    for run in runs:
+        table.add_row(
+            _clock(run.when),
+            f"{run.elapsed_seconds:.1f} s",
+            "?" if run.exit_code is None else str(run.exit_code),
+            run.outcome,
+            str(run.units_committed),
+            str(run.units_failed),
+            str(run.requests),
+            run.run_id,
+        )
+    print_table(console, table, blank_after=False)
+    if len(history.runs) > limit:
+        more = len(history.runs) - limit
+        console.print(f"... and {more} older runs (--limit)", markup=False, highlight=False)
+
+
+_COLUMNS: Sequence[tuple[str, Any]] = (
+    ("started (UTC)", "left"),
+    ("took", "right"),
+    ("exit", "right"),
+    ("outcome", "left"),
+    ("committed", "right"),
+    ("failed", "right"),
+    ("requests", "right"),
+    ("run", "left"),
+)
+
+
+def runs_json(history: RunHistory, limit: int) -> str:
+    """The newest ``limit`` runs as a JSON array, newest first."""
+    return json.dumps([r.to_dict() for r in history.runs[:limit]], indent=2)
+
+
+def _clock(moment: datetime | None) -> str:
+    """``2026-03-14 03:15:02`` in UTC, or ``?``."""
+    if moment is None:
+        return "?"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")

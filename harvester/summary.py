@@ -1,0 +1,467 @@
+"""What an output holds, summed up: totals per collection, its busiest pages, its coverage.
+
+:func:`summarize` reads the two datasets and returns numbers (a :class:`Summary`);
+:func:`render` prints them as tables. Coverage is the data-quality view: for each collection,
+the calendar periods (days, ISO weeks or months) present from its first period to its last,
+and the missing ones named as date ranges, so that a hole in a nightly harvest shows at once.
+
+The granularity comes from the output's metadata record (``_harvester/output.json``) when there
+is one, else from the data: a day's window starts and ends on the same day, a week's fits one
+ISO week, a month's one calendar month, and anything longer is a ``range``. Datasets without an
+``account`` column belong to the account ``default``.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from functools import reduce
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from harvester.display import print_table
+from harvester.errors import UsageError
+from harvester.model import GRANULARITIES, period_end, period_of
+from harvester.sink import (
+    COLLECTION_SCHEMA,
+    COLLECTION_STATS,
+    PAGE_SCHEMA,
+    PAGE_STATS,
+    partitioning,
+)
+
+__all__ = [
+    "DEFAULT_TOP",
+    "CollectionSummary",
+    "Coverage",
+    "Gap",
+    "PageTotals",
+    "Summary",
+    "calendar_periods",
+    "coverage",
+    "infer_granularity",
+    "read_granularity",
+    "render",
+    "summarize",
+]
+
+OUTPUT_RECORD = Path("_harvester") / "output.json"
+ACCOUNT = "account"
+DEFAULT_ACCOUNT = "default"
+TOP_PAGES = 3
+DEFAULT_TOP = 10
+_PLURAL = {"day": "days", "week": "weeks", "month": "months", "range": "ranges"}
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Missing periods in a row, as the inclusive date range they cover."""
+
+    first: date
+    last: date
+
+    def __str__(self) -> str:
+        if self.first == self.last:
+            return self.first.isoformat()
+        return f"{self.first.isoformat()}..{self.last.isoformat()}"
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Periods present versus expected, and the gaps between."""
+
+    granularity: str
+    present: int
+    expected: int
+    gaps: tuple[Gap, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """Every expected period is there."""
+        return not self.gaps
+
+    @property
+    def counts(self) -> str:
+        """``28/31 days``."""
+        return f"{self.present}/{self.expected} {_PLURAL[self.granularity]}"
+
+    def __str__(self) -> str:
+        if self.complete:
+            return self.counts
+        return f"{self.counts}; missing " + ", ".join(str(g) for g in self.gaps)
+
+
+@dataclass(frozen=True)
+class PageTotals:
+    """One page's figures summed over the period."""
+
+    page: int
+    views: int
+    clicks: int
+    time_spent: int
+
+
+@dataclass(frozen=True)
+class CollectionSummary:
+    """One collection over the period: totals, busiest pages, views per period, coverage."""
+
+    account: str
+    collection_hash: str
+    first: date  # the first day of its first window present
+    last: date  # the last day of its last window present
+    impressions: int  # impressions, views, time_spent, downloads: from collection_stats
+    views: int
+    clicks: int  # from page_stats (collection_stats has no clicks)
+    time_spent: int
+    downloads: int
+    top_pages: tuple[PageTotals, ...]  # by views, most first
+    views_by_period: tuple[tuple[date, int], ...]  # calendar period's first day → views
+    coverage: Coverage
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What an output holds within the asked dates, most viewed collection first."""
+
+    output: Path
+    granularity: str
+    granularity_source: str  # where the granularity came from: "output.json" or "the data"
+    since: date | None
+    until: date | None
+    collections: tuple[CollectionSummary, ...]
+    has_accounts: bool  # some rows belong to an account other than ``default``
+
+    @property
+    def gaps(self) -> tuple[CollectionSummary, ...]:
+        """The collections whose coverage is not complete."""
+        return tuple(c for c in self.collections if not c.coverage.complete)
+
+
+def summarize(
+    output: Path,
+    *,
+    since: date | None = None,
+    until: date | None = None,
+    collections: Sequence[str] = (),
+    account: str | None = None,
+) -> Summary:
+    """Read ``output``'s datasets (rows whose period starts within since..until) and sum up."""
+    if not output.is_dir():
+        raise UsageError(f"{output}: no such output folder")
+    where = _where(since, until, collections)
+    figures = ["impressions", "views", "time_spent", "downloads"]
+    units = _read(output, COLLECTION_STATS, ["period_start", "period_end", *figures], where)
+    pages = _read(output, PAGE_STATS, ["page", "views", "clicks", "time_spent"], where)
+    units, pages = _of_account(units, account), _of_account(pages, account)
+    recorded = read_granularity(output)
+    granularity = recorded or infer_granularity(
+        units["period_start"].to_pylist(), units["period_end"].to_pylist()
+    )
+    summaries = _collections(units, pages, granularity, since, until)
+    return Summary(
+        output=output,
+        granularity=granularity,
+        granularity_source="output.json" if recorded else "the data",
+        since=since,
+        until=until,
+        collections=tuple(
+            sorted(summaries, key=lambda c: (-c.views, c.account, c.collection_hash))
+        ),
+        has_accounts=set(units[ACCOUNT].to_pylist()) - {DEFAULT_ACCOUNT} != set(),
+    )
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def _schema(name: str) -> pa.Schema:
+    """A dataset's schema, with an ``account`` column whether its files have one or not."""
+    schema: pa.Schema = {PAGE_STATS: PAGE_SCHEMA, COLLECTION_STATS: COLLECTION_SCHEMA}[name]
+    if ACCOUNT not in schema.names:
+        schema = schema.append(pa.field(ACCOUNT, pa.string()))
+    return schema
+
+
+def _read(output: Path, name: str, columns: list[str], where: ds.Expression | None) -> pa.Table:
+    """Some columns of a dataset's rows ``where`` holds (only the partitions it needs are read),
+    with their account (``default`` where there is none)."""
+    columns = [ACCOUNT, "collection_hash", *columns]
+    schema = _schema(name)
+    root = output / name
+    if not root.is_dir():
+        return schema.empty_table().select(columns)
+    dataset = ds.dataset(root, format="parquet", schema=schema, partitioning=partitioning())
+    table = dataset.to_table(columns=columns, filter=where)
+    accounts = pc.fill_null(table[ACCOUNT], DEFAULT_ACCOUNT)
+    return table.set_column(0, ACCOUNT, accounts)
+
+
+def _where(
+    since: date | None, until: date | None, collections: Sequence[str]
+) -> ds.Expression | None:
+    """The rows whose period starts within since..until, of the asked collections."""
+    conditions = []
+    if since is not None:
+        conditions.append(pc.field("period_start") >= pa.scalar(since, pa.date32()))
+    if until is not None:
+        conditions.append(pc.field("period_start") <= pa.scalar(until, pa.date32()))
+    if collections:
+        conditions.append(pc.field("collection_hash").isin(list(collections)))
+    return reduce(operator.and_, conditions) if conditions else None
+
+
+def _of_account(table: pa.Table, account: str | None) -> pa.Table:
+    """The rows of one account (all of them when ``account`` is None)."""
+    if account is None:
+        return table
+    return table.filter(pc.equal(table[ACCOUNT], account))
+
+
+def read_granularity(output: Path) -> str | None:
+    """The granularity the output's metadata record names, if it has a valid one."""
+    try:
+        record = json.loads((output / OUTPUT_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = record.get("granularity") if isinstance(record, dict) else None
+    return value if value in GRANULARITIES else None
+
+
+def infer_granularity(starts: Sequence[date], ends: Sequence[date]) -> str:
+    """The granularity whose calendar periods hold every window ``starts[i]..ends[i]``."""
+    windows = list(zip(starts, ends, strict=True))
+    if all(s == e for s, e in windows):
+        return "day"
+    weekly = all(period_of("week", s) == period_of("week", e) for s, e in windows)
+    monthly = all(period_of("month", s) == period_of("month", e) for s, e in windows)
+    if weekly and monthly:  # every window is short: a week's start on Mondays, a month's on 1sts
+        mondays = any(s.weekday() == 0 or (e - s).days == 6 for s, e in windows)
+        return "week" if mondays or not any(s.day == 1 for s, _ in windows) else "month"
+    return "week" if weekly else "month" if monthly else "range"
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+_Key = tuple[str, str]  # (account, collection_hash)
+
+
+def _collections(
+    units: pa.Table, pages: pa.Table, granularity: str, since: date | None, until: date | None
+) -> Iterator[CollectionSummary]:
+    """One summary per (account, collection) with rows in ``units``."""
+    keys = [ACCOUNT, "collection_hash"]
+    sums = units.group_by(keys).aggregate(
+        [(c, "sum") for c in ("impressions", "views", "time_spent", "downloads")]
+        + [("period_start", "min"), ("period_end", "max")]
+    )
+    clicks = {
+        (r[ACCOUNT], r["collection_hash"]): r["clicks_sum"]
+        for r in pages.group_by(keys).aggregate([("clicks", "sum")]).to_pylist()
+    }
+    top = _top_pages(pages)
+    periods = _views_by_period(units, granularity)
+    for row in sums.to_pylist():
+        key: _Key = (row[ACCOUNT], row["collection_hash"])
+        by_period = periods[key]
+        yield CollectionSummary(
+            account=key[0],
+            collection_hash=key[1],
+            first=row["period_start_min"],
+            last=row["period_end_max"],
+            impressions=row["impressions_sum"],
+            views=row["views_sum"],
+            clicks=clicks.get(key) or 0,
+            time_spent=row["time_spent_sum"],
+            downloads=row["downloads_sum"],
+            top_pages=top.get(key, ()),
+            views_by_period=tuple(sorted(by_period.items())),
+            coverage=coverage(granularity, by_period, since, until),
+        )
+
+
+def _top_pages(pages: pa.Table) -> dict[_Key, tuple[PageTotals, ...]]:
+    """Each collection's TOP_PAGES pages by views over the period (lower page first on ties)."""
+    sums = pages.group_by([ACCOUNT, "collection_hash", "page"]).aggregate(
+        [("views", "sum"), ("clicks", "sum"), ("time_spent", "sum")]
+    )
+    grouped: dict[_Key, list[PageTotals]] = defaultdict(list)
+    for r in sums.to_pylist():
+        totals = PageTotals(r["page"], r["views_sum"], r["clicks_sum"], r["time_spent_sum"])
+        grouped[(r[ACCOUNT], r["collection_hash"])].append(totals)
+    return {
+        key: tuple(sorted(rows, key=lambda p: (-p.views, p.page))[:TOP_PAGES])
+        for key, rows in grouped.items()
+    }
+
+
+def _views_by_period(units: pa.Table, granularity: str) -> dict[_Key, dict[date, int]]:
+    """Views per calendar period (its first day) per collection; a clipped window counts in
+    the period that holds it."""
+    found: dict[_Key, dict[date, int]] = defaultdict(dict)
+    columns = (units[c].to_pylist() for c in (ACCOUNT, "collection_hash", "period_start", "views"))
+    for account, collection, start, views in zip(*columns, strict=True):
+        period = start if granularity == "range" else period_of(granularity, start)
+        periods = found[(account, collection)]
+        periods[period] = periods.get(period, 0) + views
+    return found
+
+
+def calendar_periods(granularity: str, first: date, last: date) -> Iterator[date]:
+    """The first day of every calendar period from the one holding ``first`` to ``last``'s."""
+    period = period_of(granularity, first)
+    while period <= last:
+        yield period
+        end = period_end(granularity, period)
+        assert end is not None  # not a range: every calendar period has an end
+        period = end + timedelta(days=1)
+
+
+def coverage(
+    granularity: str,
+    periods: Iterable[date],
+    since: date | None = None,
+    until: date | None = None,
+) -> Coverage:
+    """Calendar periods present (by first day) versus expected: every period from the first
+    present to the last, clipped to since..until; the missing ones merged into gaps."""
+    present = sorted(set(periods))
+    if granularity == "range" or not present:
+        return Coverage(granularity, len(present), len(present))
+    expected = [
+        p
+        for p in calendar_periods(granularity, present[0], present[-1])
+        if (since is None or _end(granularity, p) >= since) and (until is None or p <= until)
+    ]
+    have = set(present)
+    gaps: list[Gap] = []
+    run: list[date] = []
+    for period in [*expected, None]:  # None closes the last run
+        if period is not None and period not in have:
+            run.append(period)
+        elif run:
+            gaps.append(Gap(run[0], _end(granularity, run[-1])))
+            run = []
+    missing = sum(1 for p in expected if p not in have)
+    return Coverage(granularity, len(expected) - missing, len(expected), tuple(gaps))
+
+
+def _end(granularity: str, period: date) -> date:
+    """The last day of a calendar period that is not a range."""
+    end = period_end(granularity, period)
+    assert end is not None
+    return end
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def render(summary: Summary, console: Console, *, top: int = DEFAULT_TOP) -> None:
+    """Print the header, the collections table, the busiest pages and the gaps."""
+    say = _printer(console)
+    say(_header(summary))
+    if not summary.collections:
+        say("no statistics here (none within the dates, collections and account asked)")
+        return
+    shown = summary.collections[:top]
+    print_table(console, _collections_table(summary, shown))
+    if len(summary.collections) > len(shown):
+        say(f"... and {len(summary.collections) - len(shown)} more collections (--top)")
+    if any(c.top_pages for c in shown):
+        print_table(console, _pages_table(summary, shown))
+    if not summary.gaps:
+        say(
+            f"coverage: complete (every {summary.granularity} from each collection's first to last)"
+        )
+        return
+    say(f"gaps: {len(summary.gaps)} of {len(summary.collections)} collections miss periods")
+    for c in summary.gaps:
+        say(f"  {_name(summary, c)}: {c.coverage}")
+
+
+def _printer(console: Console) -> Callable[[str], None]:
+    """Print plain text: no markup, no highlighting (hashes or paths may hold brackets)."""
+    return lambda text: console.print(Text(text), soft_wrap=True)
+
+
+def _header(summary: Summary) -> str:
+    """``output: 3 collections, 2026-01-01..2026-03-31, by day (from the data)``."""
+    count = len(summary.collections)
+    where = f"{summary.output}: {count} collection{'' if count == 1 else 's'}"
+    if summary.collections:
+        first = min(c.first for c in summary.collections)
+        last = max(c.last for c in summary.collections)
+        where += f", {first.isoformat()}..{last.isoformat()}"
+    where += f", by {summary.granularity} (from {summary.granularity_source})"
+    if summary.since or summary.until:
+        since = summary.since.isoformat() if summary.since else "…"
+        until = summary.until.isoformat() if summary.until else "…"
+        where += f"; periods starting {since}..{until}"
+    return where
+
+
+def _name(summary: Summary, c: CollectionSummary) -> str:
+    """A collection as shown: its hash, with its account when the data has accounts."""
+    return f"{c.account}/{c.collection_hash}" if summary.has_accounts else c.collection_hash
+
+
+_FIGURES = ("impressions", "views", "clicks", "time_spent", "downloads")
+
+
+def _collections_table(summary: Summary, shown: Sequence[CollectionSummary]) -> Table:
+    """A row per collection; a footer with the totals over every collection."""
+    many = len(summary.collections) > 1
+    table = Table(
+        title="Collections",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        show_footer=many,
+        title_justify="left",
+    )
+    everything = summary.collections
+    table.add_column("collection", footer=Text(f"all {len(everything)}"), no_wrap=True)
+    table.add_column("first", no_wrap=True)
+    table.add_column("last", no_wrap=True)
+    table.add_column("coverage", no_wrap=True)
+    for figure in _FIGURES:
+        total = sum(getattr(c, figure) for c in everything)
+        label = figure.replace("_", " ")
+        table.add_column(label, justify="right", footer=Text(f"{total:,}"), no_wrap=True)
+    for c in shown:
+        cover = Text(c.coverage.counts, style="" if c.coverage.complete else "bold red")
+        table.add_row(
+            Text(_name(summary, c)),
+            c.first.isoformat(),
+            c.last.isoformat(),
+            cover,
+            *(f"{getattr(c, figure):,}" for figure in _FIGURES),
+        )
+    return table
+
+
+def _pages_table(summary: Summary, shown: Sequence[CollectionSummary]) -> Table:
+    """Each shown collection's busiest pages."""
+    table = Table(
+        title=f"Busiest pages (top {TOP_PAGES} by views)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        title_justify="left",
+    )
+    table.add_column("collection", no_wrap=True)
+    for name in ("page", "views", "clicks", "time spent"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for c in shown:
+        for i, p in enumerate(c.top_pages):
+            label = Text(_name(summary, c) if i == 0 else "")
+            table.add_row(label, str(p.page), f"{p.views:,}", f"{p.clicks:,}", f"{p.time_spent:,}")
+    return table
