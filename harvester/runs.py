@@ -52,6 +52,7 @@ class RunRecord:
     outcome: str
     units_committed: int
     units_failed: int
+    units_gone: int
     requests: int
     path: Path
 
@@ -135,6 +136,7 @@ def _record(path: Path) -> RunRecord:
         outcome=str(data.get("outcome") or "unknown"),
         units_committed=int(_number(data.get("units_committed"))),
         units_failed=int(_number(data.get("units_failed"))),
+        units_gone=int(_number(data.get("units_gone"))),
         requests=int(_number(data.get("requests"))),
         path=path,
     )
@@ -182,6 +184,7 @@ def print_runs(history: RunHistory, limit: int, console: Console, output: Path) 
             run.outcome,
             str(run.units_committed),
             str(run.units_failed),
+            str(run.units_gone),
             str(run.requests),
             run.run_id,
         )
@@ -198,6 +201,7 @@ _COLUMNS: Sequence[tuple[str, Any]] = (
     ("outcome", "left"),
     ("committed", "right"),
     ("failed", "right"),
+    ("gone", "right"),
     ("requests", "right"),
     ("run", "left"),
 )

@@ -472,7 +472,7 @@ def test_summary_off_a_terminal_is_plain_text(
     assert not CONTROL.search(done.stdout), repr(done.stdout)
     lines = done.stdout.splitlines()
     assert (
-        lines[0] == f"{output_dir}: 3 collections, 2026-03-01..2026-03-20, by day (from the data)"
+        lines[0] == f"{output_dir}: 3 collections, 2026-03-01..2026-03-20, by day (from output.json)"
     )
     assert f"  {HASHES[0]}: 12/14 days; missing 2026-03-09..2026-03-10" in lines
     assert f"  {HASHES[1]}: 14/16 days; missing 2026-03-09..2026-03-10" in lines
@@ -523,10 +523,10 @@ def test_runs_lists_the_recent_runs(
     assert done.returncode == 0
     assert not CONTROL.search(done.stdout)
     lines = [" ".join(line.split()) for line in done.stdout.splitlines()]
-    assert lines[0] == "started (UTC) took exit outcome committed failed requests run"
+    assert lines[0] == "started (UTC) took exit outcome committed failed gone requests run"
     assert [line.split()[4:9] for line in lines[1:]] == [
         ["0", "nothing", "to", "do", "0"],
-        ["0", "finished", str(UNITS), "0", str(UNITS)],
+        ["0", "finished", str(UNITS), "0", "0"],
     ]
     assert done.stderr.startswith(f"skipped {output_dir}/_state/reports/run-broken.json: not JSON")
     as_json = json.loads(run_cli("runs", str(output_dir), "--json", "--limit", "1").stdout)

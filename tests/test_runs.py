@@ -111,7 +111,7 @@ def test_a_report_missing_fields_is_still_listed(tmp_path: Path) -> None:
         0,
     )
     assert not record.succeeded and last_success([record]) is None
-    assert _lines(RunHistory([record]))[1] == "? 0.0 s ? unknown 0 0 0 odd"
+    assert _lines(RunHistory([record]))[1] == "? 0.0 s ? unknown 0 0 0 0 odd"
 
 
 def test_one_line_per_run_and_json(tmp_path: Path) -> None:
@@ -119,8 +119,8 @@ def test_one_line_per_run_and_json(tmp_path: Path) -> None:
         write_report(_report(f"r{day}", f"2026-03-0{day}T03:15:00+00:00"), tmp_path / "_state")
     history = read_runs(report_folders(tmp_path))
     lines = _lines(history, limit=3)
-    assert lines[0] == "started (UTC) took exit outcome committed failed requests run"
-    assert lines[1] == "2026-03-05 03:15:00 9.2 s 0 finished 30 0 33 r5"
+    assert lines[0] == "started (UTC) took exit outcome committed failed gone requests run"
+    assert lines[1] == "2026-03-05 03:15:00 9.2 s 0 finished 30 0 0 33 r5"
     assert [line.split()[-1] for line in lines[1:4]] == ["r5", "r4", "r3"]
     assert lines[4] == "... and 2 older runs (--limit)"
     data = json.loads(runs_json(history, 2))
@@ -142,6 +142,6 @@ def test_the_history_of_real_runs(
     history = read_runs(report_folders(output_dir))
     assert [r.run_id for r in history.runs] == [second.run_id, first.run_id]
     latest = history.runs[0]
-    assert (latest.exit_code, latest.units_failed, latest.requests) == (1, 14, second.requests)
+    assert (latest.exit_code, latest.units_gone, latest.requests) == (1, 14, second.requests)
     success = last_success(history.runs)
     assert success is not None and success.run_id == first.run_id

@@ -84,7 +84,7 @@ def _duck_totals(output: Path, where: str = "true") -> list[tuple[Any, ...]]:
 
 def test_totals_equal_duckdb_sums(harvested: Path) -> None:
     summary = summarize(harvested)
-    assert summary.granularity == "day" and summary.granularity_source == "the data"
+    assert summary.granularity == "day" and summary.granularity_source == "output.json"
     assert _totals(summary) == _duck_totals(harvested)
     views = [c.views for c in summary.collections]
     assert views == sorted(views, reverse=True)  # most viewed first
