@@ -385,3 +385,22 @@ def test_status_reports_counts_failures_and_the_last_run(
     assert lines[4] == "the next run retries every failed unit"
     assert lines[5].startswith("last run: finished with failures at ") and "exit 1" in lines[5]
     assert simulator.counters()["requests"] == 0  # status asks the API nothing
+
+
+def test_discover_stops_when_the_api_ignores_from(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str]
+) -> None:
+    """An API that answers the first page whatever ``from`` says: no endless paging."""
+    from tests.conftest import actual_rows
+
+    catalog = tuple(f"book{i:03d}" for i in range(57))  # more than one getList page of 50
+    simulator.reconfigure(catalog=catalog, list_ignores_from=True)
+    path = job_file(discover=True, collections=[], start="2026-03-01", end="2026-03-01")
+    done = run_cli("run", str(path), env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "seems to ignore 'from'" in line]
+    assert len(warnings) == 1, done.stderr
+    assert "keeping the 50 collections found" in warnings[0]
+    assert simulator.counters()["requests"] == 2 + 50  # two list pages, then one call per unit
+    _, collections = actual_rows(output_dir)
+    assert {c[0] for c in collections} == set(catalog[:50])
