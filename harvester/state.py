@@ -25,6 +25,7 @@ import orjson
 
 from harvester.errors import HarvesterError, LockedError
 from harvester.model import Fetched, Unit
+from harvester.redact import redact, redact_data
 
 __all__ = ["FailedUnit", "OutputLock", "StateStore", "default_state_path"]
 
@@ -320,8 +321,8 @@ class StateStore:
         return counts
 
     def record_run(self, summary: Mapping[str, Any]) -> None:
-        """Append one run's summary (as JSON) to the runs table."""
-        text = json.dumps(dict(summary), sort_keys=True, default=str)
+        """Append one run's summary (as JSON, redacted before encoding) to the runs table."""
+        text = json.dumps(redact_data(summary), sort_keys=True, default=lambda o: redact(str(o)))
         with self._transaction():
             self._db.execute(
                 "INSERT INTO runs (recorded_at, summary) VALUES (?, ?)", (self._now(), text)
