@@ -262,9 +262,7 @@ def _job(ctx: Context, data: Any) -> Job | None:
     page_stats = top.get("page_stats", True)
     if not isinstance(page_stats, bool):
         ctx.fail("page_stats", f"expected true or false, found {show(page_stats)}")
-    output = top.get("output", DEFAULT_OUTPUT)
-    if not isinstance(output, str) or not output.strip() or "\0" in output:
-        ctx.fail("output", f"expected a non-empty folder path, found {show(output)}")
+    output = _output(ctx, top.get("output", DEFAULT_OUTPUT))
     refresh = integer(ctx, top.get("refresh_days", ABSENT), "refresh_days", DEFAULT_REFRESH_DAYS, 0)
     # The job-level range, read once: discovered collections and listed ones share it.
     start = calendar_date(ctx, top["start"], "start") if "start" in top else None
@@ -279,10 +277,23 @@ def _job(ctx: Context, data: Any) -> Job | None:
         retry=retry,
         granularity=granularity,
         page_stats=page_stats is True,
-        output=Path(str(output)),
+        output=output,
         refresh_days=refresh,
         discover=discover,
     )
+
+
+def _output(ctx: Context, raw: Any) -> Path:
+    """The output folder; a leading ``~`` or ``~user`` is the home folder, as in a shell."""
+    if not isinstance(raw, str) or not raw.strip() or "\0" in raw:
+        ctx.fail("output", f"expected a non-empty folder path, found {show(raw)}")
+        return Path(DEFAULT_OUTPUT)
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:  # no HOME, or no such user
+        user = raw.split("/", 1)[0]
+        ctx.fail("output", f"cannot expand {user!r}: no such user, or no home folder is known")
+        return Path(DEFAULT_OUTPUT)
 
 
 def _discover(

@@ -404,3 +404,18 @@ def test_discover_stops_when_the_api_ignores_from(
     assert simulator.counters()["requests"] == 2 + 50  # two list pages, then one call per unit
     _, collections = actual_rows(output_dir)
     assert {c[0] for c in collections} == set(catalog[:50])
+
+
+def test_output_under_a_tilde_goes_to_the_home_folder(
+    job_file: JobFile, simulator: SimulatorThread, tmp_path: Path, env: dict[str, str]
+) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    path = job_file()
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "output": "~/flip"}))
+    done = run_cli("run", str(path), env={**env, "HOME": str(home)}, cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert (home / "flip" / "page_stats").is_dir()
+    assert (home / "flip" / "_state" / "last-run.json").is_file()
+    assert list(work.iterdir()) == []  # no folder named '~'

@@ -559,3 +559,16 @@ def test_a_bad_job_range_is_reported_once_with_discover_and_collections() -> Non
     with pytest.raises(JobError) as info:
         parse_job(text, "job.yaml")
     assert [p.field for p in info.value.problems] == ["start"]
+
+
+def test_a_tilde_in_output_is_the_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    job = parse("start: 2026-01-01\ncollections: [abc]\noutput: ~/flip\n")
+    assert job.output == tmp_path / "home" / "flip"
+    assert parse("start: 2026-01-01\ncollections: [abc]\noutput: a/~b\n").output == Path("a/~b")
+    found = problems("start: 2026-01-01\ncollections: [abc]\noutput: ~no-such-user-x9/flip\n")
+    assert found == {
+        "output": "cannot expand '~no-such-user-x9': no such user, or no home folder is known"
+    }
