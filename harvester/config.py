@@ -68,6 +68,13 @@ DEFAULT_REFRESH_DAYS = 0
 
 MAX_CONCURRENCY = 1000
 MAX_ATTEMPTS = 100
+# Upper bounds far beyond any sensible value, so that dates and timers stay in range.
+MAX_REFRESH_DAYS = 36_600  # about a century
+MAX_TIMEOUT_SECONDS = 3_600  # an hour
+MAX_BACKOFF_SECONDS = 86_400  # a day
+MAX_CIRCUIT_BREAKER_SECONDS = 604_800  # a week
+MAX_WINDOW_SECONDS = 2_678_400  # 31 days: a monthly quota
+MAX_WINDOW_CALLS = 1_000_000
 
 
 DEFAULT_RATE_LIMITS = (RateLimit(5, 1.0), RateLimit(60, 60.0))
@@ -263,7 +270,15 @@ def _job(ctx: Context, data: Any) -> Job | None:
     if not isinstance(page_stats, bool):
         ctx.fail("page_stats", f"expected true or false, found {show(page_stats)}")
     output = _output(ctx, top.get("output", DEFAULT_OUTPUT))
-    refresh = integer(ctx, top.get("refresh_days", ABSENT), "refresh_days", DEFAULT_REFRESH_DAYS, 0)
+    refresh = integer(
+        ctx,
+        top.get("refresh_days", ABSENT),
+        "refresh_days",
+        DEFAULT_REFRESH_DAYS,
+        0,
+        MAX_REFRESH_DAYS,
+        note="about a century",
+    )
     # The job-level range, read once: discovered collections and listed ones share it.
     start = calendar_date(ctx, top["start"], "start") if "start" in top else None
     defaults = (start, calendar_date(ctx, top.get("end", "yesterday"), "end"))
@@ -356,7 +371,12 @@ def _api(ctx: Context, raw: Any) -> ApiSettings:
             "names the same variable as api.key_env; the key and the secret need one variable each",
         )
     timeout = positive(
-        ctx, api.get("timeout_seconds", ABSENT), "api.timeout_seconds", DEFAULT_TIMEOUT_SECONDS
+        ctx,
+        api.get("timeout_seconds", ABSENT),
+        "api.timeout_seconds",
+        DEFAULT_TIMEOUT_SECONDS,
+        MAX_TIMEOUT_SECONDS,
+        note="an hour",
     )
     limits = _rate_limits(ctx, api.get("rate_limits", ABSENT))
     return ApiSettings(str(base_url), key_env, secret_env, timeout, limits)
@@ -407,8 +427,15 @@ def _rate_limits(ctx: Context, raw: Any) -> tuple[RateLimit, ...]:
         for key in ("calls", "seconds"):
             if key not in limit:
                 ctx.fail(f"{path}.{key}", "required")
-        calls = integer(ctx, limit.get("calls", ABSENT), f"{path}.calls", 1, 1)
-        seconds = positive(ctx, limit.get("seconds", ABSENT), f"{path}.seconds", 1.0)
+        calls = integer(ctx, limit.get("calls", ABSENT), f"{path}.calls", 1, 1, MAX_WINDOW_CALLS)
+        seconds = positive(
+            ctx,
+            limit.get("seconds", ABSENT),
+            f"{path}.seconds",
+            1.0,
+            MAX_WINDOW_SECONDS,
+            note="31 days",
+        )
         limits.append(RateLimit(calls, seconds))
     return tuple(limits)
 
@@ -429,12 +456,16 @@ def _retry(ctx: Context, raw: Any) -> RetrySettings:
             retry.get("max_backoff_seconds", ABSENT),
             "retry.max_backoff_seconds",
             DEFAULT_MAX_BACKOFF_SECONDS,
+            MAX_BACKOFF_SECONDS,
+            note="a day",
         ),
         positive(
             ctx,
             retry.get("circuit_breaker_seconds", ABSENT),
             "retry.circuit_breaker_seconds",
             DEFAULT_CIRCUIT_BREAKER_SECONDS,
+            MAX_CIRCUIT_BREAKER_SECONDS,
+            note="a week",
         ),
     )
 

@@ -144,6 +144,20 @@ BAD_JOBS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
         lambda j: _with(j, "collections", []),
         "collections: expected a non-empty list of collections, found list []",
     ),
+    "refresh-days-past-a-century": (
+        lambda j: _with(j, "refresh_days", 100_000_000),
+        "refresh_days: expected an integer from 0 to 36600 (about a century), found 100000000",
+    ),
+    "timeout-past-an-hour": (
+        lambda j: _with(j, "api.timeout_seconds", 1e300),
+        "api.timeout_seconds: expected a finite number of seconds > 0 and at most 3600 "
+        "(an hour), found 1e+300",
+    ),
+    "window-calls-past-a-million": (
+        lambda j: _with(j, "api.rate_limits", [{"calls": 10**20, "seconds": 1}]),
+        "api.rate_limits[0].calls: expected an integer from 1 to 1000000, found "
+        "100000000000000000000",
+    ),
 }
 
 
@@ -419,3 +433,21 @@ def test_output_under_a_tilde_goes_to_the_home_folder(
     assert (home / "flip" / "page_stats").is_dir()
     assert (home / "flip" / "_state" / "last-run.json").is_file()
     assert list(work.iterdir()) == []  # no folder named '~'
+
+
+def test_the_largest_bounds_run_to_the_end(
+    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig, env: dict[str, str]
+) -> None:
+    """refresh_days, timeouts, backoff and windows at their upper bounds stay in range."""
+    api = {
+        "base_url": simulator.base_url,
+        "timeout_seconds": 3600,
+        "rate_limits": [{"calls": 1_000_000, "seconds": 2_678_400}],
+    }
+    retry = {"attempts": 2, "max_backoff_seconds": 86_400, "circuit_breaker_seconds": 604_800}
+    path = job_file(api=api, retry=retry, refresh_days=36_600)
+    assert run_cli("run", str(path), env=env).returncode == 0
+    again = run_cli("run", str(path), env=env)  # every unit is within the refresh days
+    assert again.returncode == 0, again.stderr
+    assert f"finished: {UNITS} units committed" in again.stderr
+    assert_complete(path, sim_config)
