@@ -75,6 +75,7 @@ MAX_BACKOFF_SECONDS = 86_400  # a day
 MAX_CIRCUIT_BREAKER_SECONDS = 604_800  # a week
 MAX_WINDOW_SECONDS = 2_678_400  # 31 days: a monthly quota
 MAX_WINDOW_CALLS = 1_000_000
+MAX_CREDENTIAL_FILE_BYTES = 64 * 1024  # a key or secret file (FLIPSNACK_API_KEY_FILE)
 
 
 DEFAULT_RATE_LIMITS = (RateLimit(5, 1.0), RateLimit(60, 60.0))
@@ -221,7 +222,16 @@ def _credential(name: str, what: str, env: Mapping[str, str], problems: list[Pro
         problems.append(Problem("environment", name, f"not set or empty: {hint}"))
         return ""
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
+        with open(path, "rb") as fh:  # at most one byte past the cap: /dev/zero never ends
+            data = fh.read(MAX_CREDENTIAL_FILE_BYTES + 1)
+        if len(data) > MAX_CREDENTIAL_FILE_BYTES:
+            msg = (
+                f"{name} is unset and the file {path!r} named by {file_var} is larger than "
+                f"{MAX_CREDENTIAL_FILE_BYTES // 1024} KiB: expected a file holding only the {what}"
+            )
+            problems.append(Problem("environment", file_var, msg))
+            return ""
+        value = data.decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         msg = f"{name} is unset and the file {path!r} named by {file_var} is unreadable: {reason}"

@@ -451,3 +451,45 @@ def test_the_largest_bounds_run_to_the_end(
     assert again.returncode == 0, again.stderr
     assert f"finished: {UNITS} units committed" in again.stderr
     assert_complete(path, sim_config)
+
+
+def _capped_memory() -> None:
+    """In the child: 1 GiB of address space, so reading a file whole fails fast, not the host."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+
+@pytest.mark.parametrize("source", ["dev-zero", "large-file"])
+def test_an_unbounded_key_file_exits_2_naming_the_variable(
+    source: str, job_file: JobFile, simulator: SimulatorThread, output_dir: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    key_file = Path("/dev/zero")
+    if source == "large-file":
+        key_file = tmp_path / "key"
+        with open(key_file, "wb") as fh:
+            fh.write(b"KEY-PREFIX-d41c-not-to-be-echoed")
+            fh.truncate(66 * 2**20)  # 66 MB, sparse
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLIPSNACK_")}
+    env.update(FLIPSNACK_API_KEY_FILE=str(key_file), FLIPSNACK_API_SECRET="SECRET-0f2b-test")
+    path = job_file()
+    done = subprocess.run(
+        [sys.executable, "-m", "harvester", "run", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_capped_memory,
+    )
+    assert_refused(
+        done,
+        simulator,
+        output_dir,
+        f"environment: FLIPSNACK_API_KEY_FILE: FLIPSNACK_API_KEY is unset and the file "
+        f"'{key_file}' named by FLIPSNACK_API_KEY_FILE is larger than 64 KiB: expected a file "
+        "holding only the API key",
+    )
+    assert "KEY-PREFIX" not in done.stderr

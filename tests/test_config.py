@@ -612,3 +612,14 @@ def test_an_integer_too_long_to_read_is_a_yaml_problem() -> None:
     found = problems(f"start: 2026-01-01\ncollections: [abc]\nconcurrency: {'1' * 5000}\n")
     assert list(found) == ["<yaml>"]
     assert "value has 5000 digits" in found["<yaml>"]
+
+
+def test_a_credential_file_is_read_up_to_64_kib(tmp_path: Path) -> None:
+    (tmp_path / "k").write_text("k" * 65536)
+    (tmp_path / "s").write_text("s" * 65537)
+    env = {"K_FILE": str(tmp_path / "k"), "S_FILE": str(tmp_path / "s")}
+    with pytest.raises(JobError) as caught:
+        load_credentials(ApiSettings(key_env="K", secret_env="S"), env)
+    (problem,) = caught.value.problems
+    assert problem.field == "S_FILE" and "larger than 64 KiB" in problem.message
+    assert "sss" not in problem.message
