@@ -106,7 +106,7 @@ def status(job: Job, options: RunOptions, *, limit: int = 20) -> str:
     path = _state_path(job, options)
     if not path.exists():
         return f"{job.output}: no state yet ({path}): nothing was harvested here"
-    with StateStore(path) as store:
+    with StateStore(path, readonly=True) as store:
         counts, failed = store.counts(), store.failed()
     lines = [
         f"{job.output}: {counts['done']} units done, {counts['failed']} failed, "
@@ -122,11 +122,17 @@ def status(job: Job, options: RunOptions, *, limit: int = 20) -> str:
         lines.append("the next run retries every failed unit")
     last = path.parent / "last-run.json"
     if last.exists():
-        report = json.loads(last.read_text(encoding="utf-8"))
-        lines.append(
-            f"last run: {report.get('outcome')} at {report.get('finished_at')}, "
-            f"exit {report.get('exit_code')} (report: {last})"
-        )
+        try:
+            report = json.loads(last.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON
+            report = None
+        if isinstance(report, dict):
+            lines.append(
+                f"last run: {report.get('outcome')} at {report.get('finished_at')}, "
+                f"exit {report.get('exit_code')} (report: {last})"
+            )
+        else:
+            lines.append(f"last run: report unreadable ({last})")
     return "\n".join(lines)
 
 

@@ -184,16 +184,60 @@ _DONE_IN_WINDOW = (
 class StateStore:
     """SQLite (WAL, synchronous=NORMAL) record of each unit's outcome, and the staging area."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utcnow) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        readonly: bool = False,
+    ) -> None:
+        """Open (creating it and its folder if need be) the store at ``path``.
+
+        ``readonly`` opens an existing store for reading only: no folder, file or schema is
+        created, nothing is written (see :meth:`_connect_readonly`), and a missing file or one
+        from a newer harvester is refused with a HarvesterError.
+        """
         self.path = path
         self._clock = clock
+        if readonly:
+            self._db = self._connect_readonly()
+            self._check_version(self._db.execute("PRAGMA user_version").fetchone()[0])
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: every write below opens its own explicit transaction.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode = WAL")
         # In WAL mode NORMAL survives a process kill; only an OS crash may lose the last commits.
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._migrate()
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A read-only connection that creates no file beside the database.
+
+        SQLite's ``mode=ro`` still creates the ``-wal`` and ``-shm`` files of a WAL database
+        (and leaves them behind), so without a ``-wal`` file (no run has the store open, and
+        the last one closed it cleanly) the file is opened ``immutable``: no lock, no side
+        files. A run starting meanwhile writes to its new ``-wal``, not to the file read here.
+        With a ``-wal`` file, plain ``mode=ro`` reads what a live or killed run committed.
+        """
+        if not self.path.is_file():
+            raise HarvesterError(f"{self.path}: no state database here (nothing to read)")
+        wal = self.path.with_name(f"{self.path.name}-wal")
+        flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        uri = f"{self.path.absolute().as_uri()}?{flags}"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA query_only = ON")  # this connection only: nothing is written
+        return db
+
+    def _check_version(self, version: int) -> None:
+        """Refuse a file without the schema, or with a newer one, for reading."""
+        if version == 0:
+            raise HarvesterError(f"{self.path}: not a harvester state database (no schema)")
+        if version != SCHEMA_VERSION:
+            raise HarvesterError(
+                f"{self.path}: state schema version {version} is not the one this"
+                f" harvester understands ({SCHEMA_VERSION})"
+            )
 
     def _migrate(self) -> None:
         """Create the schema in a new file; refuse a file from a newer harvester."""

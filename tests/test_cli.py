@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
-from collections.abc import Callable
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -464,9 +468,6 @@ def _capped_memory() -> None:
 def test_an_unbounded_key_file_exits_2_naming_the_variable(
     source: str, job_file: JobFile, simulator: SimulatorThread, output_dir: Path, tmp_path: Path
 ) -> None:
-    import subprocess
-    import sys
-
     key_file = Path("/dev/zero")
     if source == "large-file":
         key_file = tmp_path / "key"
@@ -493,3 +494,68 @@ def test_an_unbounded_key_file_exits_2_naming_the_variable(
         "holding only the API key",
     )
     assert "KEY-PREFIX" not in done.stderr
+
+
+@contextlib.contextmanager
+def _unwritable(folder: Path) -> Iterator[None]:
+    """``folder`` and everything in it unwritable, even by root (chattr +i), then writable again."""
+    paths = [str(p) for p in (folder, *folder.rglob("*"))]
+    if os.geteuid() != 0:  # permissions hold for everyone else
+        modes = {p: os.stat(p).st_mode for p in paths}
+        for p in paths:
+            os.chmod(p, 0o555 if os.path.isdir(p) else 0o444)
+        try:
+            yield
+        finally:
+            for p, mode in modes.items():
+                os.chmod(p, mode)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("root ignores permissions, and chattr is not installed")
+    if subprocess.run(["chattr", "+i", *paths], capture_output=True).returncode != 0:
+        subprocess.run(["chattr", "-i", *paths], capture_output=True)
+        pytest.skip("root ignores permissions, and chattr +i is not allowed here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *paths], check=True, capture_output=True)
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder``: its bytes and its mtime (ns)."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_status_needs_no_write_access_and_writes_nothing(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str]
+) -> None:
+    path = job_file()
+    assert run_cli("run", str(path), env=env).returncode == 0
+    state_dir = output_dir / "_state"
+    before = _files(state_dir)
+    assert "state.sqlite" in before and not [n for n in before if n.endswith(("-wal", "-shm"))]
+    simulator.reset_counters()
+    with _unwritable(state_dir):
+        done = run_cli("status", str(path), env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{output_dir}: {UNITS} units done, 0 failed")
+    assert "last run: finished at " in done.stdout
+    assert _files(state_dir) == before  # same bytes, same times, no -wal or -shm
+    assert simulator.counters()["requests"] == 0
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"a string"', "\udcff"])
+def test_status_tolerates_an_unreadable_last_run_report(
+    text: str, job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str]
+) -> None:
+    path = job_file()
+    assert run_cli("run", str(path), env=env).returncode == 0
+    last = output_dir / "_state" / "last-run.json"
+    last.write_bytes(text.encode("utf-8", "surrogateescape"))
+    done = run_cli("status", str(path), env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"last run: report unreadable ({last})"
