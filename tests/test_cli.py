@@ -327,7 +327,21 @@ def test_help_lists_the_commands_and_exit_codes() -> None:
         (["run"], "the following arguments are required: job"),
         (["run", "JOB", "--bogus"], "unrecognized arguments: --bogus"),
         (["run", "JOB", "--log-format", "xml"], "argument --log-format: invalid choice: 'xml'"),
-        (["run", "JOB", "--grace", "soon"], "argument --grace: invalid float value: 'soon'"),
+        (
+            ["run", "JOB", "--grace", "soon"],
+            "argument --grace: expected a number of seconds >= 0, found 'soon'",
+        ),
+        (
+            ["run", "JOB", "--grace", "-1"],
+            "argument --grace: expected a number of seconds >= 0, found '-1'",
+        ),
+        (
+            ["run", "JOB", "--grace=-0.5"],
+            "argument --grace: expected a number of seconds >= 0, found '-0.5'",
+        ),
+        (["run", "JOB", "--grace", "nan"], "argument --grace: expected a number of seconds >= 0"),
+        (["run", "JOB", "-q", "-v"], "argument -v/--verbose: not allowed with argument -q/--quiet"),
+        (["run", "JOB", "--verbose", "--quiet"], "argument -q/--quiet: not allowed with argument"),
         ([], "the following arguments are required: command"),
         (["harvest"], "argument command: invalid choice: 'harvest'"),
     ],
@@ -559,3 +573,10 @@ def test_status_tolerates_an_unreadable_last_run_report(
     done = run_cli("status", str(path), env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"last run: report unreadable ({last})"
+
+
+def test_a_grace_of_zero_seconds_is_accepted(
+    job_file: JobFile, simulator: SimulatorThread, env: dict[str, str]
+) -> None:
+    done = run_cli("run", str(job_file()), "--dry-run", "--grace", "0", "-q", env=env)
+    assert done.returncode == 0, done.stderr
