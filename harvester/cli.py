@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harvester",
         description="Harvest Flipsnack collection statistics into Hive-partitioned Parquet.",
-        epilog="exit codes: " + "; ".join(f"{c} {m}" for c, m in EXIT_CODES.items()),
+        epilog="exit codes:\n" + "\n".join(f"  {c:>3}  {m}" for c, m in EXIT_CODES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # one exit code a line
     )
     parser.add_argument("--version", action="version", version=f"harvester {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -313,7 +313,7 @@ def test_help_lists_the_commands_and_exit_codes() -> None:
     done = run_cli("--help")
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.startswith("usage: harvester ")
-    for text in ("run", "simulate", "exit codes: 0 every unit succeeded", "3 the API rejected"):
+    for text in ("run", "simulate", "exit codes:\n    0  every unit succeeded", "3  the API"):
         assert text in done.stdout
     done = run_cli("run", "--help")
     assert done.returncode == 0
@@ -580,3 +580,23 @@ def test_a_grace_of_zero_seconds_is_accepted(
 ) -> None:
     done = run_cli("run", str(job_file()), "--dry-run", "--grace", "0", "-q", env=env)
     assert done.returncode == 0, done.stderr
+
+
+def test_help_lists_every_exit_code_the_cli_can_return() -> None:
+    """Every EXIT_* constant and every error's exit code, in --help and in the README's table."""
+    from harvester import errors
+
+    def subclasses(cls: type[errors.HarvesterError]) -> list[type[errors.HarvesterError]]:
+        return [cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))]
+
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_") and isinstance(v, int)}
+    codes |= {cls.exit_code for cls in subclasses(errors.HarvesterError)}
+    assert codes == set(errors.EXIT_CODES) == {0, 1, 2, 3, 4, 70, 74, 130, 143}
+    done = run_cli("--help")
+    assert done.returncode == 0
+    listed = done.stdout.split("exit codes:\n", 1)[1].splitlines()
+    assert listed == [f"  {code:>3}  {meaning}" for code, meaning in errors.EXIT_CODES.items()]
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1].strip() for line in readme.splitlines() if line.startswith("| ")]
+    in_readme = {int(c) for row in rows for c in row.split(" / ") if c.isdigit()}
+    assert codes <= in_readme
