@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sqlite3
 import sys
 import traceback
@@ -39,11 +40,23 @@ __all__ = ["main"]
 log = logging.getLogger("harvester")
 
 
+def _seconds(text: str) -> float:
+    """An argument that is a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, found {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harvester",
         description="Harvest Flipsnack collection statistics into Hive-partitioned Parquet.",
-        epilog="exit codes: " + "; ".join(f"{c} {m}" for c, m in EXIT_CODES.items()),
+        epilog="exit codes:\n" + "\n".join(f"  {c:>3}  {m}" for c, m in EXIT_CODES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # one exit code a line
     )
     parser.add_argument("--version", action="version", version=f"harvester {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,11 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="plan only: count what would be fetched"
     )
     run.add_argument("--log-format", choices=LOG_FORMATS, default="text")
-    run.add_argument("-v", "--verbose", action="store_true", help="log every retry and commit")
-    run.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    loudness = run.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log every retry and commit")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     run.add_argument(
         "--grace",
-        type=float,
+        type=_seconds,
         default=10.0,
         metavar="SECONDS",
         help="after SIGINT/SIGTERM, how long in-flight requests may finish (default 10)",

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from harvester.errors import ApiRejected, InvalidPayload, UnitError
 from harvester.model import Fetched, Unit
-from harvester.redact import redact
+from harvester.redact import redact, redact_data
 from harvester.report import FailedEntry
 from harvester.sink import ParquetSink
 from harvester.state import GONE, StateStore
@@ -161,7 +161,9 @@ class Quarantine:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(redact(json.dumps(entry, default=repr)) + "\n")
+            # Redacted before encoding: JSON escapes would hide a secret from redact().
+            line = json.dumps(redact_data(entry), default=lambda o: redact(repr(o)))
+            fh.write(line + "\n")
         self.count += 1
 
 

@@ -68,6 +68,14 @@ DEFAULT_REFRESH_DAYS = 0
 
 MAX_CONCURRENCY = 1000
 MAX_ATTEMPTS = 100
+# Upper bounds far beyond any sensible value, so that dates and timers stay in range.
+MAX_REFRESH_DAYS = 36_600  # about a century
+MAX_TIMEOUT_SECONDS = 3_600  # an hour
+MAX_BACKOFF_SECONDS = 86_400  # a day
+MAX_CIRCUIT_BREAKER_SECONDS = 604_800  # a week
+MAX_WINDOW_SECONDS = 2_678_400  # 31 days: a monthly quota
+MAX_WINDOW_CALLS = 1_000_000
+MAX_CREDENTIAL_FILE_BYTES = 64 * 1024  # a key or secret file (FLIPSNACK_API_KEY_FILE)
 
 
 DEFAULT_RATE_LIMITS = (RateLimit(5, 1.0), RateLimit(60, 60.0))
@@ -214,7 +222,16 @@ def _credential(name: str, what: str, env: Mapping[str, str], problems: list[Pro
         problems.append(Problem("environment", name, f"not set or empty: {hint}"))
         return ""
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
+        with open(path, "rb") as fh:  # at most one byte past the cap: /dev/zero never ends
+            data = fh.read(MAX_CREDENTIAL_FILE_BYTES + 1)
+        if len(data) > MAX_CREDENTIAL_FILE_BYTES:
+            msg = (
+                f"{name} is unset and the file {path!r} named by {file_var} is larger than "
+                f"{MAX_CREDENTIAL_FILE_BYTES // 1024} KiB: expected a file holding only the {what}"
+            )
+            problems.append(Problem("environment", file_var, msg))
+            return ""
+        value = data.decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         msg = f"{name} is unset and the file {path!r} named by {file_var} is unreadable: {reason}"
@@ -262,10 +279,16 @@ def _job(ctx: Context, data: Any) -> Job | None:
     page_stats = top.get("page_stats", True)
     if not isinstance(page_stats, bool):
         ctx.fail("page_stats", f"expected true or false, found {show(page_stats)}")
-    output = top.get("output", DEFAULT_OUTPUT)
-    if not isinstance(output, str) or not output.strip() or "\0" in output:
-        ctx.fail("output", f"expected a non-empty folder path, found {show(output)}")
-    refresh = integer(ctx, top.get("refresh_days", ABSENT), "refresh_days", DEFAULT_REFRESH_DAYS, 0)
+    output = _output(ctx, top.get("output", DEFAULT_OUTPUT))
+    refresh = integer(
+        ctx,
+        top.get("refresh_days", ABSENT),
+        "refresh_days",
+        DEFAULT_REFRESH_DAYS,
+        0,
+        MAX_REFRESH_DAYS,
+        note="about a century",
+    )
     # The job-level range, read once: discovered collections and listed ones share it.
     start = calendar_date(ctx, top["start"], "start") if "start" in top else None
     defaults = (start, calendar_date(ctx, top.get("end", "yesterday"), "end"))
@@ -279,10 +302,23 @@ def _job(ctx: Context, data: Any) -> Job | None:
         retry=retry,
         granularity=granularity,
         page_stats=page_stats is True,
-        output=Path(str(output)),
+        output=output,
         refresh_days=refresh,
         discover=discover,
     )
+
+
+def _output(ctx: Context, raw: Any) -> Path:
+    """The output folder; a leading ``~`` or ``~user`` is the home folder, as in a shell."""
+    if not isinstance(raw, str) or not raw.strip() or "\0" in raw:
+        ctx.fail("output", f"expected a non-empty folder path, found {show(raw)}")
+        return Path(DEFAULT_OUTPUT)
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:  # no HOME, or no such user
+        user = raw.split("/", 1)[0]
+        ctx.fail("output", f"cannot expand {user!r}: no such user, or no home folder is known")
+        return Path(DEFAULT_OUTPUT)
 
 
 def _discover(
@@ -345,7 +381,12 @@ def _api(ctx: Context, raw: Any) -> ApiSettings:
             "names the same variable as api.key_env; the key and the secret need one variable each",
         )
     timeout = positive(
-        ctx, api.get("timeout_seconds", ABSENT), "api.timeout_seconds", DEFAULT_TIMEOUT_SECONDS
+        ctx,
+        api.get("timeout_seconds", ABSENT),
+        "api.timeout_seconds",
+        DEFAULT_TIMEOUT_SECONDS,
+        MAX_TIMEOUT_SECONDS,
+        note="an hour",
     )
     limits = _rate_limits(ctx, api.get("rate_limits", ABSENT))
     return ApiSettings(str(base_url), key_env, secret_env, timeout, limits)
@@ -396,8 +437,15 @@ def _rate_limits(ctx: Context, raw: Any) -> tuple[RateLimit, ...]:
         for key in ("calls", "seconds"):
             if key not in limit:
                 ctx.fail(f"{path}.{key}", "required")
-        calls = integer(ctx, limit.get("calls", ABSENT), f"{path}.calls", 1, 1)
-        seconds = positive(ctx, limit.get("seconds", ABSENT), f"{path}.seconds", 1.0)
+        calls = integer(ctx, limit.get("calls", ABSENT), f"{path}.calls", 1, 1, MAX_WINDOW_CALLS)
+        seconds = positive(
+            ctx,
+            limit.get("seconds", ABSENT),
+            f"{path}.seconds",
+            1.0,
+            MAX_WINDOW_SECONDS,
+            note="31 days",
+        )
         limits.append(RateLimit(calls, seconds))
     return tuple(limits)
 
@@ -418,12 +466,16 @@ def _retry(ctx: Context, raw: Any) -> RetrySettings:
             retry.get("max_backoff_seconds", ABSENT),
             "retry.max_backoff_seconds",
             DEFAULT_MAX_BACKOFF_SECONDS,
+            MAX_BACKOFF_SECONDS,
+            note="a day",
         ),
         positive(
             ctx,
             retry.get("circuit_breaker_seconds", ABSENT),
             "retry.circuit_breaker_seconds",
             DEFAULT_CIRCUIT_BREAKER_SECONDS,
+            MAX_CIRCUIT_BREAKER_SECONDS,
+            note="a week",
         ),
     )
 

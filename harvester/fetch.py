@@ -98,13 +98,28 @@ class UnitFetcher:
             raise
 
     async def discover(self, discovery: Discovery) -> list[str]:
-        """Every collection hash of the account that ``discovery`` selects, page by page."""
-        hashes: list[str] = []
+        """Every collection hash of the account that ``discovery`` selects, page by page.
+
+        A full page that brings no hash not seen before ends the listing: an API that ignores
+        ``from`` would otherwise answer the same page forever.
+        """
+        hashes: dict[str, None] = {}  # insertion-ordered set
+        first = 0
         while True:
-            page = await self._list_page(discovery, len(hashes))
-            hashes.extend(page)
+            page = await self._list_page(discovery, first)
+            first += len(page)
+            new = [h for h in page if h not in hashes]
+            hashes.update(dict.fromkeys(new))
             if len(page) < LIST_PAGE_SIZE:
-                return hashes
+                return list(hashes)
+            if not new:
+                log.warning(
+                    "collection list: the page from record %d brought no collection not seen "
+                    "before (the API seems to ignore 'from'); keeping the %d collections found",
+                    first - len(page),
+                    len(hashes),
+                )
+                return list(hashes)
 
     async def _list_page(self, discovery: Discovery, first: int) -> list[str]:
         """One page of the collection list, with the same retries as a unit."""

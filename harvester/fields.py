@@ -74,6 +74,9 @@ def load_yaml(ctx: Context, text: str) -> Any:
     except yaml.YAMLError as err:
         ctx.fail("<yaml>", f"invalid YAML: {err}")
         return None
+    except ValueError as err:  # an integer of more digits than Python converts (4300)
+        ctx.fail("<yaml>", f"invalid YAML: {str(err).split(';')[0]}")
+        return None
     except RecursionError:
         ctx.fail("<yaml>", "invalid YAML: nested too deeply")
         return None
@@ -189,31 +192,54 @@ def unknown_key(ctx: Context, path: str, key: object, known: tuple[str, ...]) ->
 
 
 def integer(
-    ctx: Context, raw: Any, path: str, default: int, low: int, high: int | None = None
+    ctx: Context,
+    raw: Any,
+    path: str,
+    default: int,
+    low: int,
+    high: int | None = None,
+    *,
+    note: str = "",
 ) -> int:
-    """An integer in ``low..high`` (``bool`` is not one), else the default after a problem."""
+    """An integer in ``low..high`` (``bool`` is not one), else the default after a problem.
+
+    ``note`` says what ``high`` stands for (``about a century``), in the message.
+    """
     if raw is ABSENT:
         return default
     wanted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+    wanted += f" ({note})" if note else ""
     if type(raw) is not int:
         hint = BOOL_HINT if isinstance(raw, bool) else ""
         ctx.fail(path, f"expected {wanted}, found {show(raw)}{hint}")
     elif raw < low or (high is not None and raw > high):
-        ctx.fail(path, f"expected {wanted}, found {raw}")
+        ctx.fail(path, f"expected {wanted}, found {_repr.repr(raw)}")
     else:
         return raw
     return default
 
 
-def positive(ctx: Context, raw: Any, path: str, default: float) -> float:
-    """A finite number > 0 (seconds), else the default after a problem."""
+def positive(
+    ctx: Context, raw: Any, path: str, default: float, high: int | None = None, *, note: str = ""
+) -> float:
+    """A finite number of seconds > 0 and at most ``high``, else the default after a problem.
+
+    The upper bound keeps clocks and timers in range (``now + seconds`` must stay a time);
+    ``note`` says what it stands for (``a day``), in the message.
+    """
     if raw is ABSENT:
         return default
+    most = "" if high is None else f" and at most {high}" + (f" ({note})" if note else "")
     if type(raw) not in (int, float):
         hint = BOOL_HINT if isinstance(raw, bool) else ""
-        ctx.fail(path, f"expected a number of seconds > 0, found {show(raw)}{hint}")
-    elif not math.isfinite(raw) or raw <= 0:
-        ctx.fail(path, f"expected a finite number of seconds > 0, found {raw}")
+        ctx.fail(path, f"expected a number of seconds > 0{most}, found {show(raw)}{hint}")
+    # The type first: math.isfinite() cannot take an int too large for a float.
+    elif (
+        (type(raw) is float and not math.isfinite(raw))
+        or raw <= 0
+        or (high is not None and raw > high)
+    ):
+        ctx.fail(path, f"expected a finite number of seconds > 0{most}, found {_repr.repr(raw)}")
     else:
         return float(raw)
     return default

@@ -2,16 +2,19 @@
 
 Errors are built from units and codes, never from URLs, so nothing should need scrubbing; but
 foreign exceptions (aiohttp prints the full URL with its query string) reach logs, tracebacks
-and reports, and those all pass through :func:`redact` on the way out.
+and reports, and those all pass through :func:`redact` on the way out. Data bound for JSON goes
+through :func:`redact_data` *before* it is encoded: encoding escapes a quote, a backslash or a
+non-ASCII letter, and a secret escaped so no longer matches itself.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-__all__ = ["REDACTED", "forget_secrets", "redact", "register_secrets"]
+__all__ = ["REDACTED", "forget_secrets", "redact", "redact_data", "register_secrets"]
 
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4  # shorter "secrets" would scrub ordinary words; the API's are far longer
@@ -44,3 +47,20 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return _QUERY_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+
+
+def redact_data(value: Any) -> Any:
+    """``value`` with every string in it redacted, mapping keys included; call before encoding.
+
+    Mappings become dicts, lists and tuples keep their kind; other values are returned as they
+    are (a ``default=`` hook that turns them into text should redact that text too).
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {(redact(k) if isinstance(k, str) else k): redact_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_data(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(redact_data(item) for item in value)
+    return value

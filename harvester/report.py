@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harvester.errors import EXIT_CODES, UnitError
-from harvester.redact import redact
+from harvester.redact import redact, redact_data
 
 __all__ = ["FailedEntry", "RunReport", "write_report"]
 
@@ -92,8 +92,8 @@ class RunReport:
     message: str = ""
 
     def to_json(self) -> str:
-        """The report as redacted, indented JSON."""
-        return redact(json.dumps(asdict(self), indent=2, sort_keys=False))
+        """The report as redacted, indented JSON (redacted before encoding: see redact_data)."""
+        return json.dumps(redact_data(asdict(self)), indent=2, sort_keys=False)
 
     def summary(self) -> str:
         """A few human lines for the end of stderr."""

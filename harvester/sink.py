@@ -97,10 +97,16 @@ def partitioning() -> ds.Partitioning:
     return ds.partitioning(pa.schema([(PARTITION_KEY, pa.date32())]), flavor="hive")
 
 
-def read_dataset(output: Path, name: str) -> pa.Table:
-    """A whole dataset with its full schema, sorted by unit (and page)."""
+def read_dataset(output: str | os.PathLike[str], name: str) -> pa.Table:
+    """A whole dataset with its full schema, sorted by unit (and page).
+
+    ``output`` is the output folder (a string or a path); ``name`` is ``page_stats`` or
+    ``collection_stats``.
+    """
+    if name not in _SCHEMAS:
+        raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(_SCHEMAS)}")
     schema = _SCHEMAS[name]
-    root = output / name
+    root = Path(output) / name
     if not root.is_dir():
         return schema.empty_table()
     table = ds.dataset(root, format="parquet", schema=schema, partitioning=partitioning())

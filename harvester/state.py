@@ -31,6 +31,7 @@ import orjson
 from harvester.errors import HarvesterError, JobError, Problem
 from harvester.lock import OutputLock
 from harvester.model import GRANULARITIES, Fetched, Unit, period_of
+from harvester.redact import redact, redact_data
 
 __all__ = [
     "FailedUnit",
@@ -241,10 +242,7 @@ class StateStore:
         self._clock = clock
         self.readonly = readonly
         if readonly:
-            if not path.is_file():
-                raise HarvesterError(f"{path}: no state database here")
-            uri = f"{path.resolve().as_uri()}?mode=ro"
-            self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self._db = self._connect_readonly()
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             # Autocommit mode: every write below opens its own explicit transaction.
@@ -253,6 +251,24 @@ class StateStore:
             # In WAL mode NORMAL survives a process kill; only an OS crash may lose commits.
             self._db.execute("PRAGMA synchronous = NORMAL")
         self.granularity = self._open(granularity)
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A read-only connection that creates no file beside the database.
+
+        SQLite's ``mode=ro`` still creates the ``-wal`` and ``-shm`` files of a WAL database
+        (and leaves them behind), so without a ``-wal`` file (no run has the store open, and
+        the last one closed it cleanly) the file is opened ``immutable``: no lock, no side
+        files. A run starting meanwhile writes to its new ``-wal``, not to the file read here.
+        With a ``-wal`` file, plain ``mode=ro`` reads what a live or killed run committed.
+        """
+        if not self.path.is_file():
+            raise HarvesterError(f"{self.path}: no state database here (nothing to read)")
+        wal = self.path.with_name(f"{self.path.name}-wal")
+        flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        uri = f"{self.path.absolute().as_uri()}?{flags}"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA query_only = ON")  # this connection only: nothing is written
+        return db
 
     # --- schema -------------------------------------------------------------------------------
 
@@ -264,6 +280,8 @@ class StateStore:
                 f"{self.path}: state schema version {version} is not the one this"
                 f" harvester understands ({SCHEMA_VERSION}); it was written by a newer one"
             )
+        if version == 0 and self.readonly:
+            raise HarvesterError(f"{self.path}: not a harvester state database (no schema)")
         if version < SCHEMA_VERSION:
             if self.readonly:
                 raise HarvesterError(
@@ -527,8 +545,8 @@ class StateStore:
         return counts
 
     def record_run(self, summary: Mapping[str, Any]) -> None:
-        """Append one run's summary (as JSON) to the runs table."""
-        text = json.dumps(dict(summary), sort_keys=True, default=str)
+        """Append one run's summary (as JSON, redacted before encoding) to the runs table."""
+        text = json.dumps(redact_data(summary), sort_keys=True, default=lambda o: redact(str(o)))
         with self._transaction():
             self._db.execute(
                 "INSERT INTO runs (recorded_at, summary) VALUES (?, ?)", (self._now(), text)

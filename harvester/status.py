@@ -89,8 +89,8 @@ def _last_run(path: Path) -> str:
         report = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(report, dict):
             raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        return f"last run: report unreadable ({path}: {type(exc).__name__})"
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON
+        return f"last run: report unreadable ({path})"
     return (
         f"last run: {report.get('outcome')} at {report.get('finished_at')}, "
         f"exit {report.get('exit_code')} (report: {path})"

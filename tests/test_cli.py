@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +174,20 @@ BAD_JOBS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
         lambda j: _with(j, "collections", []),
         "collections: expected a non-empty list of collections, found list []",
     ),
+    "refresh-days-past-a-century": (
+        lambda j: _with(j, "refresh_days", 100_000_000),
+        "refresh_days: expected an integer from 0 to 36600 (about a century), found 100000000",
+    ),
+    "timeout-past-an-hour": (
+        lambda j: _with(j, "api.timeout_seconds", 1e300),
+        "api.timeout_seconds: expected a finite number of seconds > 0 and at most 3600 "
+        "(an hour), found 1e+300",
+    ),
+    "window-calls-past-a-million": (
+        lambda j: _with(j, "api.rate_limits", [{"calls": 10**20, "seconds": 1}]),
+        "api.rate_limits[0].calls: expected an integer from 1 to 1000000, found "
+        "100000000000000000000",
+    ),
 }
 
 
@@ -325,7 +342,7 @@ def test_help_lists_the_commands_and_exit_codes() -> None:
     done = run_cli("--help")
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.startswith("usage: harvester ")
-    for text in ("run", "simulate", "exit codes: 0 every unit succeeded", "3 the API rejected"):
+    for text in ("run", "simulate", "exit codes:\n    0  every unit succeeded", "3  the API"):
         assert text in done.stdout
     done = run_cli("run", "--help")
     assert done.returncode == 0
@@ -339,7 +356,21 @@ def test_help_lists_the_commands_and_exit_codes() -> None:
         (["run"], "the following arguments are required: job"),
         (["run", "JOB", "--bogus"], "unrecognized arguments: --bogus"),
         (["run", "JOB", "--log-format", "xml"], "argument --log-format: invalid choice: 'xml'"),
-        (["run", "JOB", "--grace", "soon"], "argument --grace: invalid float value: 'soon'"),
+        (
+            ["run", "JOB", "--grace", "soon"],
+            "argument --grace: expected a number of seconds >= 0, found 'soon'",
+        ),
+        (
+            ["run", "JOB", "--grace", "-1"],
+            "argument --grace: expected a number of seconds >= 0, found '-1'",
+        ),
+        (
+            ["run", "JOB", "--grace=-0.5"],
+            "argument --grace: expected a number of seconds >= 0, found '-0.5'",
+        ),
+        (["run", "JOB", "--grace", "nan"], "argument --grace: expected a number of seconds >= 0"),
+        (["run", "JOB", "-q", "-v"], "argument -v/--verbose: not allowed with argument -q/--quiet"),
+        (["run", "JOB", "--verbose", "--quiet"], "argument -q/--quiet: not allowed with argument"),
         ([], "the following arguments are required: command"),
         (["harvest"], "argument command: invalid choice: 'harvest'"),
     ],
@@ -472,7 +503,8 @@ def test_summary_off_a_terminal_is_plain_text(
     assert not CONTROL.search(done.stdout), repr(done.stdout)
     lines = done.stdout.splitlines()
     assert (
-        lines[0] == f"{output_dir}: 3 collections, 2026-03-01..2026-03-20, by day (from output.json)"
+        lines[0]
+        == f"{output_dir}: 3 collections, 2026-03-01..2026-03-20, by day (from output.json)"
     )
     assert f"  {HASHES[0]}: 12/14 days; missing 2026-03-09..2026-03-10" in lines
     assert f"  {HASHES[1]}: 14/16 days; missing 2026-03-09..2026-03-10" in lines
@@ -542,3 +574,186 @@ def test_help_lists_the_reading_commands_and_the_metrics_options() -> None:
     summary = run_cli("summary", "--help").stdout
     for option in ("--since", "--until", "--collection", "--account", "--top", "--png"):
         assert option in summary
+
+
+def test_discover_stops_when_the_api_ignores_from(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str]
+) -> None:
+    """An API that answers the first page whatever ``from`` says: no endless paging."""
+    from tests.conftest import actual_rows
+
+    catalog = tuple(f"book{i:03d}" for i in range(57))  # more than one getList page of 50
+    simulator.reconfigure(catalog=catalog, list_ignores_from=True)
+    path = job_file(discover=True, collections=[], start="2026-03-01", end="2026-03-01")
+    done = run_cli("run", str(path), env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "seems to ignore 'from'" in line]
+    assert len(warnings) == 1, done.stderr
+    assert "keeping the 50 collections found" in warnings[0]
+    assert simulator.counters()["requests"] == 2 + 50  # two list pages, then one call per unit
+    _, collections = actual_rows(output_dir)
+    assert {c[0] for c in collections} == set(catalog[:50])
+
+
+def test_output_under_a_tilde_goes_to_the_home_folder(
+    job_file: JobFile, simulator: SimulatorThread, tmp_path: Path, env: dict[str, str]
+) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    path = job_file()
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "output": "~/flip"}))
+    done = run_cli("run", str(path), env={**env, "HOME": str(home)}, cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert (home / "flip" / "page_stats").is_dir()
+    assert (home / "flip" / "_state" / "last-run.json").is_file()
+    assert list(work.iterdir()) == []  # no folder named '~'
+
+
+def test_the_largest_bounds_run_to_the_end(
+    job_file: JobFile, simulator: SimulatorThread, sim_config: SimulatorConfig, env: dict[str, str]
+) -> None:
+    """refresh_days, timeouts, backoff and windows at their upper bounds stay in range."""
+    api = {
+        "base_url": simulator.base_url,
+        "timeout_seconds": 3600,
+        "rate_limits": [{"calls": 1_000_000, "seconds": 2_678_400}],
+    }
+    retry = {"attempts": 2, "max_backoff_seconds": 86_400, "circuit_breaker_seconds": 604_800}
+    path = job_file(api=api, retry=retry, refresh_days=36_600)
+    assert run_cli("run", str(path), env=env).returncode == 0
+    again = run_cli("run", str(path), env=env)  # every unit is within the refresh days
+    assert again.returncode == 0, again.stderr
+    assert f"finished: {UNITS} units fetched and committed" in again.stderr
+    assert_complete(path, sim_config)
+
+
+def _capped_memory() -> None:
+    """In the child: 1 GiB of address space, so reading a file whole fails fast, not the host."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+
+@pytest.mark.parametrize("source", ["dev-zero", "large-file"])
+def test_an_unbounded_key_file_exits_2_naming_the_variable(
+    source: str, job_file: JobFile, simulator: SimulatorThread, output_dir: Path, tmp_path: Path
+) -> None:
+    key_file = Path("/dev/zero")
+    if source == "large-file":
+        key_file = tmp_path / "key"
+        with open(key_file, "wb") as fh:
+            fh.write(b"KEY-PREFIX-d41c-not-to-be-echoed")
+            fh.truncate(66 * 2**20)  # 66 MB, sparse
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLIPSNACK_")}
+    env.update(FLIPSNACK_API_KEY_FILE=str(key_file), FLIPSNACK_API_SECRET="SECRET-0f2b-test")
+    path = job_file()
+    done = subprocess.run(
+        [sys.executable, "-m", "harvester", "run", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_capped_memory,
+    )
+    assert_refused(
+        done,
+        simulator,
+        output_dir,
+        f"environment: FLIPSNACK_API_KEY_FILE: FLIPSNACK_API_KEY is unset and the file "
+        f"'{key_file}' named by FLIPSNACK_API_KEY_FILE is larger than 64 KiB: expected a file "
+        "holding only the API key",
+    )
+    assert "KEY-PREFIX" not in done.stderr
+
+
+@contextlib.contextmanager
+def _unwritable(folder: Path) -> Iterator[None]:
+    """``folder`` and everything in it unwritable, even by root (chattr +i), then writable again."""
+    paths = [str(p) for p in (folder, *folder.rglob("*"))]
+    if os.geteuid() != 0:  # permissions hold for everyone else
+        modes = {p: os.stat(p).st_mode for p in paths}
+        for p in paths:
+            os.chmod(p, 0o555 if os.path.isdir(p) else 0o444)
+        try:
+            yield
+        finally:
+            for p, mode in modes.items():
+                os.chmod(p, mode)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("root ignores permissions, and chattr is not installed")
+    if subprocess.run(["chattr", "+i", *paths], capture_output=True).returncode != 0:
+        subprocess.run(["chattr", "-i", *paths], capture_output=True)
+        pytest.skip("root ignores permissions, and chattr +i is not allowed here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *paths], check=True, capture_output=True)
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder``: its bytes and its mtime (ns)."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_status_needs_no_write_access_and_writes_nothing(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str]
+) -> None:
+    path = job_file()
+    assert run_cli("run", str(path), env=env).returncode == 0
+    state_dir = output_dir / "_state"
+    before = _files(state_dir)
+    assert "state.sqlite" in before and not [n for n in before if n.endswith(("-wal", "-shm"))]
+    simulator.reset_counters()
+    with _unwritable(state_dir):
+        done = run_cli("status", str(path), env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{output_dir}: {UNITS} units done, 0 failed")
+    assert "last run: finished at " in done.stdout
+    assert _files(state_dir) == before  # same bytes, same times, no -wal or -shm
+    assert simulator.counters()["requests"] == 0
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"a string"', "\udcff"])
+def test_status_tolerates_an_unreadable_last_run_report(
+    text: str, job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str]
+) -> None:
+    path = job_file()
+    assert run_cli("run", str(path), env=env).returncode == 0
+    last = output_dir / "_state" / "last-run.json"
+    last.write_bytes(text.encode("utf-8", "surrogateescape"))
+    done = run_cli("status", str(path), env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"last run: report unreadable ({last})"
+
+
+def test_a_grace_of_zero_seconds_is_accepted(
+    job_file: JobFile, simulator: SimulatorThread, env: dict[str, str]
+) -> None:
+    done = run_cli("run", str(job_file()), "--dry-run", "--grace", "0", "-q", env=env)
+    assert done.returncode == 0, done.stderr
+
+
+def test_help_lists_every_exit_code_the_cli_can_return() -> None:
+    """Every EXIT_* constant and every error's exit code, in --help and in the README's table."""
+    from harvester import errors
+
+    def subclasses(cls: type[errors.HarvesterError]) -> list[type[errors.HarvesterError]]:
+        return [cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))]
+
+    codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_") and isinstance(v, int)}
+    codes |= {cls.exit_code for cls in subclasses(errors.HarvesterError)}
+    assert codes == set(errors.EXIT_CODES) == {0, 1, 2, 3, 4, 70, 74, 130, 143}
+    done = run_cli("--help")
+    assert done.returncode == 0
+    listed = done.stdout.split("exit codes:\n", 1)[1].splitlines()
+    assert listed == [f"  {code:>3}  {meaning}" for code, meaning in errors.EXIT_CODES.items()]
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1].strip() for line in readme.splitlines() if line.startswith("| ")]
+    in_readme = {int(c) for row in rows for c in row.split(" / ") if c.isdigit()}
+    assert codes <= in_readme

@@ -312,7 +312,7 @@ def test_every_problem_of_a_file_is_reported_at_once() -> None:
         ("retry: 3", "retry", "expected a mapping"),
         ("api: {timeout_seconds: no}", "api.timeout_seconds", "booleans"),
         ("api: {rate_limits: []}", "api.rate_limits", "non-empty list"),
-        ("api: {rate_limits: [{calls: 0, seconds: 1}]}", "api.rate_limits[0].calls", ">= 1"),
+        ("api: {rate_limits: [{calls: 0, seconds: 1}]}", "api.rate_limits[0].calls", "from 1 to"),
         ("api: {rate_limits: [{calls: 1.5, seconds: 1}]}", "api.rate_limits[0].calls", "integer"),
         ("api: {base_url: 'https://'}", "api.base_url", "http(s)://"),
         ("api: {base_url: api.flipsnack.com}", "api.base_url", "http(s)://"),
@@ -333,6 +333,25 @@ def test_every_problem_of_a_file_is_reported_at_once() -> None:
         ("end: -99999999d", "end", "-Nd"),
         ("end: -9999999d", "end", "before year 1"),
         ("end: tomorrow", "end", "today, yesterday"),
+        # Bounded so that dates and timers stay in range (these ended in an internal error).
+        ("refresh_days: 100000000", "refresh_days", "from 0 to 36600 (about a century), found"),
+        ("refresh_days: 36601", "refresh_days", "from 0 to 36600 (about a century)"),
+        (f"refresh_days: {10**30}", "refresh_days", "found 1000000"),
+        ("api: {timeout_seconds: 3601}", "api.timeout_seconds", "at most 3600 (an hour)"),
+        (f"api: {{timeout_seconds: {10**400}}}", "api.timeout_seconds", "found 100000000"),
+        ("api: {timeout_seconds: 1.0e+300}", "api.timeout_seconds", "at most 3600"),
+        ("retry: {max_backoff_seconds: 86401}", "retry.max_backoff_seconds", "at most 86400"),
+        ("retry: {circuit_breaker_seconds: 1.0e+20}", "retry.circuit_breaker_seconds", "a week"),
+        (
+            f"api: {{rate_limits: [{{calls: {2**64}, seconds: 1}}]}}",
+            "api.rate_limits[0].calls",
+            "from 1 to 1000000",
+        ),
+        (
+            "api: {rate_limits: [{calls: 1, seconds: 1.0e+308}]}",
+            "api.rate_limits[0].seconds",
+            "at most 2678400 (31 days)",
+        ),
     ],
 )
 def test_one_bad_setting(setting: str, field: str, expected: str) -> None:
@@ -559,3 +578,48 @@ def test_a_bad_job_range_is_reported_once_with_discover_and_collections() -> Non
     with pytest.raises(JobError) as info:
         parse_job(text, "job.yaml")
     assert [p.field for p in info.value.problems] == ["start"]
+
+
+def test_a_tilde_in_output_is_the_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    job = parse("start: 2026-01-01\ncollections: [abc]\noutput: ~/flip\n")
+    assert job.output == tmp_path / "home" / "flip"
+    assert parse("start: 2026-01-01\ncollections: [abc]\noutput: a/~b\n").output == Path("a/~b")
+    found = problems("start: 2026-01-01\ncollections: [abc]\noutput: ~no-such-user-x9/flip\n")
+    assert found == {
+        "output": "cannot expand '~no-such-user-x9': no such user, or no home folder is known"
+    }
+
+
+def test_the_largest_bounded_values_are_accepted() -> None:
+    job = parse(
+        """\
+        start: 2026-01-01
+        collections: [abc]
+        refresh_days: 36600
+        api: {timeout_seconds: 3600, rate_limits: [{calls: 1000000, seconds: 2678400}]}
+        retry: {max_backoff_seconds: 86400, circuit_breaker_seconds: 604800}
+        """
+    )
+    assert job.refresh_days == 36600 and job.api.timeout_seconds == 3600
+    assert job.api.rate_limits == (RateLimit(1_000_000, 2_678_400.0),)
+    assert (job.retry.max_backoff_seconds, job.retry.circuit_breaker_seconds) == (86400, 604800)
+
+
+def test_an_integer_too_long_to_read_is_a_yaml_problem() -> None:
+    found = problems(f"start: 2026-01-01\ncollections: [abc]\nconcurrency: {'1' * 5000}\n")
+    assert list(found) == ["<yaml>"]
+    assert "value has 5000 digits" in found["<yaml>"]
+
+
+def test_a_credential_file_is_read_up_to_64_kib(tmp_path: Path) -> None:
+    (tmp_path / "k").write_text("k" * 65536)
+    (tmp_path / "s").write_text("s" * 65537)
+    env = {"K_FILE": str(tmp_path / "k"), "S_FILE": str(tmp_path / "s")}
+    with pytest.raises(JobError) as caught:
+        load_credentials(ApiSettings(key_env="K", secret_env="S"), env)
+    (problem,) = caught.value.problems
+    assert problem.field == "S_FILE" and "larger than 64 KiB" in problem.message
+    assert "sss" not in problem.message

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from harvester.logs import setup_logging
-from harvester.redact import REDACTED, forget_secrets, redact, register_secrets
+from harvester.redact import REDACTED, forget_secrets, redact, redact_data, register_secrets
 
 KEY, SECRET = "45FD-267-7SG7832", "123ABCDE-456-7890-FGH"
 
@@ -65,3 +65,17 @@ def test_log_lines_and_tracebacks_are_redacted(fmt: str) -> None:
     if fmt == "json":
         entry = json.loads(out.strip().splitlines()[0])
         assert entry["level"] == "error" and "Traceback" in entry["exception"]
+
+
+def test_redact_data_masks_every_string_keys_included() -> None:
+    data = {
+        "reason": f"code 20 but {SECRET}",
+        SECRET: [KEY, ("x", f"apiKey={KEY}"), 7, None, 1.5, True],
+        3: {"nested": {"deep": SECRET}},
+    }
+    assert redact_data(data) == {
+        "reason": f"code 20 but {REDACTED}",
+        REDACTED: [REDACTED, ("x", f"apiKey={REDACTED}"), 7, None, 1.5, True],
+        3: {"nested": {"deep": REDACTED}},
+    }
+    assert redact_data("plain") == "plain" and redact_data(42) == 42

@@ -390,3 +390,48 @@ def test_the_credential_variables_are_the_ones_the_job_names(
     assert done.returncode == 2, done.stderr
     assert "environment: ACME_KEY: " in done.stderr and "environment: ACME_SECRET: " in done.stderr
     assert simulator.counters()["requests"] == 0 and not output_dir.exists()
+
+
+# A secret that JSON encoding escapes (a quote, a backslash, a non-ASCII letter): redacting the
+# encoded text would miss it, so every writer must redact before encoding.
+ESCAPED_SECRET = 'S3c"ret\\back-\u00e4-7d1e-harvest'
+
+
+def test_reports_the_state_and_the_quarantine_redact_before_encoding(tmp_path: Path) -> None:
+    from datetime import date
+
+    from harvester.commit import Quarantine
+    from harvester.errors import InvalidPayload
+    from harvester.model import Unit
+    from harvester.redact import forget_secrets, register_secrets
+    from harvester.report import FailedEntry, RunReport, report_dict, write_report
+    from harvester.state import StateStore
+
+    state_dir = tmp_path / "_state"
+    register_secrets([ESCAPED_SECRET])
+    try:
+        exc = InvalidPayload(
+            f"downloads: expected an integer, found '{ESCAPED_SECRET}'",
+            payload={"downloads": ESCAPED_SECRET, ESCAPED_SECRET: [ESCAPED_SECRET, 1]},
+        )
+        exc.unit, exc.attempts = Unit("abc", date(2026, 3, 1), date(2026, 3, 1)), 1
+        quarantine = Quarantine(state_dir / "quarantine" / "run-x.jsonl")
+        quarantine.add(exc)
+        report = RunReport("x", "job.yaml", str(tmp_path), str(state_dir / "state.sqlite"), "t")
+        report.failed.append(FailedEntry.from_error(exc))
+        report.message = f"stopped: {ESCAPED_SECRET}"
+        write_report(report, state_dir)
+        with StateStore(state_dir / "state.sqlite") as store:
+            store.record_run(report_dict(report))
+    finally:
+        forget_secrets()
+    forms = needles(ESCAPED_SECRET)
+    forms[json.dumps(ESCAPED_SECRET, ensure_ascii=False)[1:-1].encode()] = "unescaped JSON form"
+    scanner = Scanner([tmp_path], forms)
+    scanner.scan()
+    assert scanner.seen >= {"run-x.jsonl", "run-x.json", "last-run.json", "state.sqlite"}
+    assert not scanner.leaks, sorted(scanner.leaks)
+    entry = json.loads((state_dir / "quarantine" / "run-x.jsonl").read_text(encoding="utf-8"))
+    assert entry["payload"] == {"downloads": "***", "***": ["***", 1]}
+    written = json.loads((state_dir / "last-run.json").read_text(encoding="utf-8"))
+    assert written["failed"][0]["reason"] == "downloads: expected an integer, found '***'"

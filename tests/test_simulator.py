@@ -620,3 +620,16 @@ def test_serve_prints_the_url_and_key_names_and_stops_on_sigterm() -> None:
             assert process.wait(timeout=10) == 0
         finally:
             process.kill()
+
+
+async def test_get_list_can_ignore_from(
+    simulator: Simulator, session: aiohttp.ClientSession
+) -> None:
+    simulator.reconfigure(catalog=("aa1", "bb2", "aa3", "cc4"), list_ignores_from=True)
+    page = await call(session, simulator.base_url, signed(action=GET_LIST, **{"from": "2"}))
+    assert [item["hash"] for item in page["data"]] == ["aa1", "bb2", "aa3", "cc4"]
+    assert config_from_mapping({"list_ignores_from": True}).list_ignores_from is True
+    with pytest.raises(ValueError, match="'list_ignores_from': expected true or false"):
+        config_from_mapping({"list_ignores_from": "yes"})
+    with pytest.raises(ValueError, match="'list_ignores_from': expected true or false"):
+        SimulatorConfig(list_ignores_from=1)  # type: ignore[arg-type]

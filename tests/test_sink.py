@@ -313,3 +313,30 @@ def test_a_failed_rename_leaves_the_old_file(
         assert part(output_dir, name).read_bytes() == content
         assert [p.name for p in part(output_dir, name).parent.iterdir()] == ["part-0.parquet"]
     assert_datasets(output_dir, old)
+
+
+class _FsPath:
+    """A path-like object that is not a pathlib.Path."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def __fspath__(self) -> str:
+        return str(self._path)
+
+
+def test_read_dataset_takes_a_string_or_any_path(
+    sink: ParquetSink, output_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the README shows: ``read_dataset("output", "page_stats")``."""
+    results = [fetched("a"), fetched("b", FEB1)]
+    for start in (JAN1, FEB1):
+        sink.write_partition(start, [r for r in results if r.unit.start == start])
+    pages, collections = expected(results)
+    assert read_dataset(str(output_dir), PAGE_STATS).to_pylist() == pages
+    assert read_dataset(_FsPath(output_dir), COLLECTION_STATS).to_pylist() == collections
+    monkeypatch.chdir(output_dir.parent)
+    assert read_dataset("output", PAGE_STATS).to_pylist() == pages
+    assert read_dataset("missing", PAGE_STATS).num_rows == 0
+    with pytest.raises(ValueError, match="unknown dataset 'pages': expected one of page_stats"):
+        read_dataset(output_dir, "pages")

@@ -328,6 +328,56 @@ def test_record_run(store: StateStore) -> None:
     assert rows[0][0] == AT.isoformat()
 
 
+# --- read only ---------------------------------------------------------------------------------
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of ``folder``: its bytes and its mtime (ns)."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_readonly_reads_and_writes_nothing(tmp_path: Path) -> None:
+    path = default_state_path(tmp_path)
+    with StateStore(path) as s:
+        s.stage([fetched(unit("staged"))])
+        s.mark_failed(unit("failed"), kind="http", reason="HTTP 503", attempts=6)
+    before = _files(path.parent)
+    assert sorted(before) == ["state.sqlite"]  # a clean close leaves no -wal or -shm
+    with StateStore(path, readonly=True) as s:
+        assert s.counts() == {"done": 0, "staged": 1, "failed": 1}
+        assert [f.unit for f in s.failed()] == [unit("failed")]
+        with pytest.raises(sqlite3.OperationalError, match="attempt to write a readonly database"):
+            s.mark_done([unit("failed")])
+        assert _files(path.parent) == before  # no -wal, no -shm, even while open
+    assert _files(path.parent) == before
+
+
+def test_readonly_sees_what_an_open_writer_committed(store: StateStore) -> None:
+    store.mark_done([unit("done")])
+    assert store.path.with_name("state.sqlite-wal").exists()  # the writer is live
+    with StateStore(store.path, readonly=True) as reader:
+        assert reader.counts() == {"done": 1, "staged": 0, "failed": 0}
+    store.mark_done([unit("later")])  # the writer is unharmed
+    assert store.counts()["done"] == 2
+
+
+def test_readonly_refuses_a_missing_or_foreign_or_newer_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "state.sqlite"
+    with pytest.raises(HarvesterError, match="no state database here"):
+        StateStore(missing, readonly=True)
+    assert not missing.parent.exists()
+    empty = tmp_path / "empty.sqlite"
+    sqlite3.connect(empty).close()
+    with pytest.raises(HarvesterError, match="not a harvester state database"):
+        StateStore(empty, readonly=True)
+    newer = tmp_path / "newer.sqlite"
+    StateStore(newer).close()
+    with sqlite3.connect(newer) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(HarvesterError, match="schema version 99"):
+        StateStore(newer, readonly=True)
+
+
 # --- the lock ----------------------------------------------------------------------------------
 
 HOLDER = """

@@ -59,6 +59,7 @@ class SimulatorConfig:
     max_pages: int = DEFAULT_MAX_PAGES
     revisions: dict[str, int] = field(default_factory=dict)
     catalog: tuple[str, ...] = DEMO_CATALOG
+    list_ignores_from: bool = False  # getList answers the first page whatever `from` says
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -107,6 +108,10 @@ def _check_max_pages(value: int) -> str | None:
     return None if value >= 1 else f"expected >= 1, got {value}"
 
 
+def _check_bool(value: bool) -> str | None:
+    return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+
+
 def _check_revisions(value: dict[str, int]) -> str | None:
     bad = sorted(day for day in value if not _is_iso_day(day))
     return f"keys must be YYYY-MM-DD days (bad: {bad})" if bad else None
@@ -121,6 +126,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "pages": _check_pages,
     "max_pages": _check_max_pages,
     "revisions": _check_revisions,
+    "list_ignores_from": _check_bool,
 }
 
 
@@ -244,6 +250,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "max_pages": _int,
     "revisions": _str_to_int,
     "catalog": _str_tuple,
+    "list_ignores_from": _bool,
 }
 
 
