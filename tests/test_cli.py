@@ -713,7 +713,7 @@ def test_status_needs_no_write_access_and_writes_nothing(
     with _unwritable(state_dir):
         done = run_cli("status", str(path), env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"{output_dir}: {UNITS} units done, 0 failed")
+    assert done.stdout.startswith(f"{output_dir}: {UNITS} units done (0 provisional")
     assert "last run: finished at " in done.stdout
     assert _files(state_dir) == before  # same bytes, same times, no -wal or -shm
     assert simulator.counters()["requests"] == 0
