@@ -173,14 +173,18 @@ CODE_MEANINGS = {
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header given in seconds (HTTP dates are rare here: ignored)."""
+    """Seconds from a Retry-After header given in seconds (HTTP dates are rare here: ignored).
+
+    No upper cap: a day or a year is what the server asked for, and the fetcher weighs it
+    against the circuit breaker (a wait too long for the run ends it; ignoring it would not).
+    """
     if not value:
         return None
     try:
         seconds = float(value)
     except ValueError:
         return None
-    return seconds if 0 <= seconds < 86_400 else None
+    return seconds if seconds >= 0 else None  # NaN fails the test too
 
 
 def _lenient_json(status: int, body: bytes) -> Any:

@@ -37,6 +37,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 MIN_MARGIN_SECONDS = 0.05
 MARGIN_FRACTION = 0.01
+DISTINCT_PAUSE_SECONDS = 1.0  # a pause ending this much later than the current one is news
 
 
 def window_margin(seconds: float) -> float:
@@ -233,18 +234,30 @@ class RateLimiter:
         self._unsent -= 1
         self._changed.set()
 
-    def pause(self, seconds: float) -> None:
-        """Hold every worker back for ``seconds`` from now (extends, never shortens, a pause)."""
+    def pause(self, seconds: float) -> bool:
+        """Hold every worker back for ``seconds`` from now (extends, never shortens, a pause).
+
+        True when this is a new pause, worth a warning: none was on, or it ends at least
+        :data:`DISTINCT_PAUSE_SECONDS` after the one that was. Workers that hit the same
+        answer together extend one pause by a few milliseconds, and say so once.
+        """
         self.pauses += 1
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
+        now = self._clock()
+        until = now + seconds
+        distinct = self._paused_until <= now or until >= self._paused_until + DISTINCT_PAUSE_SECONDS
+        self._paused_until = max(self._paused_until, until)
+        return distinct
+
+    def window_for_code(self, code: int | None) -> float:
+        """The window a 31 (shortest) or 32 (longest) answer says was exceeded, in seconds."""
+        if not self._limits:
+            return 1.0
+        if code == 32:
+            return self.longest_window
+        return min(limit.seconds for limit in self._limits)
 
     def pause_for_code(self, code: int | None) -> float:
-        """Pause for the window a 31 (shortest) or 32 (longest) answer says was exceeded."""
-        if not self._limits:
-            seconds = 1.0
-        elif code == 32:
-            seconds = self.longest_window
-        else:
-            seconds = min(limit.seconds for limit in self._limits)
+        """Pause for the window a 31/32 answer says was exceeded; return its seconds."""
+        seconds = self.window_for_code(code)
         self.pause(seconds)
         return seconds

@@ -113,6 +113,18 @@ async def test_pause_for_32_waits_the_longest_window() -> None:
     assert time.now == pytest.approx(60.0)
 
 
+async def test_a_pause_says_whether_it_is_news() -> None:
+    time = FakeTime()
+    limiter = _limiter(time, RateLimit(5, 1.0))
+    assert limiter.pause(2.0)  # none was on
+    time.now = 0.01
+    assert not limiter.pause(2.0)  # another worker, the same answer: 10 ms longer
+    assert limiter.pause(30.0)  # much longer than the pause that was on
+    time.now = 40.0
+    assert limiter.pause(0.05)  # the last one is over
+    assert limiter.pauses == 4
+
+
 async def test_no_limits_means_no_waiting() -> None:
     time = FakeTime()
     limiter = _limiter(time)
