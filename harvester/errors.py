@@ -7,7 +7,7 @@ The tree::
     ├── UsageError                      a command's arguments, or a missing optional extra (exit 2)
     ├── LockedError                     another run holds the output's lock (exit 4)
     ├── CredentialsRejected             the API answered 41/44: no call can succeed (exit 3)
-    ├── CircuitOpen                     the API failed every call for too long (exit 1)
+    ├── CircuitOpen                     the API failed, or asked us to wait, too long (exit 1)
     ├── DiscoveryFailed                 the account's collections could not be listed (exit 1)
     └── UnitError                       one unit (collection × window) could not be fetched
         ├── TransientError              worth another attempt (retry reads ``transient``)
@@ -123,7 +123,8 @@ class LockedError(HarvesterError):
 
 
 class CircuitOpen(HarvesterError):
-    """Every call failed for longer than the configured window: the API looks down."""
+    """Every call failed for longer than the configured window (the API looks down), or the
+    API asked to wait (Retry-After) longer than that window allows."""
 
     exit_code = EXIT_UNITS_FAILED
 

@@ -3,7 +3,8 @@
 :class:`UnitFetcher` is what each worker of the pool calls. It returns the unit's validated
 answer, or raises the unit's final :class:`~harvester.errors.UnitError` (with ``unit`` and
 ``attempts`` set), :class:`~harvester.errors.CredentialsRejected` (the run must stop), or
-:class:`~harvester.errors.CircuitOpen` (the API has been down for too long).
+:class:`~harvester.errors.CircuitOpen` (the API has been down for too long, or asked, with a
+429's Retry-After, for a wait longer than the circuit breaker's window still allows).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = ["FetchStats", "UnitFetcher"]
 log = logging.getLogger("harvester.fetch")
 
 LIST_PAGE_SIZE = 50  # records per collection.getList call; a shorter page is the last
+DEFAULT_429_PAUSE_SECONDS = 1.0  # a 429 that does not say how long to wait
 
 
 @dataclass
@@ -148,12 +150,19 @@ class UnitFetcher:
         self.stats.answers[_answer(exc)] += 1
         if isinstance(exc, RateLimited):
             self.stats.rate_limit_answers += 1
-            paused = self._limiter.pause_for_code(exc.code)
-            log.warning("%s: %s; pausing the key %.2f s", _what(exc), exc.reason, paused)
+            paused = self._limiter.window_for_code(exc.code)
+            distinct = self._limiter.pause(paused)
+            log.log(
+                logging.WARNING if distinct else logging.INFO,
+                "%s: %s; pausing the key %.2f s",
+                _what(exc),
+                exc.reason,
+                paused,
+            )
             return
         if isinstance(exc, HttpError) and exc.status == 429:
             self.stats.rate_limit_answers += 1
-            self._limiter.pause(exc.retry_after if exc.retry_after is not None else 1.0)
+            self._pause_as_asked(exc)
         elif isinstance(exc, PermanentError):
             self._breaker.record_success()  # the API answered; it just said no
             return
@@ -167,6 +176,34 @@ class UnitFetcher:
                 exc.kind,
                 exc.attempts,
                 self._max_attempts,
+            )
+
+    def _pause_as_asked(self, exc: HttpError) -> None:
+        """Pause the key for a 429's Retry-After (1 s without one), or raise CircuitOpen when
+        the wait reaches past what the breaker allows: a 429 is neither a success nor a
+        failure, so the breaker alone would let such answers hold the run forever."""
+        asked = exc.retry_after
+        seconds = asked if asked is not None else DEFAULT_429_PAUSE_SECONDS
+        allowed = self._breaker.wait_allowed
+        if seconds > allowed:
+            shown = f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}"
+            what = (
+                f"the API asked to wait {shown} s (HTTP 429, Retry-After)"
+                if asked is not None
+                else "the API kept answering HTTP 429 without a Retry-After"
+            )
+            raise CircuitOpen(
+                f"{what}; the circuit breaker allows {max(allowed, 0.0):.1f} s more "
+                f"(retry.circuit_breaker_seconds {self._breaker.window:g}, "
+                f"{self._breaker.since_success:.1f} s without a success): stopping; "
+                f"committed work is kept, run again later"
+            ) from exc
+        if self._limiter.pause(seconds):
+            log.warning(
+                "%s: HTTP 429; pausing the key %.2f s (%s)",
+                _what(exc),
+                seconds,
+                "Retry-After" if asked is not None else "no Retry-After",
             )
 
 

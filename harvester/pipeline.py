@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from harvester.api import StatsClient, paced
+from harvester.api import StatsClient, make_session
 from harvester.commit import Committer, Gone, Ledger, Quarantine, Rules
 from harvester.config import Credentials, Job, load_credentials, with_discovered
 from harvester.errors import (
@@ -272,13 +272,11 @@ class _Harvest:
             _copy_fetch_stats(report, self.fetcher, self.limiter)
 
     def _session(self) -> aiohttp.ClientSession:
-        """One pooled session; every request paced, and timed from its admission."""
-        seconds = self.job.api.timeout_seconds
-        limit = self.job.concurrency
-        return aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds),
-            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
-            middlewares=[paced(self.limiter, seconds)],
+        """One pooled session; every send paced and counted from when it goes out."""
+        return make_session(
+            self.limiter,
+            timeout_seconds=self.job.api.timeout_seconds,
+            concurrency=self.job.concurrency,
         )
 
     async def _discover(self, fetcher: UnitFetcher) -> Job:
@@ -416,4 +414,5 @@ def _copy_fetch_stats(report: RunReport, fetcher: UnitFetcher, limiter: RateLimi
     report.rate_limit_answers = stats.rate_limit_answers
     report.rate_limit_waits = limiter.waits
     report.rate_limit_wait_seconds = round(limiter.waited_seconds, 3)
+    report.rate_limit_held_seconds = round(limiter.held_seconds, 3)
     report.rate_limit_pauses = limiter.pauses

@@ -5,6 +5,16 @@ Every configured window holds at once: a call may start only when, for each wind
 takes to reach the server). Unlike a counter reset every second, a sliding window never lets
 2× the budget through across a boundary. Waiters are served first come, first served.
 
+A call counts from the moment it is *sent*, not from its admission: between the two a new
+connection may cost a TLS handshake, and a burst whose first calls sat in handshakes would
+otherwise reach the server late, with the next burst on time, and overflow its window. So
+:meth:`RateLimiter.reserve` admits a call and returns a :class:`Slot`; the slot is *stamped*
+when the request goes out (its start time enters every window) or *freed* when it never went
+out (connection refused, timeout, cancellation). While a slot is reserved but unsent it holds a
+place in every window, as a call that may start at any moment: whatever the sends' delays, no
+window, as the server measures it, holds more than ``calls``. A waiter held back only by such
+places wakes when one is stamped or freed.
+
 A 31/32 answer means someone else spends the same key: :meth:`RateLimiter.pause` holds every
 worker back until the exceeded window has had time to drain.
 """
@@ -12,19 +22,22 @@ worker back until the exceeded window has had time to drain.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from harvester.model import RateLimit
 
-__all__ = ["RateLimiter", "window_margin"]
+__all__ = ["RateLimiter", "Slot", "window_margin"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 MIN_MARGIN_SECONDS = 0.05
 MARGIN_FRACTION = 0.01
+DISTINCT_PAUSE_SECONDS = 1.0  # a pause ending this much later than the current one is news
 
 
 def window_margin(seconds: float) -> float:
@@ -42,11 +55,20 @@ class _Window:
         self.seconds = limit.seconds + margin
         self.starts: deque[float] = deque(maxlen=limit.calls)
 
-    def free_at(self) -> float:
-        """The earliest time a new call fits this window."""
-        if len(self.starts) < self.calls:
-            return float("-inf")
-        return self.starts[0] + self.seconds
+    def free_at(self, unsent: int) -> float:
+        """The earliest time a new call fits, with ``unsent`` calls that may start any moment.
+
+        The new call and the unsent ones need ``unsent + 1`` places: the window may hold at
+        most ``calls - unsent - 1`` of its recorded starts, so the ``calls - unsent``-th most
+        recent must have left it. Starts are recorded in time order, so that one is
+        ``starts[-(calls - unsent)]``. Infinite when the unsent calls alone fill the window.
+        """
+        need = self.calls - unsent
+        if need <= 0:
+            return math.inf
+        if len(self.starts) < need:
+            return -math.inf
+        return self.starts[-need] + self.seconds
 
     def record(self, now: float) -> None:
         """Count a call started at ``now``; forget the starts that have left the window.
@@ -61,8 +83,47 @@ class _Window:
             starts.popleft()
 
 
+class Slot:
+    """One admitted call's place in every window: stamp it when sent, free it if never sent.
+
+    Both are idempotent and only the first of them counts: freeing a stamped slot does
+    nothing (the call went out, the server counted it), so ``finally: slot.free()`` is safe.
+    """
+
+    __slots__ = ("_limiter", "_state")
+
+    _RESERVED, _SENT, _FREED = "reserved", "sent", "freed"
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+        self._state = Slot._RESERVED
+
+    @property
+    def sent(self) -> bool:
+        """True once stamped: the call counts from its send in every window."""
+        return self._state == Slot._SENT
+
+    def stamp(self) -> None:
+        """The request is going out now: its start enters every window."""
+        if self._state == Slot._RESERVED:
+            self._state = Slot._SENT
+            self._limiter._stamped()
+
+    def free(self) -> None:
+        """The request never went out: give its place back (no-op once stamped)."""
+        if self._state == Slot._RESERVED:
+            self._state = Slot._FREED
+            self._limiter._freed()
+
+
 class RateLimiter:
-    """Admit calls so that every window holds; share one instance between a key's workers."""
+    """Admit calls so that every window holds; share one instance between a key's workers.
+
+    Counters: ``calls`` (stamped: sent on the wire), ``waits`` and ``waited_seconds`` (calls
+    held back and their waits, summed over the calls: several workers wait at once),
+    ``held_seconds`` (wall-clock time during which at least one call was held back),
+    ``pauses`` (31/32 and 429 answers that paused the key).
+    """
 
     def __init__(
         self,
@@ -76,11 +137,16 @@ class RateLimiter:
         self._windows = [_Window(limit, margin(limit.seconds)) for limit in self._limits]
         self._clock = clock
         self._sleep = sleep
-        self._lock = asyncio.Lock()
-        self._paused_until = float("-inf")
+        self._lock = asyncio.Lock()  # FIFO: the first waiter is served first
+        self._changed = asyncio.Event()  # a slot was stamped or freed
+        self._paused_until = -math.inf
+        self._unsent = 0
+        self._holding = False  # the first waiter is waiting: everyone behind it is held too
+        self._holds = 0  # how many times it started waiting
         self.calls = 0
         self.waits = 0
         self.waited_seconds = 0.0
+        self.held_seconds = 0.0
         self.pauses = 0
 
     @property
@@ -88,36 +154,110 @@ class RateLimiter:
         """False when no window is configured (limits off)."""
         return bool(self._windows)
 
+    @property
+    def longest_window(self) -> float:
+        """The longest configured window in seconds (0 when limits are off)."""
+        return max((limit.seconds for limit in self._limits), default=0.0)
+
+    @property
+    def unsent(self) -> int:
+        """Slots reserved and neither stamped nor freed yet."""
+        return self._unsent
+
     async def acquire(self) -> None:
-        """Wait until a call fits every window, then count it as started now."""
+        """Wait until a call fits every window, then count it as sent now."""
+        (await self.reserve()).stamp()
+
+    async def reserve(self) -> Slot:
+        """Wait until a call fits every window; its slot holds a place until stamped or freed."""
         if not self._windows:
-            self.calls += 1
-            return
+            self._unsent += 1
+            return Slot(self)
+        arrived, holding, holds = self._clock(), self._holding, self._holds
         async with self._lock:
             while True:
                 now = self._clock()
-                ready_at = max(self._paused_until, *(w.free_at() for w in self._windows))
+                ready_at = max(
+                    self._paused_until, *(w.free_at(self._unsent) for w in self._windows)
+                )
                 if ready_at <= now:
                     break
+                await self._hold(ready_at - now)
+            if holding or self._holds != holds:
                 self.waits += 1
-                self.waited_seconds += ready_at - now
-                await self._sleep(ready_at - now)
-            for window in self._windows:
-                window.record(now)
-            self.calls += 1
+                self.waited_seconds += now - arrived
+            self._unsent += 1
+            return Slot(self)
 
-    def pause(self, seconds: float) -> None:
-        """Hold every worker back for ``seconds`` from now (extends, never shortens, a pause)."""
+    async def _hold(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or less if a slot is stamped or freed. ``delay`` is infinite
+        when unsent slots alone fill a window; each resolves within its request's timeout."""
+        started = self._clock()
+        self._holding = True
+        self._holds += 1
+        try:
+            if self._unsent == 0:
+                # Only time makes room: no slot can resolve, none is reserved while we wait.
+                await self._sleep(delay)
+            else:
+                await self._sleep_or_change(delay)
+        finally:
+            self._holding = False
+            self.held_seconds += self._clock() - started
+
+    async def _sleep_or_change(self, delay: float) -> None:
+        """Sleep ``delay`` or until a slot resolves, whichever comes first; sleep's errors rise."""
+        self._changed.clear()
+        changed = asyncio.ensure_future(self._changed.wait())
+        waiting: set[asyncio.Future[Any]] = {changed}
+        sleeper = None
+        if math.isfinite(delay):
+            sleeper = asyncio.ensure_future(self._sleep(delay))
+            waiting.add(sleeper)
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in waiting:
+                future.cancel()
+        if sleeper is not None and sleeper.done() and not sleeper.cancelled():
+            sleeper.result()  # a stop token's sleep raises when the run stops
+
+    def _stamped(self) -> None:
+        now = self._clock()
+        for window in self._windows:
+            window.record(now)
+        self.calls += 1
+        self._unsent -= 1
+        self._changed.set()
+
+    def _freed(self) -> None:
+        self._unsent -= 1
+        self._changed.set()
+
+    def pause(self, seconds: float) -> bool:
+        """Hold every worker back for ``seconds`` from now (extends, never shortens, a pause).
+
+        True when this is a new pause, worth a warning: none was on, or it ends at least
+        :data:`DISTINCT_PAUSE_SECONDS` after the one that was. Workers that hit the same
+        answer together extend one pause by a few milliseconds, and say so once.
+        """
         self.pauses += 1
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
+        now = self._clock()
+        until = now + seconds
+        distinct = self._paused_until <= now or until >= self._paused_until + DISTINCT_PAUSE_SECONDS
+        self._paused_until = max(self._paused_until, until)
+        return distinct
+
+    def window_for_code(self, code: int | None) -> float:
+        """The window a 31 (shortest) or 32 (longest) answer says was exceeded, in seconds."""
+        if not self._limits:
+            return 1.0
+        if code == 32:
+            return self.longest_window
+        return min(limit.seconds for limit in self._limits)
 
     def pause_for_code(self, code: int | None) -> float:
-        """Pause for the window a 31 (shortest) or 32 (longest) answer says was exceeded."""
-        if not self._limits:
-            seconds = 1.0
-        elif code == 32:
-            seconds = max(limit.seconds for limit in self._limits)
-        else:
-            seconds = min(limit.seconds for limit in self._limits)
+        """Pause for the window a 31/32 answer says was exceeded; return its seconds."""
+        seconds = self.window_for_code(code)
         self.pause(seconds)
         return seconds

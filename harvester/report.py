@@ -78,8 +78,9 @@ class RunReport:
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     answers_by_code: dict[str, int] = field(default_factory=dict)  # API code, http_5xx, network
     rate_limit_answers: int = 0
-    rate_limit_waits: int = 0
-    rate_limit_wait_seconds: float = 0.0
+    rate_limit_waits: int = 0  # requests the limiter held back
+    rate_limit_wait_seconds: float = 0.0  # their waits, summed (workers wait side by side)
+    rate_limit_held_seconds: float = 0.0  # wall-clock time at least one request was held back
     rate_limit_pauses: int = 0
     page_rows_written: int = 0
     collection_rows_written: int = 0
@@ -116,8 +117,9 @@ class RunReport:
         lines += [f"units: {n} {what}" for n, what in notes if n]
         if self.rate_limit_waits or self.rate_limit_answers:
             lines.append(
-                f"rate limit: waited {self.rate_limit_wait_seconds:.1f} s in "
-                f"{self.rate_limit_waits} waits; {self.rate_limit_answers} limit answers"
+                f"rate limit: requests held back {self.rate_limit_held_seconds:.1f} s of the run "
+                f"({self.rate_limit_wait_seconds:.1f} s summed over the {self.rate_limit_waits} "
+                f"requests that waited); {self.rate_limit_answers} limit answers"
             )
         for entry in self.failed[:10]:
             if entry.gone:

@@ -4,7 +4,8 @@ Transient errors (``UnitError.transient``) are retried with exponential backoff 
 ``retry.attempts`` per unit; permanent ones fail the unit at once; credential rejections and
 cancellation are never retried. A run-wide :class:`CircuitBreaker` stops the run when every call
 has failed for longer than ``retry.circuit_breaker_seconds``: the API is down, and spinning for
-hours helps nobody.
+hours helps nobody. The same window bounds the waits the API asks for: a 429 whose Retry-After
+reaches past it (counted from the last success) stops the run too, instead of sitting it out.
 """
 
 from __future__ import annotations
@@ -38,16 +39,22 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class CircuitBreaker:
-    """Opens when every call has failed (transiently) for ``window`` seconds in a row."""
+    """Opens when every call has failed (transiently) for ``window`` seconds in a row.
+
+    It also knows when the last success was (the run's start, before any), so that a wait the
+    API asks for can be weighed against what is left of the window: :attr:`wait_allowed`.
+    """
 
     def __init__(self, window: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
         self._clock = clock
         self._failing_since: float | None = None
+        self._last_success = clock()
 
     def record_success(self) -> None:
         """An answer from a working API (any API code, even a permanent refusal)."""
         self._failing_since = None
+        self._last_success = self._clock()
 
     def record_failure(self) -> None:
         """A transport failure, 5xx, garbage or maintenance answer."""
@@ -58,6 +65,17 @@ class CircuitBreaker:
     def failing_for(self) -> float:
         """Seconds since the last success, while every call since has failed."""
         return 0.0 if self._failing_since is None else self._clock() - self._failing_since
+
+    @property
+    def since_success(self) -> float:
+        """Seconds since the last success (since the breaker was made, before any)."""
+        return self._clock() - self._last_success
+
+    @property
+    def wait_allowed(self) -> float:
+        """Seconds a wait may still last before the run has gone a whole window without a
+        success (negative once it has)."""
+        return self.window - self.since_success
 
     @property
     def is_open(self) -> bool:

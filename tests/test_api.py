@@ -161,6 +161,30 @@ async def test_http_failures_are_transient(client: StatsClient, status: int, ans
 
 
 @pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("3600", 3600.0), ("86400", 86400.0), ("31536000", 31536000.0), ("0.5", 0.5), ("0", 0.0)],
+)
+async def test_long_retry_after_values_are_kept_not_dropped(
+    client: StatsClient, answer: Any, header: str, seconds: float
+) -> None:
+    # However long: the fetcher weighs it against the circuit breaker and may end the run.
+    answer(status=429, body="Too Many Requests", headers={"Retry-After": header})
+    with pytest.raises(HttpError) as info:
+        await client.get_stats(UNIT)
+    assert info.value.retry_after == seconds
+
+
+@pytest.mark.parametrize("header", ["-1", "soon", "nan", "Wed, 21 Oct 2026 07:28:00 GMT"])
+async def test_unusable_retry_after_values_are_none(
+    client: StatsClient, answer: Any, header: str
+) -> None:
+    answer(status=429, body="Too Many Requests", headers={"Retry-After": header})
+    with pytest.raises(HttpError) as info:
+        await client.get_stats(UNIT)
+    assert info.value.retry_after is None
+
+
+@pytest.mark.parametrize(
     "body",
     [
         b"<html>maintenance</html>",

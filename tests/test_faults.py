@@ -174,16 +174,22 @@ def _record_requests(simulator: SimulatorThread) -> list[tuple[float, Unit | Non
     return log
 
 
+@pytest.mark.parametrize("breaker", [None, 2.0], ids=["default-breaker", "short-breaker"])
 def test_retry_after_is_honoured(
     job_file: JobFile,
     simulator: SimulatorThread,
     sim_config: SimulatorConfig,
     env: dict[str, str],
+    breaker: float | None,
 ) -> None:
     retry_after = 0.3
     simulator.reconfigure(faults={"http429": 0.3}, retry_after=retry_after)
     requests = _record_requests(simulator)
-    path = fault_job(job_file, simulator, start="2026-03-01", end="2026-03-05")
+    # A breaker of 2 s still allows a 0.3 s wait: the run sits it out rather than stopping.
+    retry = {"attempts": 12, "max_backoff_seconds": 0.05}
+    if breaker is not None:
+        retry["circuit_breaker_seconds"] = breaker
+    path = fault_job(job_file, simulator, start="2026-03-01", end="2026-03-05", retry=retry)
     report = run(path, env)
     counters = simulator.counters()
 
@@ -385,6 +391,52 @@ def test_circuit_breaker_stops_a_run_against_a_dead_api_and_keeps_what_was_commi
         assert store.counts().get("done") == len(answered)
     # Nothing was retried for long after the breaker's window.
     assert report["elapsed_seconds"] < 10
+
+
+def test_a_retry_after_past_the_breaker_stops_the_run_and_keeps_what_was_committed(
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
+    env: dict[str, str],
+    harvesting: Callable[..., Harvesting],
+) -> None:
+    simulator.reconfigure(latency=(0.02, 0.04))  # a run of a few seconds: time to turn it on
+    path = job_file(
+        concurrency=2,
+        end="2026-03-31",
+        retry={"attempts": 6, "max_backoff_seconds": 0.05, "circuit_breaker_seconds": 5},
+    )
+    harvester = harvesting(str(path), "-v", env=env)
+    harvester.wait_for_line("committed 2026-03-0")  # a first partition is in Parquet
+    simulator.reconfigure(faults={"http429": 1.0}, retry_after=3600)
+    turned_on = time.monotonic()
+    code, _, stderr = harvester.finish()
+    counters = simulator.counters()
+
+    assert code == 1, stderr
+    assert time.monotonic() - turned_on < 5, stderr  # not an hour, nor the breaker's 5 s
+    job = load_job(path)
+    report = json.loads((job.output / "_state" / "last-run.json").read_text())
+    assert report["stopped_by"] == "CircuitOpen" and report["exit_code"] == 1
+    assert "the API asked to wait 3600 s (HTTP 429, Retry-After)" in report["message"]
+    assert stderr.endswith(_summary_of(report) + "\n")
+    assert "asked to wait 3600 s" in stderr.splitlines()[-2]
+    # What was answered before the 429s is committed, exactly, and marked done.
+    answered = {
+        Unit(h, *map(_day, (s, e))) for h, s, e in (key.split("|") for key in counters["successes"])
+    }
+    assert 0 < len(answered) < len(list(iter_units(job)))
+    assert report["units_committed"] == len(answered)
+    pages, collections = expected_rows(job, sim_config)
+    keys = {(u.collection_hash, u.start, u.end) for u in answered}
+    assert actual_rows(job.output) == (
+        [r for r in pages if r[:3] in keys],
+        [r for r in collections if r[:3] in keys],
+    )
+    with StateStore(default_state_path(job.output)) as store:
+        assert store.counts().get("done") == len(answered)
+    # Each worker asked once more at most: nobody retried into a wait the run cannot afford.
+    assert counters["http_status"]["429"] <= 2
 
 
 def test_circuit_breaker_opens_when_the_api_never_answers(

@@ -129,6 +129,10 @@ def test_rate_limits_hold_at_concurrency_16(
     assert counters["codes"].get("31", 0) == counters["codes"].get("32", 0) == 0, counters
     assert counters["max_in_flight"] > 1
     assert_complete(path, config)
+    # 16 workers wait side by side: their summed waits exceed the time anyone was held back,
+    # which cannot exceed the run.
+    assert 0 < report.rate_limit_held_seconds <= report.elapsed_seconds
+    assert report.rate_limit_wait_seconds > report.rate_limit_held_seconds
 
 
 def test_gone_collections_cost_one_call_and_later_runs_skip_them(

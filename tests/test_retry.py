@@ -144,3 +144,17 @@ def test_is_transient_reads_the_mark() -> None:
     assert all(is_transient(make()) for make in TRANSIENT)
     assert not any(is_transient(make()) for make in PERMANENT)
     assert not is_transient(ValueError("x"))
+
+
+def test_breaker_knows_how_long_a_wait_it_still_allows() -> None:
+    now = [100.0]
+    breaker = CircuitBreaker(10, clock=lambda: now[0])
+    assert breaker.since_success == 0.0 and breaker.wait_allowed == 10.0  # from its making
+    now[0] = 104.0
+    breaker.record_failure()  # failures do not move the last success
+    assert breaker.since_success == 4.0 and breaker.wait_allowed == 6.0
+    breaker.record_success()
+    now[0] = 105.0
+    assert breaker.wait_allowed == 9.0
+    now[0] = 130.0
+    assert breaker.wait_allowed == -16.0  # a whole window without a success: no wait fits
