@@ -6,11 +6,12 @@ imported on first use, so ``harvester.config`` or the simulator load without aio
 
 from typing import TYPE_CHECKING, Any
 
-from harvester.errors import EXIT_CODES, HarvesterError, JobError
+from harvester.errors import EXIT_CODES, HarvesterError, JobError, UnitsFailed
 
 if TYPE_CHECKING:
     from harvester.config import load_job
-    from harvester.pipeline import RunOptions, harvest
+    from harvester.pipeline import RunOptions, harvest, harvest_async
+    from harvester.report import RunReport
     from harvester.sink import read_dataset
 
 __version__ = "0.1.0"
@@ -20,15 +21,20 @@ __all__ = [
     "HarvesterError",
     "JobError",
     "RunOptions",
+    "RunReport",
+    "UnitsFailed",
     "__version__",
     "harvest",
+    "harvest_async",
     "load_job",
     "read_dataset",
 ]
 
 _LAZY = {
     "RunOptions": "harvester.pipeline",
+    "RunReport": "harvester.report",
     "harvest": "harvester.pipeline",
+    "harvest_async": "harvester.pipeline",
     "load_job": "harvester.config",
     "read_dataset": "harvester.sink",
 }

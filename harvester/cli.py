@@ -170,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         wait_for_lock=args.wait,
         grace_seconds=args.grace,
         retry_gone=args.retry_gone,
+        handle_signals=True,
     )
     if args.dry_run:
         plan = plan_pending(job, options)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from harvester.errors import ApiRejected, InvalidPayload, UnitError
-from harvester.model import Fetched, Unit
+from harvester.model import Fetched, Unit, period_end, period_of
 from harvester.redact import redact, redact_data
 from harvester.report import FailedEntry
 from harvester.sink import ParquetSink
@@ -63,6 +63,22 @@ class Rules:
     page_stats: bool = True  # a unit written without pages is fetched again when pages are on
     refresh_from: date | None = None  # done units ending on or after it are fetched again
     retry_gone: bool = False  # fetch units of collections recorded as gone
+    granularity: str = "day"
+    start: date | None = None  # only units whose calendar window meets [start, end]
+    end: date | None = None
+
+    def selects(self, unit: Unit) -> bool:
+        """Whether the unit's calendar window (not the clipped one) meets [start, end]."""
+        if self.start is None and self.end is None:
+            return True
+        first = period_of(self.granularity, unit.start)
+        if self.granularity == "range":
+            first, last = unit.start, unit.end
+        else:
+            last = period_end(self.granularity, first) or unit.end
+        return (self.start is None or last >= self.start) and (
+            self.end is None or first <= self.end
+        )
 
 
 @dataclass
@@ -75,6 +91,7 @@ class PlanCounts:
     changed: int = 0  # of to_fetch: written for another window of the same calendar period
     not_begun: int = 0  # windows that start after today: neither fetched nor recorded
     gone: int = 0  # units of collections recorded as gone, skipped
+    outside: int = 0  # outside the window the run was narrowed to (RunOptions start/end)
 
 
 class Ledger:
@@ -93,9 +110,12 @@ class Ledger:
         """The units that need a call, lazily, batch by batch (a batch is one window)."""
         rules, counts = self._rules, self.counts
         refresh_all = rules.refresh_from == date.min
+        narrowed = rules.start is not None or rules.end is not None
         for batch in batches:
-            begun = [u for u in batch if u.start <= rules.today]
-            counts.not_begun += len(batch) - len(begun)
+            selected = [u for u in batch if rules.selects(u)] if narrowed else batch
+            counts.outside += len(batch) - len(selected)
+            begun = [u for u in selected if u.start <= rules.today]
+            counts.not_begun += len(selected) - len(begun)
             if self._gone and not rules.retry_gone:
                 kept = [u for u in begun if u.collection_hash not in self._gone]
                 counts.gone += len(begun) - len(kept)

@@ -49,6 +49,7 @@ __all__ = [
     "RetrySettings",
     "load_credentials",
     "load_job",
+    "parse_data",
     "parse_job",
     "with_discovered",
 ]
@@ -173,8 +174,20 @@ def with_discovered(job: Job, hashes: Iterable[str]) -> Job:
     return replace(job, collections=job.collections + tuple(added))
 
 
-def load_job(path: Path, *, today: date | None = None) -> Job:
-    """Read and validate a job file; raise JobError listing every problem found."""
+def load_job(
+    source: Path | str | Mapping[str, Any],
+    *,
+    today: date | None = None,
+    name: str | None = None,
+) -> Job:
+    """Read and validate a job file, or a mapping of the same shape; raise JobError.
+
+    A mapping (an orchestrator's task config, say) gets exactly the checks and messages a file
+    gets; ``name`` is what the messages call it (default ``<mapping>``).
+    """
+    if isinstance(source, Mapping):
+        return parse_data(_plain(source), name or "<mapping>", today=today)
+    path = source
     source = str(path)
     try:
         text = Path(path).read_bytes().decode("utf-8-sig")
@@ -188,6 +201,29 @@ def load_job(path: Path, *, today: date | None = None) -> Job:
     except OSError as err:
         raise JobError([Problem(source, "<file>", f"cannot read: {err.strerror}")]) from None
     return parse_job(text, source, today=today)
+
+
+def _plain(value: Any) -> Any:
+    """A mapping's values as YAML would give them: dicts and lists (tuples become lists)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def parse_data(data: Any, source: str, *, today: date | None = None) -> Job:
+    """Validate already-parsed job data (``source`` names it in messages); raise JobError."""
+    ctx = Context(source, today if today is not None else datetime.now(UTC).date())
+    if not isinstance(data, dict):
+        ctx.fail("<file>", f"expected a mapping of settings at the top, found {show(data)}")
+        raise JobError(ctx.problems)
+    job = _job(ctx, data)
+    if ctx.problems or job is None:
+        raise JobError(ctx.problems)
+    return job
 
 
 def parse_job(text: str, source: str, *, today: date | None = None) -> Job:

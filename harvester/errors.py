@@ -9,6 +9,7 @@ The tree::
     ├── CredentialsRejected             the API answered 41/44: no call can succeed (exit 3)
     ├── CircuitOpen                     the API failed, or asked us to wait, too long (exit 1)
     ├── DiscoveryFailed                 the account's collections could not be listed (exit 1)
+    ├── UnitsFailed                     raise_on_failed_units(): a run left units failed (exit 1)
     └── UnitError                       one unit (collection × window) could not be fetched
         ├── TransientError              worth another attempt (retry reads ``transient``)
         │   ├── NetworkError            connection refused/reset/dropped, DNS
@@ -20,6 +21,9 @@ The tree::
         └── PermanentError              another attempt would get the same answer
             ├── ApiRejected             codes 30, 40, 42, 43, 46 and unknown codes
             └── InvalidPayload          code 20 with a ``data`` that breaks the schema
+
+Each class says whether running the same job again can help (``retryable``): an
+orchestrator retries a task on CircuitOpen, LockedError or UnitsFailed, not on a JobError.
 
 Messages never contain the API key, the secret or a signature: errors are built from units,
 codes and reasons, never from URLs (see :mod:`harvester.redact` for the last line of defence).
@@ -80,9 +84,14 @@ EXIT_CODES: dict[int, str] = {
 
 
 class HarvesterError(Exception):
-    """Root of every error the harvester raises on purpose."""
+    """Root of every error the harvester raises on purpose.
+
+    ``retryable`` tells an orchestrator whether running the same job again, unchanged, can
+    help (the API was down, another run held the lock) or not (fix the job or the keys first).
+    """
 
     exit_code: int = EXIT_UNITS_FAILED
+    retryable: bool = False
 
 
 # --- the job and the run ---------------------------------------------------------------------
@@ -120,6 +129,7 @@ class LockedError(HarvesterError):
     """Another harvester run holds the lock on this output folder."""
 
     exit_code = EXIT_LOCKED
+    retryable = True
 
 
 class CircuitOpen(HarvesterError):
@@ -127,15 +137,30 @@ class CircuitOpen(HarvesterError):
     API asked to wait (Retry-After) longer than that window allows."""
 
     exit_code = EXIT_UNITS_FAILED
+    retryable = True
 
 
 class DiscoveryFailed(HarvesterError):
     """``discover`` was asked for, but ``collection.getList`` failed even after retries."""
 
     exit_code = EXIT_UNITS_FAILED
+    retryable = True
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"could not list the account's collections: {reason}")
+
+
+class UnitsFailed(HarvesterError):
+    """A finished run left units failed (``RunReport.raise_on_failed_units``); the next run
+    fetches exactly those again, so a retry helps when the failures were transient."""
+
+    exit_code = EXIT_UNITS_FAILED
+    retryable = True
+
+    def __init__(self, message: str, *, failed: int, report: Any = None) -> None:
+        super().__init__(message)
+        self.failed = failed
+        self.report = report
 
 
 class CredentialsRejected(HarvesterError):
@@ -170,6 +195,7 @@ class TransientError(UnitError):
     """Worth another attempt after a backoff."""
 
     transient = True
+    retryable = True
     kind = "transient"
 
 

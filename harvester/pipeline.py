@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -46,7 +47,7 @@ from harvester.retry import CircuitBreaker, build_retrying
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
 from harvester.state import StateStore, default_state_path
 
-__all__ = ["RunOptions", "harvest", "rules_of", "state_path_of"]
+__all__ = ["RunOptions", "harvest", "harvest_async", "rules_of", "state_path_of"]
 
 log = logging.getLogger("harvester")
 
@@ -66,6 +67,13 @@ class RunOptions:
     today: date | None = None  # UTC; default: the clock's date, read once per run
     clock: Clock | None = None  # wall time, monotonic time and sleep; default: the real ones
     retry_gone: bool = False  # fetch collections recorded as gone (43/46) again
+    # Narrow the job to the units whose calendar window meets [start, end] (an orchestrator's
+    # data interval); windows are selected whole, never clipped.
+    start: date | None = None
+    end: date | None = None
+    # Stop gracefully on SIGINT/SIGTERM (the CLI asks for it); a library call never installs
+    # handlers, which only the main thread may do.
+    handle_signals: bool = False
 
 
 def state_path_of(job: Job, options: RunOptions) -> Path:
@@ -80,11 +88,39 @@ def rules_of(job: Job, options: RunOptions, today: date) -> Rules:
         refresh_from = date.min
     elif job.refresh_days > 0:
         refresh_from = today - timedelta(days=job.refresh_days)
-    return Rules(today, job.page_stats, refresh_from, options.retry_gone)
+    return Rules(
+        today,
+        job.page_stats,
+        refresh_from,
+        options.retry_gone,
+        granularity=job.granularity,
+        start=options.start,
+        end=options.end,
+    )
 
 
-def harvest(job: Job, options: RunOptions, env: Mapping[str, str] | None = None) -> RunReport:
-    """Run a job to the end (or to a stop); return its report. Raises HarvesterError."""
+def harvest(
+    job: Job, options: RunOptions | None = None, env: Mapping[str, str] | None = None
+) -> RunReport:
+    """Run a job to the end (or to a stop); return its report. Raises HarvesterError.
+
+    Works from any thread; called where an event loop is already running (a notebook, an
+    async framework), it runs the harvest on a thread of its own and waits for it.
+    """
+    coroutine = harvest_async(job, options, env)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(1, thread_name_prefix="harvester") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+async def harvest_async(
+    job: Job, options: RunOptions | None = None, env: Mapping[str, str] | None = None
+) -> RunReport:
+    """The harvest as a coroutine, for callers that run an event loop of their own."""
+    options = options or RunOptions()
     credentials = None
     if not job.api.uses_simulator:
         credentials = load_credentials(job.api, os.environ if env is None else env)
@@ -92,9 +128,12 @@ def harvest(job: Job, options: RunOptions, env: Mapping[str, str] | None = None)
     state_path = state_path_of(job, options)
     check_output(job, state_path)  # before anything is locked or written
     lock = OutputLock(job.output)
-    lock.acquire(wait=options.wait_for_lock)
+    if options.wait_for_lock:
+        await asyncio.to_thread(lock.acquire, wait=True)  # the loop keeps running meanwhile
+    else:
+        lock.acquire()
     try:
-        return asyncio.run(_run(job, options, credentials, state_path))
+        return await _run(job, options, credentials, state_path)
     finally:
         lock.release()
 
@@ -244,6 +283,7 @@ class _Harvest:
         report.units_provisional = plan.provisional
         report.units_changed = plan.changed
         report.units_not_begun = plan.not_begun
+        report.units_outside = plan.outside
         report.units_fetched = done.fetched
         report.units_committed = done.committed
         report.units_recovered = done.recovered
@@ -256,6 +296,7 @@ class _Harvest:
             report.units_in_job
             - plan.already_done
             - plan.not_begun
+            - plan.outside
             - report.units_gone
             - done.fetched
             - done.failed,
@@ -301,7 +342,8 @@ class _Harvest:
         writer.add_done_callback(self._writer_done)
         progress = asyncio.create_task(self._log_progress())
         loop = asyncio.get_running_loop()
-        for signum in SIGNAL_EXIT:
+        signals = SIGNAL_EXIT if self.options.handle_signals else {}
+        for signum in signals:
             loop.add_signal_handler(signum, self._on_signal, signum)
         log.info(
             "%s: %d units in the job; fetching those not yet done (concurrency %d)",
@@ -320,7 +362,7 @@ class _Harvest:
                 await self.committer.flush_all()
                 for _ in units:  # count what the stop left, without fetching it
                     pass
-            for signum in SIGNAL_EXIT:
+            for signum in signals:
                 loop.remove_signal_handler(signum)
         if self.token.reason in ("SIGINT", "SIGTERM", "second signal"):
             log.warning("stopped by a signal; fetched units are committed; rerun to resume")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harvester.errors import EXIT_CODES, UnitError
+from harvester.errors import EXIT_CODES, UnitError, UnitsFailed
 from harvester.redact import redact, redact_data
 
 __all__ = ["FailedEntry", "RunReport", "write_report"]
@@ -67,6 +67,7 @@ class RunReport:
     units_provisional: int = 0  # of units_to_fetch: written before their window had ended
     units_changed: int = 0  # of units_to_fetch: their calendar period's window grew or moved
     units_not_begun: int = 0  # windows starting after today: not fetched, not recorded
+    units_outside: int = 0  # outside the window the run was narrowed to (RunOptions start/end)
     units_fetched: int = 0
     units_committed: int = 0  # fetched by this run and written
     units_recovered: int = 0  # fetched by an interrupted run, written at this run's start
@@ -92,9 +93,37 @@ class RunReport:
     failed: list[FailedEntry] = field(default_factory=list)
     message: str = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain, JSON-safe, redacted data (for XCom, Dagster metadata, logs)."""
+        data: dict[str, Any] = redact_data(asdict(self))
+        return data
+
     def to_json(self) -> str:
         """The report as redacted, indented JSON (redacted before encoding: see redact_data)."""
-        return json.dumps(redact_data(asdict(self)), indent=2, sort_keys=False)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the run exited 0: every unit of the job is done (or not begun yet)."""
+        return self.exit_code == 0
+
+    def raise_on_failed_units(self) -> RunReport:
+        """Raise :class:`~harvester.errors.UnitsFailed` when units failed; else return self.
+
+        For orchestrators: a task that should fail (and be retried) when any unit did.
+        """
+        if self.failed or self.units_failed:
+            n = len(self.failed)
+            what = ""
+            if self.failed:
+                first = self.failed[0]
+                what = (
+                    f"; first: {first.collection_hash} {first.start}..{first.end}: {first.reason}"
+                )
+            raise UnitsFailed(
+                redact(f"{n} units failed in run {self.run_id}{what}"), failed=n, report=self
+            )
+        return self
 
     def summary(self) -> str:
         """A few human lines for the end of stderr."""
@@ -113,6 +142,7 @@ class RunReport:
             (self.units_changed, "re-fetched because their calendar period's window changed"),
             (self.units_gone, "of collections the API says are deleted or not ours (gone)"),
             (self.units_not_begun, f"not begun yet (after {self.today}): not fetched"),
+            (self.units_outside, "outside the window this run was narrowed to"),
         ]
         lines += [f"units: {n} {what}" for n, what in notes if n]
         if self.rate_limit_waits or self.rate_limit_answers:

@@ -12,8 +12,11 @@ def test_public_surface() -> None:
             "HarvesterError",
             "JobError",
             "RunOptions",
+            "RunReport",
+            "UnitsFailed",
             "__version__",
             "harvest",
+            "harvest_async",
             "load_job",
             "read_dataset",
         ]
