@@ -2,6 +2,7 @@
 
 harvester run JOB.yaml [--state PATH] [--refresh] [--wait] [--dry-run] [--log-format json]
                       [--metrics-file PATH] [--pushgateway URL]
+harvester plan JOB.yaml [--state PATH] [--refresh] [--retry-gone] [--json]
 harvester validate JOB.yaml
 harvester status JOB.yaml [--state PATH]
 harvester summary OUTPUT [--since DATE] [--until DATE] [--collection HASH] [--account NAME]
@@ -21,6 +22,7 @@ import traceback
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 from harvester import __version__
 from harvester.errors import (
@@ -100,6 +102,15 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("validate", help="check a job file; no request, nothing written")
     check.add_argument("job", type=Path, help="the YAML job file")
 
+    plan = commands.add_parser(
+        "plan", help="what a run would fetch now and how long the API's limits make it take"
+    )
+    plan.add_argument("job", type=Path, help="the YAML job file")
+    plan.add_argument("--state", type=Path, help="state database, as given to run")
+    plan.add_argument("--refresh", action="store_true", help="as run --refresh would")
+    plan.add_argument("--retry-gone", action="store_true", help="as run --retry-gone would")
+    plan.add_argument("--json", action="store_true", help="the plan as JSON")
+
     stat = commands.add_parser("status", help="what is done and what failed, from the state")
     stat.add_argument("job", type=Path, help="the YAML job file")
     stat.add_argument("--state", type=Path, help="state database, as given to run")
@@ -158,7 +169,6 @@ def _run(args: argparse.Namespace) -> int:
     from harvester import metrics
     from harvester.config import load_job
     from harvester.pipeline import RunOptions, harvest
-    from harvester.status import plan_pending
 
     job = load_job(args.job)
     export = args.metrics_file is not None or args.pushgateway is not None
@@ -173,23 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         handle_signals=True,
     )
     if args.dry_run:
-        plan = plan_pending(job, options)
-        counts = plan.counts
-        notes = [
-            f"{counts.provisional} provisional" if counts.provisional else "",
-            f"{counts.changed} whose window changed" if counts.changed else "",
-            f"{counts.not_begun} not begun yet" if counts.not_begun else "",
-            f"{counts.gone} of gone collections skipped" if counts.gone else "",
-        ]
-        detail = "; ".join(n for n in notes if n)
-        note = f" ({detail})" if detail else ""
-        if job.discover:
-            note += " (discover: the account's collections are listed at run time)"
-        print(
-            f"{job.source}: {plan.total} units in the job, {counts.to_fetch} to fetch now "
-            f"(dry run: no request made){note}"
-        )
-        return 0
+        return _print_plan(job, options, as_json=False)
     report = harvest(job, options)
     if export:
         metrics.export(
@@ -197,6 +191,23 @@ def _run(args: argparse.Namespace) -> int:
         )
     _say(report.summary(), logging.INFO if report.exit_code == 0 else logging.WARNING)
     return report.exit_code
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from harvester.config import load_job
+    from harvester.pipeline import RunOptions
+
+    options = RunOptions(state_path=args.state, refresh=args.refresh, retry_gone=args.retry_gone)
+    return _print_plan(load_job(args.job), options, as_json=args.json)
+
+
+def _print_plan(job: Any, options: Any, *, as_json: bool) -> int:
+    """What a run of ``job`` would do now, and the least time it takes; no request."""
+    from harvester.estimate import plan_job
+
+    plan = plan_job(job, options)
+    print(plan.to_json() if as_json else "\n".join(plan.lines()))
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -298,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {
             "run": _run,
+            "plan": _plan,
             "validate": _validate,
             "status": _status,
             "summary": _summary,

@@ -97,8 +97,8 @@ class PlanCounts:
 class Ledger:
     """The plan minus what is done, and the count of each partition's unresolved units."""
 
-    def __init__(self, store: StateStore, rules: Rules, gone: set[str]) -> None:
-        self._store = store
+    def __init__(self, store: StateStore | None, rules: Rules, gone: set[str]) -> None:
+        self._store = store  # None: nothing recorded yet (a plan before the first run)
         self._rules = rules
         self._gone = gone  # shared with the committer, which adds to it
         self._outstanding: defaultdict[date, int] = defaultdict(int)
@@ -121,7 +121,8 @@ class Ledger:
                 counts.gone += len(begun) - len(kept)
                 begun = kept
             # One state lookup per batch, not per unit: a million-unit plan spends its time here.
-            stored = self._store.lookup(begun) if begun and not refresh_all else {}
+            lookup = begun and not refresh_all and self._store is not None
+            stored = self._store.lookup(begun) if lookup and self._store is not None else {}
             for unit in begun:
                 row = stored.get(unit)
                 if row is not None and row.covers(unit, pages=rules.page_stats):

@@ -32,7 +32,15 @@ from harvester.model import Unit, period_of
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
 from harvester.state import StateStore, default_state_path
 
-__all__ = ["META_FILE", "OutputMeta", "bind_output", "check_output", "read_meta"]
+__all__ = [
+    "META_FILE",
+    "OutputMeta",
+    "bind_output",
+    "check_output",
+    "read_discovered",
+    "read_meta",
+    "write_discovered",
+]
 
 log = logging.getLogger("harvester.output")
 
@@ -95,6 +103,29 @@ def write_meta(output: Path, meta: OutputMeta) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+DISCOVERED_FILE = "discovered.json"
+
+
+def write_discovered(output: Path, hashes: list[str], *, now: datetime) -> None:
+    """Record the collections ``discover`` listed, for ``harvester plan`` (no request)."""
+    path = output / META_DIR / DISCOVERED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    data = {"listed_at": now.isoformat(timespec="seconds"), "hashes": hashes}
+    tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_discovered(output: Path) -> tuple[list[str], str] | None:
+    """The collections the last ``discover`` listed and when, or None."""
+    try:
+        data = json.loads((output / META_DIR / DISCOVERED_FILE).read_text(encoding="utf-8"))
+        hashes = [h for h in data["hashes"] if isinstance(h, str)]
+        return hashes, str(data["listed_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _has_data(output: Path) -> bool:

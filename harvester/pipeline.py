@@ -37,7 +37,7 @@ from harvester.errors import (
 from harvester.fetch import UnitFetcher
 from harvester.lock import OutputLock
 from harvester.model import Clock, Unit, system_clock
-from harvester.output import bind_output, check_output
+from harvester.output import bind_output, check_output, write_discovered
 from harvester.plan import count_units, iter_windows
 from harvester.pool import Stopped, StopToken, WorkerPool
 from harvester.ratelimit import RateLimiter
@@ -329,6 +329,7 @@ class _Harvest:
             hashes = await fetcher.discover(discovery)
         except UnitError as exc:
             raise DiscoveryFailed(f"{exc.reason} ({exc.kind}, {exc.attempts} attempts)") from exc
+        write_discovered(self.job.output, hashes, now=self.clock.now())
         job = with_discovered(self.job, hashes)
         added = len(job.collections) - len(self.job.collections)
         log.info("discovered %d collections (%d not listed in the job)", len(hashes), added)

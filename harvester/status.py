@@ -35,13 +35,11 @@ def plan_pending(job: Job, options: RunOptions) -> PlanSummary:
     today = options.today or (options.clock or system_clock()).today()
     rules = rules_of(job, options, today)
     path = state_path_of(job, options)
-    if not path.exists():
-        counts = PlanCounts()
-        for batch in iter_windows(job):  # nothing is done, but the future is still the future
-            begun = sum(1 for u in batch if u.start <= today)
-            counts.to_fetch += begun
-            counts.not_begun += len(batch) - begun
-        return PlanSummary(count_units(job), counts, today)
+    if not path.exists():  # nothing is done yet, but the future is still the future
+        ledger = Ledger(None, rules, set())
+        for _ in ledger.pending(iter_windows(job)):
+            pass
+        return PlanSummary(count_units(job), ledger.counts, today)
     with StateStore(path, readonly=True) as store:
         gone = store.gone_collections() if not options.retry_gone else set()
         ledger = Ledger(store, rules, gone)

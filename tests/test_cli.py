@@ -291,7 +291,12 @@ def test_every_problem_of_a_file_is_reported_at_once(
 # --- the other options --------------------------------------------------------------------
 
 
-def test_dry_run_counts_units_without_a_request(
+def plan_line(stdout: str) -> str:
+    """The per-account line of a printed plan."""
+    return stdout.splitlines()[1].strip()
+
+
+def test_dry_run_prints_the_plan_without_a_request(
     job_file: JobFile,
     simulator: SimulatorThread,
     output_dir: Path,
@@ -301,18 +306,25 @@ def test_dry_run_counts_units_without_a_request(
     assert count_units(load_job(path)) == UNITS
     done = run_cli("run", str(path), "--dry-run", env=env)
     assert done.returncode == 0, done.stderr
-    dry = "(dry run: no request made)\n"
-    assert done.stdout == f"{path}: {UNITS} units in the job, {UNITS} to fetch now {dry}"
+    assert done.stdout.splitlines()[0].endswith("(UTC); no request made")
+    assert plan_line(done.stdout) == (
+        f"default: {UNITS} units in the job, 0 done, {UNITS} to fetch now (0 provisional),"
+        " 0 not begun, 0 of gone collections"
+    )
     assert simulator.counters()["requests"] == 0 and not output_dir.exists()
+    assert done.stdout == run_cli("plan", str(path), env={}).stdout  # the same, no credentials
     # After a run has harvested part of the job, the dry run says what is left.
     simulator.reconfigure(deleted=frozenset({HASHES[2]}))
     assert run_cli("run", str(path), env=env).returncode == 1
     simulator.reset_counters()
     done = run_cli("run", str(path), "--dry-run", env=env)
-    gone = "(3 of gone collections skipped)"
-    assert done.stdout == f"{path}: {UNITS} units in the job, 0 to fetch now {dry[:-1]} {gone}\n"
+    assert plan_line(done.stdout) == (
+        f"default: {UNITS} units in the job, {UNITS - 3} done, 0 to fetch now (0 provisional),"
+        " 0 not begun, 3 of gone collections"
+    )
+    assert "total: 0 calls — nothing to fetch now" in done.stdout
     done = run_cli("run", str(path), "--dry-run", "--retry-gone", env=env)
-    assert done.stdout == f"{path}: {UNITS} units in the job, 3 to fetch now {dry}"
+    assert "3 to fetch now" in plan_line(done.stdout)
     assert simulator.counters()["requests"] == 0
 
 
