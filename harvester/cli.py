@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--refresh", action="store_true", help="re-fetch every unit, even those done")
     run.add_argument("--wait", action="store_true", help="wait for another run on the same output")
     run.add_argument(
+        "--progress-every",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="off a terminal, a progress line every SECONDS (default 30)",
+    )
+    run.add_argument(
         "--retry-gone",
         action="store_true",
         help="fetch collections recorded as gone (deleted, not ours: codes 43/46) again",
@@ -181,6 +188,9 @@ def _run(args: argparse.Namespace) -> int:
         grace_seconds=args.grace,
         retry_gone=args.retry_gone,
         handle_signals=True,
+        progress_every=args.progress_every,
+        # On a terminal, a live display; in cron mail, CI logs and JSON logs, plain lines.
+        live_progress=sys.stderr.isatty() and args.log_format == "text" and not args.quiet,
     )
     if args.dry_run:
         return _print_plan(job, options, as_json=False)

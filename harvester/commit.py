@@ -99,7 +99,7 @@ class Ledger:
 
     def __init__(self, store: StateStore | None, rules: Rules, gone: set[str]) -> None:
         self._store = store  # None: nothing recorded yet (a plan before the first run)
-        self._rules = rules
+        self._rules = self.rules = rules
         self._gone = gone  # shared with the committer, which adds to it
         self._outstanding: defaultdict[date, int] = defaultdict(int)
         self._closed: set[date] = set()

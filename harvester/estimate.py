@@ -9,7 +9,6 @@ a floor no client can beat, since every window holds at once.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,39 +18,13 @@ from harvester.fetch import LIST_PAGE_SIZE
 from harvester.model import RateLimit
 from harvester.output import read_discovered
 from harvester.pipeline import RunOptions
+from harvester.ratelimit import format_duration, shortest_duration
 from harvester.status import PlanSummary, plan_pending
 
 __all__ = ["AccountPlan", "JobPlan", "format_duration", "plan_job", "shortest_duration"]
 
 DEFAULT_ACCOUNT = "default"
 A_DAY = 86_400.0
-
-
-def shortest_duration(calls: int, limits: Sequence[RateLimit]) -> tuple[float, RateLimit | None]:
-    """The least time ``calls`` calls can take under ``limits``, and the window that binds.
-
-    Call k (from 0) can start no earlier than ``(k // limit.calls) * limit.seconds`` for every
-    window, so the last one starts at the largest of those: that is the floor. No calls, or no
-    windows, take no time.
-    """
-    best, binding = 0.0, None
-    for limit in limits:
-        seconds = ((calls - 1) // limit.calls) * limit.seconds if calls > 0 else 0.0
-        if binding is None or seconds >= best:  # ties: the longer window reads better
-            best, binding = seconds, limit
-    return best, binding if calls > 0 else None
-
-
-def format_duration(seconds: float) -> str:
-    """``101 h 23 min``, ``4 min 10 s``, ``12 s``: coarse enough to read at a glance."""
-    seconds = math.ceil(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes} min"
-    if minutes:
-        return f"{minutes} min {secs} s"
-    return f"{secs} s"
 
 
 def _rate(limit: RateLimit) -> str:

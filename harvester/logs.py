@@ -49,11 +49,24 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to whatever ``sys.stderr`` is at the time: a live progress display redirects it
+    so that log lines print above the display instead of through it."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always sys.stderr
+
+
 def setup_logging(
     fmt: str = "text", level: int = logging.INFO, stream: TextIO | None = None
 ) -> None:
     """Send the harvester's logs to ``stream`` (stderr) in the chosen format."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     root = logging.getLogger("harvester")
     root.handlers[:] = [handler]

@@ -40,6 +40,7 @@ from harvester.model import Clock, Unit, system_clock
 from harvester.output import bind_output, check_output, write_discovered
 from harvester.plan import count_units, iter_windows
 from harvester.pool import Stopped, StopToken, WorkerPool
+from harvester.progress import Progress, Snapshot
 from harvester.ratelimit import RateLimiter
 from harvester.redact import register_secrets
 from harvester.report import RunReport, report_dict, write_report
@@ -74,6 +75,8 @@ class RunOptions:
     # Stop gracefully on SIGINT/SIGTERM (the CLI asks for it); a library call never installs
     # handlers, which only the main thread may do.
     handle_signals: bool = False
+    progress_every: float | None = PROGRESS_EVERY_SECONDS  # a log line every N s; None: off
+    live_progress: bool = False  # a live display on stderr instead (the CLI, on a terminal)
 
 
 def state_path_of(job: Job, options: RunOptions) -> Path:
@@ -341,7 +344,8 @@ class _Harvest:
         units = self.ledger.pending(iter_windows(job))
         writer = asyncio.create_task(self.committer.run())
         writer.add_done_callback(self._writer_done)
-        progress = asyncio.create_task(self._log_progress())
+        reporter = self._progress(job)
+        progress = asyncio.create_task(reporter.run()) if reporter else None
         loop = asyncio.get_running_loop()
         signals = SIGNAL_EXIT if self.options.handle_signals else {}
         for signum in signals:
@@ -355,7 +359,9 @@ class _Harvest:
         try:
             await self.pool.run(units, lambda unit: self._work(fetcher, unit))
         finally:
-            progress.cancel()
+            if progress is not None:
+                progress.cancel()
+                await asyncio.gather(progress, return_exceptions=True)
             self.committer.close()
             await writer  # the writer never runs two commits at once: wait, don't cancel
             hard_stop = self.token.reason == "second signal"
@@ -419,25 +425,36 @@ class _Harvest:
         self.token.set(name)
         asyncio.get_running_loop().call_later(grace, self.pool.cancel)
 
-    async def _log_progress(self) -> None:
-        """Every half minute, one line a tail -f or a log aggregator can follow."""
-        last = 0
-        plan, done = self.ledger.counts, self.committer.counts
-        while True:
-            await asyncio.sleep(PROGRESS_EVERY_SECONDS)
+    def _progress(self, job: Job) -> Progress | None:
+        """The progress reporter the options ask for, with the run's total counted up front."""
+        options = self.options
+        if not options.live_progress and not options.progress_every:
+            return None
+        # One pass of the plan without fetching (about a second for a million units): the
+        # total the ETA needs, which the lazy plan only knows at its end.
+        counter = Ledger(self.store, self.ledger.rules, set(self.gone))
+        total = sum(1 for _ in counter.pending(iter_windows(job)))
+        plan, done, limiter, clock = (
+            self.ledger.counts,
+            self.committer.counts,
+            self.limiter,
+            self.clock,
+        )
+        started = clock.monotonic()
+
+        def snapshot() -> Snapshot:
             resolved = done.fetched + done.failed + done.gone
-            rate = (resolved - last) / PROGRESS_EVERY_SECONDS
-            last = resolved
-            log.info(
-                "progress: %d of %d to fetch done (%d failed), %d committed; %.2f units/s;"
-                " %d requests",
-                resolved,
-                plan.to_fetch,
-                done.failed,
-                done.committed,
-                rate,
-                self.limiter.calls,
+            return Snapshot(
+                resolved=resolved,
+                to_fetch=max(total, plan.to_fetch),
+                failed=done.failed,
+                calls=limiter.calls,
+                held_seconds=limiter.held_seconds,
+                elapsed=clock.monotonic() - started,
             )
+
+        every = options.progress_every or PROGRESS_EVERY_SECONDS
+        return Progress(snapshot, job.api.rate_limits, every=every, live=options.live_progress)
 
 
 def _raise_if_cancelled() -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from harvester.model import RateLimit
 
 __all__ = ["RateLimiter", "Slot", "window_margin"]
-
+__all__ = ["RateLimiter", "Slot", "format_duration", "shortest_duration", "window_margin"]
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -261,3 +261,30 @@ class RateLimiter:
         seconds = self.window_for_code(code)
         self.pause(seconds)
         return seconds
+
+
+def shortest_duration(calls: int, limits: Sequence[RateLimit]) -> tuple[float, RateLimit | None]:
+    """The least time ``calls`` calls can take under ``limits``, and the window that binds.
+
+    Call k (from 0) can start no earlier than ``(k // limit.calls) * limit.seconds`` for every
+    window, so the last one starts at the largest of those: that is the floor. No calls, or no
+    windows, take no time.
+    """
+    best, binding = 0.0, None
+    for limit in limits:
+        seconds = ((calls - 1) // limit.calls) * limit.seconds if calls > 0 else 0.0
+        if binding is None or seconds >= best:  # ties: the longer window reads better
+            best, binding = seconds, limit
+    return best, binding if calls > 0 else None
+
+
+def format_duration(seconds: float) -> str:
+    """``101 h 23 min``, ``4 min 10 s``, ``12 s``: coarse enough to read at a glance."""
+    seconds = math.ceil(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"
