@@ -330,3 +330,35 @@ def test_counts_add_up_after_a_recovery(
     summary = report.summary()
     assert f"{len(units) - 5} units fetched and committed" in summary
     assert "5 already done" in summary and f"of {len(units)} in the job" in summary
+
+
+def test_through_the_cli_today_is_provisional_and_the_future_is_not_harvested(
+    job_file: JobFile,
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
+    env: dict[str, str],
+) -> None:
+    # The real today: the job runs from two days ago into next month.
+    today = datetime.now(UTC).date()
+    end = today + timedelta(days=30)
+    path = job_file(
+        start=(today - timedelta(days=2)).isoformat(), end=end.isoformat(), collections=TWO[:1]
+    )
+    job = load_job(path)
+    done = run_cli("run", str(path), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "units: 30 not begun yet" in done.stderr
+    began = replace(job, collections=(replace(job.collections[0], end=today),))
+    assert actual_rows(job.output) == expected_rows(began, sim_config)
+    assert "(1 provisional" in run_cli("status", str(path), env=env).stdout
+
+    # The API's figures for today move on: the next run fetches today, and only today, again.
+    revised = replace(sim_config, revisions={today.isoformat(): 1})
+    simulator.reconfigure(revisions=revised.revisions)
+    simulator.reset_counters()
+    again = run_cli("run", str(path), env=env)
+    assert again.returncode == 0, again.stderr
+    if datetime.now(UTC).date() == today:  # not across midnight
+        assert simulator.counters()["requests"] == 1
+        assert "units: 1 re-fetched because their window had not ended" in again.stderr
+        assert actual_rows(job.output) == expected_rows(began, revised)
