@@ -12,9 +12,11 @@ peak RSS from ``os.wait4``, compared with the same dry run of a job ten times sm
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from harvester.config import RateLimit, load_job
+from harvester.model import Fetched
 from harvester.plan import iter_windows
 from harvester.state import StateStore, default_state_path
 from tests.benchmarks.common import Child, Figure, run_harvester, write_job
@@ -47,12 +49,15 @@ def dry_run(workdir: Path, days: int, *, with_state: bool) -> Child:
         state = state.with_name("none.sqlite")  # --state names a file that does not exist
     else:
         if not state.exists():
+            at = datetime(2026, 1, 1, tzinfo=UTC)
             with StateStore(state) as store:
                 for batch in iter_windows(load_job(job)):
-                    store.mark_done(batch[::2])
+                    half = batch[::2]
+                    store.stage([Fetched(u, at, 0, 0, 0, 0, ()) for u in half])
+                    store.mark_done(half)
         pending -= (COLLECTIONS + 1) // 2 * days
     child, _ = run_harvester(job, "--dry-run", "--state", str(state))
-    expected = f"{pending} to fetch now"
+    expected = f"{pending:,} to fetch now"
     if expected not in child.stdout:
         raise RuntimeError(f"unexpected dry run output: {child.stdout!r}")
     return child
