@@ -390,24 +390,31 @@ class StateStore:
     def lookup(self, units: Sequence[Unit]) -> dict[Unit, Stored]:
         """What the state holds for each of ``units``' periods (units with no row are absent)."""
         # A plan's batch is one calendar window: every unit shares one period. Such a period
-        # is read whole with one range scan, three times faster than a search per unit.
-        by_period: dict[str, dict[str, Unit]] = {}
+        # is read whole with one range scan, three times faster than a search per unit; and
+        # the period is worked out once per window start, not once per unit.
+        by_start: dict[date, list[Unit]] = {}
         for u in units:
-            by_period.setdefault(self._period(u), {})[u.collection_hash] = u
+            by_start.setdefault(u.start, []).append(u)
+        by_period: dict[str, dict[str, Unit]] = {}
+        for start, group in by_start.items():
+            hashes = by_period.setdefault(period_of(self.granularity, start).isoformat(), {})
+            hashes.update({u.collection_hash: u for u in group})
         found: dict[Unit, Stored] = {}
         scattered: list[tuple[str, str]] = []
+        dates: dict[str, date] = {}  # a period's rows share a few dates: parse each once
         for period, by_hash in by_period.items():
             if len(by_hash) < SHARED_PERIOD_UNITS:
                 scattered.extend((period, h) for h in by_hash)
                 continue
             for h, status, start, end, final, pages in self._db.execute(_IN_PERIOD, (period,)):
-                if h in by_hash:
-                    found[by_hash[h]] = _stored(status, start, end, final, pages)
+                unit = by_hash.get(h)
+                if unit is not None:
+                    found[unit] = _stored(dates, status, start, end, final, pages)
         for i in range(0, len(scattered), CHUNK_UNITS):
             keys = scattered[i : i + CHUNK_UNITS]
             params = [value for key in keys for value in key]
             for h, period, *row in self._db.execute(_lookup_sql(len(keys)), params):
-                found[by_period[period][h]] = _stored(*row)
+                found[by_period[period][h]] = _stored(dates, *row)
         return found
 
     def done_among(self, units: Sequence[Unit]) -> set[Unit]:
@@ -553,10 +560,18 @@ class StateStore:
             )
 
 
-def _stored(status: str, start: str, end: str, final: int, pages: int) -> Stored:
-    return Stored(
-        status, date.fromisoformat(start), date.fromisoformat(end), bool(final), bool(pages)
-    )
+def _stored(
+    dates: dict[str, date], status: str, start: str, end: str, final: int, pages: int
+) -> Stored:
+    """A row as :class:`Stored`; ``dates`` memoises the parsed dates."""
+    first = dates.get(start)
+    if first is None:
+        first = dates[start] = date.fromisoformat(start)
+    last = dates.get(end)
+    if last is None:
+        last = dates[end] = date.fromisoformat(end)
+    # tuple.__new__ skips the NamedTuple's argument handling: this runs once per unit planned.
+    return tuple.__new__(Stored, (status, first, last, final == 1, pages == 1))
 
 
 _UPGRADE_INSERT = """
