@@ -90,6 +90,7 @@ class ApiSettings:
     secret_env: str = DEFAULT_SECRET_ENV
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     rate_limits: tuple[RateLimit, ...] = DEFAULT_RATE_LIMITS
+    rate_budget: str | None = None  # redis://host:port/db: the key's budget across hosts
 
     @property
     def uses_simulator(self) -> bool:
@@ -260,7 +261,16 @@ _TOP_KEYS = (
 )
 _DISCOVER_KEYS = ("status", "query")
 COLLECTION_STATUSES = ("public", "editable", "unlisted")
-_API_KEYS = ("base_url", "key_env", "secret_env", "timeout_seconds", "rate_limits")
+_API_KEYS = (
+    "base_url",
+    "key_env",
+    "secret_env",
+    "timeout_seconds",
+    "rate_limits",
+    "rate_budget",
+)
+REDIS_SCHEMES = ("redis", "rediss")
+REDIS_PASSWORD_ENV = "HARVESTER_REDIS_PASSWORD"
 _RETRY_KEYS = ("attempts", "max_backoff_seconds", "circuit_breaker_seconds")
 _COLLECTION_KEYS = ("hash", "start", "end")
 
@@ -389,7 +399,31 @@ def _api(ctx: Context, raw: Any) -> ApiSettings:
         note="an hour",
     )
     limits = _rate_limits(ctx, api.get("rate_limits", ABSENT))
-    return ApiSettings(str(base_url), key_env, secret_env, timeout, limits)
+    budget = _rate_budget(ctx, api.get("rate_budget"), "api.rate_budget")
+    return ApiSettings(str(base_url), key_env, secret_env, timeout, limits, budget)
+
+
+def _rate_budget(ctx: Context, raw: Any, path: str) -> str | None:
+    """``rate_budget``: absent (the host's budget file) or a ``redis://host:port/db`` URL.
+
+    A password belongs in the environment (:data:`REDIS_PASSWORD_ENV`), not the job file, and
+    a URL that holds one is never echoed.
+    """
+    if raw is None:
+        return None
+    if isinstance(raw, str) and "@" in raw:
+        ctx.fail(path, f"must not hold credentials (user:password@); set {REDIS_PASSWORD_ENV}")
+        return None
+    try:
+        parts = urlsplit(raw) if isinstance(raw, str) else None
+        valid = parts is not None and parts.scheme in REDIS_SCHEMES and bool(parts.hostname)
+        _ = parts.port if parts is not None else None  # a port that is not a number raises
+    except ValueError:
+        valid = False
+    if not valid:
+        ctx.fail(path, f"expected a redis://host:port/db URL, found {show(raw)}")
+        return None
+    return str(raw)
 
 
 def _valid_base_url(value: Any) -> bool:

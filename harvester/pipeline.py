@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 
 from harvester.api import StatsClient, make_session
+from harvester.budget import Pacer, open_budget
 from harvester.commit import Committer, Gone, Ledger, Quarantine, Rules
 from harvester.config import Credentials, Job, load_credentials, with_discovered
 from harvester.errors import (
@@ -28,6 +29,7 @@ from harvester.errors import (
     EXIT_SIGINT,
     EXIT_SIGTERM,
     EXIT_UNITS_FAILED,
+    BudgetUnavailable,
     CircuitOpen,
     CredentialsRejected,
     DiscoveryFailed,
@@ -150,7 +152,7 @@ async def _run(
         try:
             async with _endpoint(job, credentials) as (base_url, creds):
                 await run.run(base_url, creds)
-        except (CredentialsRejected, CircuitOpen, DiscoveryFailed) as exc:
+        except (CredentialsRejected, CircuitOpen, DiscoveryFailed, BudgetUnavailable) as exc:
             report.stopped_by = type(exc).__name__
             report.message = str(exc)
             report.exit_code = exc.exit_code
@@ -200,7 +202,7 @@ class _Harvest:
         self.gone = store.gone_collections() if not rules.retry_gone else set()
         self.ledger = Ledger(store, rules, self.gone)
         self.committer = Committer(store, sink, self.ledger, quarantine, rules, self.gone)
-        self.limiter = RateLimiter(
+        self.limiter: Pacer = RateLimiter(
             job.api.rate_limits, clock=clock.monotonic, sleep=self.token.sleep
         )
         self.breaker = CircuitBreaker(job.retry.circuit_breaker_seconds, clock=clock.monotonic)
@@ -217,6 +219,23 @@ class _Harvest:
         recovered = await self.committer.flush_all(recovery=True)
         if recovered:
             log.info("wrote %d fetched units an interrupted run had not written", recovered)
+        # The key's budget, shared with every process spending it (exit 2 if unreachable).
+        self.limiter = await open_budget(
+            self.job.api.rate_limits,
+            base_url=base_url,
+            key=credentials.key,
+            timeout_seconds=self.job.api.timeout_seconds,
+            rate_budget=self.job.api.rate_budget,
+            clock=self.clock.monotonic,
+            sleep=self.token.sleep,
+        )
+        try:
+            await self._harvest_with(base_url, credentials)
+        finally:
+            await self.limiter.aclose()
+
+    async def _harvest_with(self, base_url: str, credentials: Credentials) -> None:
+        """Discover and fetch over one paced session."""
         async with self._session() as session:
             client = StatsClient(
                 session,
@@ -346,6 +365,10 @@ class _Harvest:
             self.committer.put(unit)
             self.token.set("credentials")
             raise
+        except BudgetUnavailable:
+            self.committer.put(unit)  # not attempted: the next run fetches it
+            self.token.set("rate budget")
+            raise
         except UnitError as exc:
             self.committer.put(exc)
 
@@ -404,7 +427,7 @@ def _raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def _copy_fetch_stats(report: RunReport, fetcher: UnitFetcher, limiter: RateLimiter) -> None:
+def _copy_fetch_stats(report: RunReport, fetcher: UnitFetcher, limiter: Pacer) -> None:
     """The fetcher's and the limiter's counters, into the report."""
     stats = fetcher.stats
     report.requests = limiter.calls

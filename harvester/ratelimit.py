@@ -115,6 +115,14 @@ class Slot:
             self._state = Slot._FREED
             self._limiter._freed()
 
+    async def astamp(self) -> None:
+        """:meth:`stamp`, as the paced session calls every budget's slots."""
+        self.stamp()
+
+    async def afree(self) -> None:
+        """:meth:`free`, as the paced session calls every budget's slots."""
+        self.free()
+
 
 class RateLimiter:
     """Admit calls so that every window holds; share one instance between a key's workers.
@@ -233,6 +241,9 @@ class RateLimiter:
     def _freed(self) -> None:
         self._unsent -= 1
         self._changed.set()
+
+    async def aclose(self) -> None:
+        """Nothing to release: the limiter lives in this process alone."""
 
     def pause(self, seconds: float) -> bool:
         """Hold every worker back for ``seconds`` from now (extends, never shortens, a pause).

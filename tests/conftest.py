@@ -14,6 +14,7 @@ import pytest
 import yaml
 from hypothesis import settings
 
+from harvester.budget import BUDGET_DIR_ENV
 from harvester.config import Job, RateLimit, load_job
 from harvester.plan import iter_units
 from harvester.simulator import SimulatorConfig, SimulatorThread, expected_stats
@@ -31,6 +32,15 @@ API_SECRET = "SECRET-77ab-harvest-test-04c1"
 SIM_LIMITS = (RateLimit(200, 1.0), RateLimit(5000, 60.0))
 START, END = date(2026, 3, 1), date(2026, 3, 14)
 HASHES = ("d3m0h45h", "x9y8z7", "f1ipb00k")
+
+
+@pytest.fixture(autouse=True)
+def budget_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own host budget files: parallel tests against separate simulators on the
+    same key must not share one budget (and nothing lands in the user's directories)."""
+    path = tmp_path / "budget"
+    monkeypatch.setenv(BUDGET_DIR_ENV, str(path))
+    return path
 
 
 @pytest.fixture
