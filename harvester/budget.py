@@ -11,7 +11,7 @@ Two stores:
 
 - on one host, with no setting at all, a small SQLite file in the user's runtime directory
   (``$XDG_RUNTIME_DIR``, else the cache directory; ``HARVESTER_BUDGET_DIR`` points elsewhere),
-  named by a hash of base URL and key: never the key itself (:class:`FileStore`);
+  named by a hash of base URL and key: never the key itself (:mod:`harvester.budget_file`);
 - across hosts, ``api.rate_budget: redis://…``: a sorted-set sliding log in Redis, stamped with
   Redis's own clock (:mod:`harvester.budget_redis`).
 
@@ -30,9 +30,8 @@ import contextlib
 import hashlib
 import math
 import os
-import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -43,7 +42,6 @@ from harvester.ratelimit import DISTINCT_PAUSE_SECONDS, RateLimiter, window_marg
 __all__ = [
     "BUDGET_DIR_ENV",
     "BudgetStore",
-    "FileStore",
     "Pacer",
     "SharedBudget",
     "Ticket",
@@ -303,135 +301,6 @@ class SharedBudget:
         await self._store.close()
 
 
-# --- one host: a SQLite file ---------------------------------------------------------------------
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS starts (t REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS starts_t ON starts (t);
-CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, expires REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-BUSY_TIMEOUT_SECONDS = 5.0  # every transaction is a few statements: a wait this long is a fault
-
-
-def _boot_id() -> str:
-    """The kernel's boot id: monotonic times recorded under another boot mean nothing now."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-class FileStore:
-    """A key's budget in a SQLite file shared by the processes of one host.
-
-    Times are the host's monotonic clock (one clock for every process of a boot); a file from
-    an earlier boot is emptied on open. Each operation is one short ``BEGIN IMMEDIATE``
-    transaction: the file's lock makes check-and-lease atomic across processes. Synchronous on
-    purpose: a transaction takes well under a millisecond, less than handing it to a thread.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        windows: Sequence[tuple[int, float]],
-        *,
-        lease_seconds: float,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        self.path = path
-        self._windows = list(windows)
-        self._longest = max(seconds for _, seconds in self._windows)
-        self._lease = lease_seconds
-        self._clock = clock
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=OFF")  # a budget lost to a power cut is harmless
-            self._db.executescript(_SCHEMA)
-            self._check_boot()
-        except (OSError, sqlite3.Error) as exc:
-            raise BudgetUnavailable(
-                f"the rate budget file {path} cannot be used: {exc}", before_any_call=True
-            ) from exc
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic read-modify-write; sqlite errors become BudgetUnavailable."""
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise BudgetUnavailable(f"the rate budget file {self.path} failed: {exc}") from exc
-
-    def _check_boot(self) -> None:
-        boot = _boot_id()
-        with self._transaction() as db:
-            row = db.execute("SELECT value FROM meta WHERE name = 'boot'").fetchone()
-            if row is None or row[0] != boot:
-                db.execute("DELETE FROM starts")
-                db.execute("DELETE FROM leases")
-                db.execute("DELETE FROM meta")
-                db.execute("INSERT INTO meta VALUES ('boot', ?)", (boot,))
-
-    async def reserve(self) -> Admission:
-        """Lease a place if a call fits every window now; else how long until it may."""
-        now = self._clock()
-        with self._transaction() as db:
-            db.execute("DELETE FROM leases WHERE expires <= ?", (now,))
-            db.execute("DELETE FROM starts WHERE t <= ?", (now - self._longest,))
-            unsent = db.execute("SELECT count(*) FROM leases").fetchone()[0]
-            row = db.execute("SELECT value FROM meta WHERE name = 'pause'").fetchone()
-            ready = float(row[0]) if row is not None else now
-            for calls, seconds in self._windows:
-                need = calls - unsent
-                if need <= 0:
-                    return (math.inf, False)
-                nth = db.execute(
-                    "SELECT t FROM starts ORDER BY t DESC LIMIT 1 OFFSET ?", (need - 1,)
-                ).fetchone()
-                if nth is not None:
-                    ready = max(ready, nth[0] + seconds)
-            if ready > now:
-                return (ready - now, unsent == 0)
-            cursor = db.execute("INSERT INTO leases (expires) VALUES (?)", (now + self._lease,))
-            return str(cursor.lastrowid)
-
-    async def stamp(self, lease: str) -> None:
-        """Record the start now, whether or not the lease had lapsed: the call is going out."""
-        with self._transaction() as db:
-            db.execute("DELETE FROM leases WHERE id = ?", (int(lease),))
-            db.execute("INSERT INTO starts VALUES (?)", (self._clock(),))
-
-    async def free(self, lease: str) -> None:
-        """Drop the lease."""
-        with self._transaction() as db:
-            db.execute("DELETE FROM leases WHERE id = ?", (int(lease),))
-
-    async def pause(self, seconds: float) -> None:
-        """Extend the key's pause to ``seconds`` from now."""
-        until = self._clock() + seconds
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO meta VALUES ('pause', ?) ON CONFLICT (name) DO UPDATE"
-                " SET value = max(CAST(value AS REAL), excluded.value)",
-                (until,),
-            )
-
-    async def close(self) -> None:
-        """Close the file."""
-        self._db.close()
-
-
 async def open_budget(
     limits: Sequence[RateLimit],
     *,
@@ -454,6 +323,8 @@ async def open_budget(
 
         store = await RedisStore.connect(rate_budget, digest, windows_of(limits), lease)
     else:
+        from harvester.budget_file import FileStore
+
         store = FileStore(
             budget_dir() / f"{digest}.sqlite", windows_of(limits), lease_seconds=lease, clock=clock
         )

@@ -19,6 +19,7 @@ from harvester.config import Job, RateLimit, load_job
 from harvester.plan import iter_units
 from harvester.simulator import SimulatorConfig, SimulatorThread, expected_stats
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, read_dataset
+from tests.redis_server import RedisServer, redis_server
 
 # In CI the property tests replay the same examples every run: a failure there is reproducible,
 # and new ground is broken locally (run them with --hypothesis-seed=random values).
@@ -41,6 +42,13 @@ def budget_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "budget"
     monkeypatch.setenv(BUDGET_DIR_ENV, str(path))
     return path
+
+
+@pytest.fixture
+def redis_db(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, with its own folder; stopped after."""
+    with redis_server(tmp_path / "redis") as server:
+        yield server
 
 
 @pytest.fixture
