@@ -91,6 +91,9 @@ class Pacer(Protocol):
     async def reserve(self) -> Ticket:
         """Wait until a call fits every window; its ticket holds a place until resolved."""
 
+    def admits_at(self) -> float:
+        """When a call asking now would be admitted, as far as this process knows."""
+
     def pause(self, seconds: float) -> bool:
         """Hold every call on the key back for ``seconds``; True when the pause is news."""
 
@@ -194,6 +197,8 @@ class SharedBudget:
         self._holding = False
         self._holds = 0
         self._unsent = 0
+        self._queued = 0
+        self._ready_at = -math.inf  # when the store last said a call may fit
         self._failure: BudgetUnavailable | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0
@@ -220,24 +225,40 @@ class SharedBudget:
     async def reserve(self) -> SharedSlot:
         """Wait until the store admits a call; raise BudgetUnavailable if it cannot be asked."""
         arrived, holding, holds = self._clock(), self._holding, self._holds
-        async with self._lock:
-            while True:
-                if self._failure is not None:
-                    raise self._failure
-                local = self._paused_until - self._clock()
-                if local > 0:
-                    await self._hold(local)
-                    continue
-                admitted = await self._store.reserve()
-                if isinstance(admitted, str):
-                    break
-                delay, exact = admitted
-                await self._hold(delay if exact else min(delay, POLL_SECONDS))
-            if holding or self._holds != holds:
-                self.waits += 1
-                self.waited_seconds += self._clock() - arrived
-            self._unsent += 1
-            return SharedSlot(self, admitted)
+        self._queued += 1
+        try:
+            async with self._lock:
+                admitted = await self._admit()
+                if holding or self._holds != holds:
+                    self.waits += 1
+                    self.waited_seconds += self._clock() - arrived
+                self._unsent += 1
+                return SharedSlot(self, admitted)
+        finally:
+            self._queued -= 1
+
+    async def _admit(self) -> str:
+        """Ask the store until it leases a place; sleep as it says between asks."""
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            local = self._paused_until - self._clock()
+            if local > 0:
+                await self._hold(local)
+                continue
+            admitted = await self._store.reserve()
+            if isinstance(admitted, str):
+                self._ready_at = -math.inf
+                return admitted
+            delay, exact = admitted
+            self._ready_at = self._clock() + delay
+            await self._hold(delay if exact else min(delay, POLL_SECONDS))
+
+    def admits_at(self) -> float:
+        """This process's view: its pause, or when the store last said a call may fit while
+        calls are still waiting for it."""
+        waiting = self._ready_at if self._queued else -math.inf
+        return max(self._paused_until, waiting)
 
     async def _hold(self, delay: float) -> None:
         """Sleep ``delay`` seconds (bounded by the callers), counting the time held."""

@@ -140,7 +140,7 @@ def actual_rows(output: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ..
     def rows(name: str) -> list[tuple[Any, ...]]:
         if not (output / name).exists():
             return []
-        table = read_dataset(output, name).drop(["fetched_at"])
+        table = read_dataset(output, name).drop(["fetched_at", "account"])
         return sorted(tuple(r.values()) for r in table.to_pylist())
 
     return rows(PAGE_STATS), rows(COLLECTION_STATS)

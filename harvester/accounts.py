@@ -1,0 +1,195 @@
+"""The accounts of a run: each with its credentials, budget, circuit breaker, session, fetcher.
+
+A job without ``accounts`` has one account, ``default``, and runs exactly as before: a rejected
+key or an API down too long stops the run. With several accounts, each :class:`Lane` stops
+alone: its rejected credentials (41/44) fail its units with that reason, its API down too
+long leaves its units for the next run, and the other accounts go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from harvester.api import StatsClient, make_session
+from harvester.budget import Pacer, open_budget
+from harvester.config import Account, Credentials, Job, accounts_of, load_credentials
+from harvester.errors import HarvesterError, JobError, PermanentError, Problem
+from harvester.fetch import UnitFetcher
+from harvester.model import Clock
+from harvester.pool import StopToken
+from harvester.report import RunReport
+from harvester.retry import CircuitBreaker, build_retrying
+
+__all__ = [
+    "AccountStopped",
+    "Lane",
+    "close_lanes",
+    "load_account_credentials",
+    "open_lanes",
+    "report_accounts",
+]
+
+log = logging.getLogger("harvester")
+
+
+class AccountStopped(PermanentError):
+    """A unit not attempted because its account was stopped (credentials rejected)."""
+
+    kind = "account_stopped"
+
+
+@dataclass(eq=False)
+class Lane:
+    """One account's moving parts in a run, and what it did."""
+
+    account: Account
+    base_url: str
+    credentials: Credentials
+    pacer: Pacer
+    breaker: CircuitBreaker
+    fetcher: UnitFetcher | None = None
+    session: aiohttp.ClientSession | None = None
+    stopped: HarvesterError | None = None  # why it stopped; None while it runs
+    in_flight: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def name(self) -> str:
+        """The account's name."""
+        return self.account.name
+
+    def stop(self, reason: HarvesterError) -> bool:
+        """Stop the account (the first reason is kept); True the first time."""
+        if self.stopped is not None:
+            return False
+        self.stopped = reason
+        log.error("account %s stopped: %s; the other accounts go on", self.name, reason)
+        return True
+
+    def soonest(self) -> tuple[float, ...]:
+        """The scheduler's key: stopped lanes first, then the earliest admission."""
+        if self.stopped is not None:
+            return (0.0, 0.0, 0.0)
+        return (1.0, self.pacer.admits_at(), float(self.in_flight))
+
+
+def load_account_credentials(job: Job, env: Mapping[str, str]) -> dict[str, Credentials]:
+    """Every account's key and secret; one JobError naming every variable missing."""
+    result: dict[str, Credentials] = {}
+    problems: list[Problem] = []
+    for account in accounts_of(job):
+        try:
+            result[account.name] = load_credentials(account.api, env)
+        except JobError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise JobError(problems)
+    return result
+
+
+async def open_lanes(
+    job: Job,
+    endpoints: Mapping[str, tuple[str, Credentials]],
+    clock: Clock,
+    token: StopToken,
+    breaker: CircuitBreaker | None = None,
+) -> list[Lane]:
+    """A lane per account, its budget opened (BudgetUnavailable, exit 2, if it cannot be).
+
+    ``breaker``: the run's circuit breaker for a one-account job; each account of a job with
+    ``accounts`` gets its own, so that one account's API going down stops that account only.
+    """
+    lanes: list[Lane] = []
+    try:
+        for account in accounts_of(job):
+            base_url, credentials = endpoints[account.name]
+            pacer = await open_budget(
+                account.api.rate_limits,
+                base_url=base_url,
+                key=credentials.key,
+                timeout_seconds=account.api.timeout_seconds,
+                rate_budget=account.api.rate_budget,
+                clock=clock.monotonic,
+                sleep=token.sleep,
+            )
+            lane_breaker = breaker or CircuitBreaker(
+                job.retry.circuit_breaker_seconds, clock=clock.monotonic
+            )
+            lanes.append(Lane(account, base_url, credentials, pacer, lane_breaker))
+    except BaseException:
+        await close_lanes(lanes)
+        raise
+    return lanes
+
+
+def start_lane(lane: Lane, job: Job, clock: Clock, token: StopToken) -> None:
+    """Open the lane's paced session and its fetcher."""
+    lane.session = make_session(
+        lane.pacer, timeout_seconds=lane.account.api.timeout_seconds, concurrency=job.concurrency
+    )
+    client = StatsClient(
+        lane.session,
+        lane.base_url,
+        lane.credentials,
+        page_stats=job.page_stats,
+        now=clock.now,
+    )
+    lane.fetcher = UnitFetcher(
+        client,
+        lane.pacer,
+        build_retrying(job.retry, lane.breaker, sleep=token.sleep),
+        lane.breaker,
+        max_attempts=job.retry.attempts,
+    )
+
+
+async def close_lanes(lanes: Sequence[Lane]) -> None:
+    """Close every lane's session and budget."""
+    for lane in lanes:
+        if lane.session is not None:
+            await lane.session.close()
+        await lane.pacer.aclose()
+
+
+def report_accounts(report: RunReport, lanes: Sequence[Lane]) -> None:
+    """The lanes' counters, summed into the report, and broken down by account."""
+    answers: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    by_account: dict[str, dict[str, Any]] = {}
+    for lane in lanes:
+        pacer, fetcher = lane.pacer, lane.fetcher
+        report.requests += pacer.calls
+        report.rate_limit_waits += pacer.waits
+        report.rate_limit_wait_seconds += pacer.waited_seconds
+        report.rate_limit_held_seconds += pacer.held_seconds
+        report.rate_limit_pauses += pacer.pauses
+        figures: dict[str, Any] = {
+            "units_fetched": lane.counts["fetched"],
+            "units_failed": lane.counts["failed"],
+            "units_not_attempted": lane.counts["abandoned"],
+            "requests": pacer.calls,
+            "rate_limit_answers": 0,
+            "stopped_by": type(lane.stopped).__name__ if lane.stopped else None,
+            "message": str(lane.stopped) if lane.stopped else None,
+        }
+        if fetcher is not None:
+            stats = fetcher.stats
+            report.retries += stats.retries
+            report.rate_limit_answers += stats.rate_limit_answers
+            answers.update(stats.answers)
+            errors.update(stats.errors)
+            figures["rate_limit_answers"] = stats.rate_limit_answers
+            figures["answers_by_code"] = dict(sorted(stats.answers.items()))
+        by_account[lane.name] = figures
+    report.answers_by_code = dict(sorted(answers.items()))
+    report.errors_by_kind = dict(errors)
+    report.rate_limit_wait_seconds = round(report.rate_limit_wait_seconds, 3)
+    report.rate_limit_held_seconds = round(report.rate_limit_held_seconds, 3)
+    report.rate_limit_pauses = report.rate_limit_pauses
+    report.by_account = by_account
