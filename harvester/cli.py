@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     from harvester import metrics
     from harvester.config import load_job
     from harvester.pipeline import RunOptions, harvest
-    from harvester.status import plan_pending
+    from harvester.status import plan_by_account, plan_pending
 
     job = load_job(args.job)
     export = args.metrics_file is not None or args.pushgateway is not None
@@ -188,6 +188,9 @@ def _run(args: argparse.Namespace) -> int:
             f"{job.source}: {plan.total} units in the job, {counts.to_fetch} to fetch now "
             f"(dry run: no request made){note}"
         )
+        if job.accounts:
+            for name, part in plan_by_account(job, options).items():
+                print(f"  account {name}: {part.total} units, {part.counts.to_fetch} to fetch now")
         return 0
     report = harvest(job, options)
     if export:

@@ -149,6 +149,14 @@ def test_three_accounts_each_within_its_key_limits_rows_tagged_exact(
     # Three keys at 8/0.5 s each: together faster than one key's budget allows.
     one_key = (sum(units.values()) - LIMITS[0].calls) / (LIMITS[0].calls / LIMITS[0].seconds)
     assert report["elapsed_seconds"] < one_key
+    # The plan, the status and the summary, by account.
+    plan = run_cli("run", str(path), "--dry-run", env=_env())
+    assert "account north: 28 units, 0 to fetch now" in plan.stdout, plan.stdout
+    status = run_cli("status", str(path), env=_env())
+    assert "account south: 14 units done, 0 failed, 0 staged" in status.stdout, status.stdout
+    summary = run_cli("summary", str(job.output), "--account", "west", env=_env())
+    assert summary.returncode == 0, summary.stderr
+    assert "w3st01" in summary.stdout and "n0rth1" not in summary.stdout
 
 
 @pytest.mark.slow
