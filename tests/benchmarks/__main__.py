@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.benchmarks import baseline, budget, files, memory, overhead, planning
+from tests.benchmarks import accounts, baseline, budget, files, memory, overhead, planning
 from tests.benchmarks.common import Figure, machine
 
 Benchmark = Callable[[Path], list[Figure]]
@@ -22,6 +22,7 @@ Benchmark = Callable[[Path], list[Figure]]
 # Files last: it counts what the runs before it wrote.
 SUITE: dict[str, Benchmark] = {
     "budget": budget.run,
+    "accounts": accounts.run,
     "overhead": overhead.run,
     "memory": memory.run,
     "planning": planning.run,
