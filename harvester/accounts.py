@@ -9,6 +9,7 @@ long leaves its units for the next run, and the other accounts go on.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +57,6 @@ class Lane:
     fetcher: UnitFetcher | None = None
     session: aiohttp.ClientSession | None = None
     stopped: HarvesterError | None = None  # why it stopped; None while it runs
-    in_flight: int = 0
     counts: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -72,11 +72,12 @@ class Lane:
         log.error("account %s stopped: %s; the other accounts go on", self.name, reason)
         return True
 
-    def soonest(self) -> tuple[float, ...]:
-        """The scheduler's key: stopped lanes first, then the earliest admission."""
+    def soonest(self) -> float:
+        """The scheduler's key: a stopped lane first (its units need no call), then the one
+        whose budget admits a call soonest."""
         if self.stopped is not None:
-            return (0.0, 0.0, 0.0)
-        return (1.0, self.pacer.admits_at(), float(self.in_flight))
+            return -math.inf
+        return self.pacer.admits_at()
 
 
 def load_account_credentials(job: Job, env: Mapping[str, str]) -> dict[str, Credentials]:

@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 BUSY_TIMEOUT_SECONDS = 5.0  # every transaction is a few statements: a wait this long is a fault
 LOCK_RETRY_SECONDS = 0.0005
+CLEANUP_EVERY = 32  # stamps between two sweeps of what no window can hold any more
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -60,6 +61,15 @@ class FileStore:
         self._longest = max(seconds for _, seconds in self._windows)
         self._lease = lease_seconds
         self._clock = clock
+        self._stamps = 0
+        # The live leases and the pause; then, per window, the start that binds it.
+        self._state_sql = (
+            "SELECT (SELECT count(*) FROM leases WHERE expires > ?),"
+            " (SELECT value FROM meta WHERE name = 'pause')"
+        )
+        self._nth_sql = "SELECT " + ", ".join(
+            "(SELECT t FROM starts ORDER BY t DESC LIMIT 1 OFFSET ?)" for _ in self._windows
+        )
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(
@@ -134,33 +144,38 @@ class FileStore:
                 time.sleep(LOCK_RETRY_SECONDS)
 
     async def reserve(self) -> Admission:
-        """Lease a place if a call fits every window now; else how long until it may."""
+        """Lease a place if a call fits every window now; else how long until it may.
+
+        Two reads (live leases and the pause; each window's binding start) in one
+        transaction: the budget is asked once per call, or more while it waits.
+        """
         now = self._clock()
         async with self._transaction() as db:
-            db.execute("DELETE FROM leases WHERE expires <= ?", (now,))
-            db.execute("DELETE FROM starts WHERE t <= ?", (now - self._longest,))
-            unsent = db.execute("SELECT count(*) FROM leases").fetchone()[0]
-            row = db.execute("SELECT value FROM meta WHERE name = 'pause'").fetchone()
-            ready = float(row[0]) if row is not None else now
-            for calls, seconds in self._windows:
-                need = calls - unsent
-                if need <= 0:
-                    return (math.inf, False)
-                nth = db.execute(
-                    "SELECT t FROM starts ORDER BY t DESC LIMIT 1 OFFSET ?", (need - 1,)
-                ).fetchone()
+            unsent, paused = db.execute(self._state_sql, (now,)).fetchone()
+            needs = [calls - unsent for calls, _ in self._windows]
+            if min(needs) <= 0:
+                return (math.inf, False)
+            ready = float(paused) if paused is not None else now
+            nths = db.execute(self._nth_sql, [need - 1 for need in needs]).fetchone()
+            for nth, (_, seconds) in zip(nths, self._windows, strict=True):
                 if nth is not None:
-                    ready = max(ready, nth[0] + seconds)
+                    ready = max(ready, nth + seconds)
             if ready > now:
                 return (ready - now, unsent == 0)
             cursor = db.execute("INSERT INTO leases (expires) VALUES (?)", (now + self._lease,))
             return str(cursor.lastrowid)
 
     async def stamp(self, lease: str) -> None:
-        """Record the start now, whether or not the lease had lapsed: the call is going out."""
+        """Record the start now, whether or not the lease had lapsed: the call is going out.
+        Every so often, forget the starts past the longest window and the lapsed leases."""
+        self._stamps += 1
         async with self._transaction() as db:
+            now = self._clock()
             db.execute("DELETE FROM leases WHERE id = ?", (int(lease),))
-            db.execute("INSERT INTO starts VALUES (?)", (self._clock(),))
+            db.execute("INSERT INTO starts VALUES (?)", (now,))
+            if self._stamps % CLEANUP_EVERY == 0:
+                db.execute("DELETE FROM starts WHERE t <= ?", (now - self._longest,))
+                db.execute("DELETE FROM leases WHERE expires <= ?", (now,))
 
     async def free(self, lease: str) -> None:
         """Drop the lease."""

@@ -374,7 +374,6 @@ class _Harvest:
         if unit.collection_hash in self.gone:
             self.committer.put(Gone(unit))  # learnt mid-run: no call for the rest of it
             return
-        lane.in_flight += 1
         try:
             self.committer.put(await lane.fetcher.fetch(unit))
             lane.counts["fetched"] += 1
@@ -409,8 +408,6 @@ class _Harvest:
         except UnitError as exc:
             self.committer.put(exc)
             lane.counts["failed"] += 1
-        finally:
-            lane.in_flight -= 1
 
     def _skip(self, lane: Lane, unit: Unit) -> None:
         """A unit of a stopped account, ended without a call: failed with the account's

@@ -12,7 +12,6 @@ at once, without a call.
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date
@@ -81,44 +80,43 @@ L = TypeVar("L")
 class Scheduler(Generic[L]):
     """(lane, unit) pairs for the worker pool: the unit of the lane that can go soonest.
 
-    ``soonest(lane)`` is the sort key: (stopped first, when its budget admits, its units in
-    flight); ties go to the lane served least recently, so equal accounts take turns.
+    ``soonest(lane)`` is when the lane's budget admits a call (minus infinity for a stopped
+    lane, whose units end without one). The lanes are kept in the order they were last served,
+    so among equals the one served least recently goes first: equal accounts take turns.
     """
 
     def __init__(
         self,
         lanes: Sequence[tuple[L, Iterator[Unit]]],
-        soonest: Callable[[L], tuple[float, ...]],
+        soonest: Callable[[L], float],
     ) -> None:
         self._lanes = [_Entry(lane, units) for lane, units in lanes]
         self._soonest = soonest
-        self._turns = itertools.count()
 
     def __iter__(self) -> Scheduler[L]:
         return self
 
     def __next__(self) -> tuple[L, Unit]:
-        active = []
-        for entry in self._lanes:
+        lanes = self._lanes
+        for entry in [e for e in lanes if e.peek is None]:
+            entry.peek = next(entry.units, None)
             if entry.peek is None:
-                entry.peek = next(entry.units, None)
-            if entry.peek is not None:
-                active.append(entry)
-        self._lanes = active
-        if not active:
+                lanes.remove(entry)
+        if not lanes:
             raise StopIteration
-        chosen = min(active, key=lambda e: (*self._soonest(e.lane), e.turn))
+        soonest = self._soonest
+        chosen = min(lanes, key=lambda e: soonest(e.lane))  # the first of equals: least recent
         unit, chosen.peek = chosen.peek, None
-        chosen.turn = next(self._turns)
+        lanes.remove(chosen)
+        lanes.append(chosen)
         assert unit is not None
         return chosen.lane, unit
 
 
 class _Entry(Generic[L]):
-    __slots__ = ("lane", "peek", "turn", "units")
+    __slots__ = ("lane", "peek", "units")
 
     def __init__(self, lane: L, units: Iterator[Unit]) -> None:
         self.lane = lane
         self.units = units
         self.peek: Unit | None = None
-        self.turn = -1

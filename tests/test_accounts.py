@@ -215,8 +215,8 @@ class FakeLane:
     def __init__(self, name: str, admits_at: float) -> None:
         self.name, self.at = name, admits_at
 
-    def soonest(self) -> tuple[float, ...]:
-        return (1.0, self.at, 0.0)
+    def soonest(self) -> float:
+        return self.at
 
 
 def _units(name: str, n: int) -> Iterator[Unit]:
