@@ -33,6 +33,9 @@ HASHES = {"north": ["n0rth1", "n0rth2"], "south": ["s0uth1"], "west": ["w3st01",
 LIMITS = (RateLimit(8, 0.5), RateLimit(40, 10.0))  # per key, at the simulator and in the job
 
 
+CATALOG = ("c4t001", "c4t002")  # what collection.getList lists, whichever the key
+
+
 @pytest.fixture
 def accounts_sim() -> Iterator[SimulatorThread]:
     """One simulator, three keys: three accounts, each with its own rate windows."""
@@ -41,6 +44,7 @@ def accounts_sim() -> Iterator[SimulatorThread]:
         keys=dict(KEYS.values()),
         rate_limits=LIMITS,
         latency=(0.0, 0.01),
+        catalog=CATALOG,
     )
     with SimulatorThread(config) as sim:
         yield sim
@@ -206,6 +210,27 @@ def test_an_account_whose_api_is_down_never_holds_the_others_back(
     rerun = _accounts_job(tmp_path, accounts_sim.base_url)
     assert run_cli("run", str(rerun), "-q", env=_env()).returncode == 0  # west's units resume
     assert actual_rows(job.output) == expected_rows(job, accounts_sim.simulator.config)
+
+
+@pytest.mark.slow
+def test_an_account_discovers_its_collections_and_listed_ones_keep_their_account(
+    tmp_path: Path, accounts_sim: SimulatorThread
+) -> None:
+    path = _accounts_job(
+        tmp_path,
+        accounts_sim.base_url,
+        north={"collections": [*HASHES["north"], CATALOG[0]]},
+        south={"discover": True},
+    )
+    result = run_cli("run", str(path), "-q", env=_env())
+    assert result.returncode == 0, result.stderr
+    tags = _tags(load_job(path).output)
+    assert tags[CATALOG[0]] == {"north"}  # listed by north: discovery leaves it there
+    assert tags[CATALOG[1]] == {"south"}
+    assert tags["s0uth1"] == {"south"}
+    report = _report(path)
+    assert report["by_account"]["south"]["units_fetched"] == 2 * 14
+    assert report["by_account"]["north"]["units_fetched"] == 3 * 14
 
 
 # --- the scheduler -------------------------------------------------------------------------------
