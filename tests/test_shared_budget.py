@@ -194,6 +194,22 @@ async def test_a_redis_pause_holds_every_host_on_the_key(redis_db: RedisServer) 
     await second.aclose()
 
 
+async def test_a_redis_lease_holds_its_place_until_it_lapses(redis_db: RedisServer) -> None:
+    digest = budget_digest("http://127.0.0.1/", API_KEY)
+    crashed = await RedisStore.connect(redis_db.url, digest, [(1, 1.0)], 0.3)
+    other = await RedisStore.connect(redis_db.url, digest, [(1, 1.0)], 0.3)
+    assert isinstance(await crashed.reserve(), str)  # never stamped: its process died
+    assert await other.reserve() == (math.inf, False)  # the unsent call fills the window
+    await asyncio.sleep(0.35)
+    lease = await other.reserve()
+    assert isinstance(lease, str)
+    await other.stamp(lease)
+    delay, exact = await other.reserve()
+    assert 0.9 < delay <= 1.0 + 0.05 and exact  # the stamp, on Redis's clock, binds the window
+    await crashed.close()
+    await other.close()
+
+
 async def test_an_unreachable_redis_fails_before_any_call() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(BudgetUnavailable) as caught:
