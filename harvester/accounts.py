@@ -160,37 +160,30 @@ async def close_lanes(lanes: Sequence[Lane]) -> None:
 
 def report_accounts(report: RunReport, lanes: Sequence[Lane]) -> None:
     """The lanes' counters, summed into the report, and broken down by account."""
-    answers: Counter[str] = Counter()
-    errors: Counter[str] = Counter()
-    by_account: dict[str, dict[str, Any]] = {}
-    for lane in lanes:
-        pacer, fetcher = lane.pacer, lane.fetcher
-        report.requests += pacer.calls
-        report.rate_limit_waits += pacer.waits
-        report.rate_limit_wait_seconds += pacer.waited_seconds
-        report.rate_limit_held_seconds += pacer.held_seconds
-        report.rate_limit_pauses += pacer.pauses
-        figures: dict[str, Any] = {
-            "units_fetched": lane.counts["fetched"],
-            "units_failed": lane.counts["failed"],
-            "units_not_attempted": lane.counts["abandoned"],
-            "requests": pacer.calls,
-            "rate_limit_answers": 0,
-            "stopped_by": type(lane.stopped).__name__ if lane.stopped else None,
-            "message": str(lane.stopped) if lane.stopped else None,
-        }
-        if fetcher is not None:
-            stats = fetcher.stats
-            report.retries += stats.retries
-            report.rate_limit_answers += stats.rate_limit_answers
-            answers.update(stats.answers)
-            errors.update(stats.errors)
-            figures["rate_limit_answers"] = stats.rate_limit_answers
-            figures["answers_by_code"] = dict(sorted(stats.answers.items()))
-        by_account[lane.name] = figures
-    report.answers_by_code = dict(sorted(answers.items()))
-    report.errors_by_kind = dict(errors)
-    report.rate_limit_wait_seconds = round(report.rate_limit_wait_seconds, 3)
-    report.rate_limit_held_seconds = round(report.rate_limit_held_seconds, 3)
-    report.rate_limit_pauses = report.rate_limit_pauses
-    report.by_account = by_account
+    pacers = [lane.pacer for lane in lanes]
+    stats = [lane.fetcher.stats for lane in lanes if lane.fetcher is not None]
+    report.requests = sum(p.calls for p in pacers)
+    report.rate_limit_waits = sum(p.waits for p in pacers)
+    report.rate_limit_wait_seconds = round(sum(p.waited_seconds for p in pacers), 3)
+    report.rate_limit_held_seconds = round(sum(p.held_seconds for p in pacers), 3)
+    report.rate_limit_pauses = sum(p.pauses for p in pacers)
+    report.retries = sum(s.retries for s in stats)
+    report.rate_limit_answers = sum(s.rate_limit_answers for s in stats)
+    report.answers_by_code = dict(sorted(sum((s.answers for s in stats), Counter()).items()))
+    report.errors_by_kind = dict(sum((s.errors for s in stats), Counter()))
+    report.by_account = {lane.name: _figures(lane) for lane in lanes}
+
+
+def _figures(lane: Lane) -> dict[str, Any]:
+    """One account's line of the report."""
+    stats = lane.fetcher.stats if lane.fetcher is not None else None
+    return {
+        "units_fetched": lane.counts["fetched"],
+        "units_failed": lane.counts["failed"],
+        "units_not_attempted": lane.counts["abandoned"],
+        "requests": lane.pacer.calls,
+        "rate_limit_answers": stats.rate_limit_answers if stats is not None else 0,
+        "answers_by_code": dict(sorted(stats.answers.items())) if stats is not None else {},
+        "stopped_by": type(lane.stopped).__name__ if lane.stopped else None,
+        "message": str(lane.stopped) if lane.stopped else None,
+    }
