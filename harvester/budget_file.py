@@ -15,8 +15,10 @@ from harvester.errors import BudgetUnavailable
 
 __all__ = ["FileStore"]
 
+# A start's ``seq`` grows with its time: stamps read the clock inside the file's write lock, so
+# the n-th most recent start is one lookup by ``seq``, whatever the window's size.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS starts (t REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS starts (seq INTEGER PRIMARY KEY, t REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS starts_t ON starts (t);
 CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY AUTOINCREMENT, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,7 +70,8 @@ class FileStore:
             " (SELECT value FROM meta WHERE name = 'pause')"
         )
         self._nth_sql = "SELECT " + ", ".join(
-            "(SELECT t FROM starts ORDER BY t DESC LIMIT 1 OFFSET ?)" for _ in self._windows
+            "(SELECT t FROM starts WHERE seq = (SELECT max(seq) FROM starts) - ?)"
+            for _ in self._windows
         )
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -172,7 +175,7 @@ class FileStore:
         async with self._transaction() as db:
             now = self._clock()
             db.execute("DELETE FROM leases WHERE id = ?", (int(lease),))
-            db.execute("INSERT INTO starts VALUES (?)", (now,))
+            db.execute("INSERT INTO starts (t) VALUES (?)", (now,))
             if self._stamps % CLEANUP_EVERY == 0:
                 db.execute("DELETE FROM starts WHERE t <= ?", (now - self._longest,))
                 db.execute("DELETE FROM leases WHERE expires <= ?", (now,))
