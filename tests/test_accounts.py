@@ -120,6 +120,14 @@ def test_a_collection_under_two_accounts_is_a_job_file_error(tmp_path: Path) -> 
     assert "already listed under account 'north'" in str(caught.value)
 
 
+def test_the_accounts_example_is_valid_and_says_what_it_holds() -> None:
+    from harvester.validate import describe
+
+    line = describe(Path(__file__).parent.parent / "configs" / "accounts.yaml")
+    assert "3 accounts (north, south, west), each with its own key" in line
+    assert "listing their collections at run time: south" in line
+
+
 def test_the_one_account_format_is_the_default_account(tmp_path: Path) -> None:
     from harvester.config import accounts_of
 
