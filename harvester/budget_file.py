@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from harvester.budget import Admission, Clock
+from harvester.budget import BUDGET_DIR_ENV, Admission, Clock
 from harvester.errors import BudgetUnavailable
 
 __all__ = ["FileStore"]
@@ -82,7 +82,9 @@ class FileStore:
             self._set_up()
         except (OSError, sqlite3.Error) as exc:
             raise BudgetUnavailable(
-                f"the rate budget file {path} cannot be used: {exc}", before_any_call=True
+                f"the rate budget file {path} cannot be used: {exc} "
+                f"({BUDGET_DIR_ENV} may name another folder)",
+                before_any_call=True,
             ) from exc
 
     @contextlib.asynccontextmanager
