@@ -29,6 +29,7 @@ from aiohttp import ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 from yarl import URL
 
+from harvester.budget import Pacer, Ticket
 from harvester.config import Credentials
 from harvester.errors import (
     ApiBusy,
@@ -42,7 +43,6 @@ from harvester.errors import (
     RequestTimeout,
 )
 from harvester.model import Fetched, Unit
-from harvester.ratelimit import RateLimiter, Slot
 from harvester.redact import redact
 
 __all__ = [
@@ -224,13 +224,13 @@ def classify(status: int, body: bytes, retry_after: str | None) -> Any:
 # The slot of the request this task is sending. The middleware sets it around the handler; the
 # trace signal fires inside that same await chain (ClientRequest.send → write_headers), so it
 # reads the slot of its own request, whichever other requests are in flight.
-_SENDING: contextvars.ContextVar[Slot | None] = contextvars.ContextVar("sending", default=None)
+_SENDING: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("sending", default=None)
 
 KEEPALIVE_SLACK_SECONDS = 5.0  # past the longest window: a burst after a full wait reuses
 MIN_KEEPALIVE_SECONDS = 15.0  # aiohttp's own default; limits off need no longer
 
 
-def paced(limiter: RateLimiter, timeout_seconds: float) -> ClientMiddlewareType:
+def paced(limiter: Pacer, timeout_seconds: float) -> ClientMiddlewareType:
     """A client middleware: every request on the wire waits for a slot of the limiter, then has
     ``timeout_seconds`` to get its answer's headers. Use it with :func:`sent_trace` (or
     :func:`make_session`, which wires both): the trace stamps the slot when the request goes out.
@@ -249,10 +249,10 @@ def paced(limiter: RateLimiter, timeout_seconds: float) -> ClientMiddlewareType:
         try:
             async with asyncio.timeout(timeout_seconds):
                 response = await handler(request)
-            slot.stamp()  # a no-op after the trace's stamp; without the trace, an answer came
+            await slot.astamp()  # a no-op after the trace's; without the trace, an answer came
         finally:
             _SENDING.reset(token)
-            slot.free()  # does nothing when the trace stamped it: the request went out
+            await slot.afree()  # does nothing when the trace stamped it: the request went out
         return response
 
     return middleware
@@ -266,7 +266,7 @@ async def _on_headers_sent(
     """The request's headers are being written to an open connection: stamp its slot."""
     slot = _SENDING.get()
     if slot is not None:
-        slot.stamp()
+        await slot.astamp()  # a shared budget records it before the headers leave
 
 
 def sent_trace() -> aiohttp.TraceConfig:
@@ -282,7 +282,7 @@ def sent_trace() -> aiohttp.TraceConfig:
 
 
 def make_session(
-    limiter: RateLimiter,
+    limiter: Pacer,
     *,
     timeout_seconds: float,
     concurrency: int,

@@ -104,7 +104,13 @@ class Ledger:
         self._outstanding: defaultdict[date, int] = defaultdict(int)
         self._closed: set[date] = set()
         self._ready: list[date] = []
+        self._sharing: dict[date, int] = {}  # partitions several plan streams hand out
         self.counts = PlanCounts()
+
+    def share(self, start: date, streams: int) -> None:
+        """``streams`` plan streams (one per account) hand out units of this partition: it is
+        closed when the last of them has closed it."""
+        self._sharing[start] = self._sharing.get(start, 0) + streams
 
     def pending(self, batches: Iterable[list[Unit]]) -> Iterator[Unit]:
         """The units that need a call, lazily, batch by batch (a batch is one window)."""
@@ -142,6 +148,12 @@ class Ledger:
     def _close(self, starts: Iterable[date]) -> None:
         """No more units will be handed out for these partitions."""
         for start in sorted(starts):
+            sharing = self._sharing.get(start)
+            if sharing is not None:
+                if sharing > 1:
+                    self._sharing[start] = sharing - 1
+                    continue
+                del self._sharing[start]
             if self._outstanding.get(start, 0) == 0:
                 self._outstanding.pop(start, None)
                 self._ready.append(start)

@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_RATE_LIMITS",
     "GRANULARITIES",
     "SIMULATOR_BASE_URL",
+    "Account",
     "ApiSettings",
     "Collection",
     "Credentials",
@@ -91,6 +92,7 @@ class ApiSettings:
     secret_env: str = DEFAULT_SECRET_ENV
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     rate_limits: tuple[RateLimit, ...] = DEFAULT_RATE_LIMITS
+    rate_budget: str | None = None  # redis://host:port/db: the key's budget across hosts
 
     @property
     def uses_simulator(self) -> bool:
@@ -127,8 +129,24 @@ class Discovery:
 
 
 @dataclass(frozen=True, slots=True)
+class Account:
+    """One Flipsnack account of a job: a name (a label, never the key), its API settings
+    (the job's ``api`` with the account's own credentials' names, limits and budget), its
+    collections and its discovery."""
+
+    name: str
+    api: ApiSettings
+    collections: tuple[Collection, ...] = ()
+    discover: Discovery | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
-    """A validated job file."""
+    """A validated job file.
+
+    With ``accounts``, ``collections`` holds every account's collections (each hash under one
+    account) and ``discover`` is None: each account has its own.
+    """
 
     source: Path
     collections: tuple[Collection, ...]
@@ -140,6 +158,31 @@ class Job:
     output: Path = Path(DEFAULT_OUTPUT)
     refresh_days: int = DEFAULT_REFRESH_DAYS
     discover: Discovery | None = None
+    accounts: tuple[Account, ...] = ()
+
+
+def accounts_of(job: Job) -> tuple[Account, ...]:
+    """The job's accounts; a job without ``accounts`` has one, named ``default``."""
+    if job.accounts:
+        return job.accounts
+    return (Account(DEFAULT_ACCOUNT, job.api, job.collections, job.discover),)
+
+
+def account_discovered(job: Job, account: Account, hashes: Iterable[str]) -> tuple[Job, Account]:
+    """``job`` and ``account`` plus the discovered hashes no account of the job lists yet."""
+    if account.discover is None:
+        return job, account
+    listed = {c.hash for c in job.collections}
+    added = tuple(
+        Collection(h, account.discover.start, account.discover.end)
+        for h in dict.fromkeys(hashes)
+        if h not in listed and HASH.fullmatch(h)
+    )
+    grown = replace(account, collections=account.collections + added)
+    if not job.accounts:
+        return replace(job, collections=job.collections + added), grown
+    accounts = tuple(grown if a.name == account.name else a for a in job.accounts)
+    return replace(job, collections=job.collections + added, accounts=accounts), grown
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,10 +336,33 @@ _TOP_KEYS = (
     "end",
     "collections",
     "discover",
+    "accounts",
 )
+_ACCOUNT_KEYS = (
+    "name",
+    "key_env",
+    "secret_env",
+    "base_url",
+    "rate_limits",
+    "rate_budget",
+    "collections",
+    "discover",
+)
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+DEFAULT_ACCOUNT = "default"  # the one account of a job without ``accounts``
+MAX_ACCOUNTS = 1000
 _DISCOVER_KEYS = ("status", "query")
 COLLECTION_STATUSES = ("public", "editable", "unlisted")
-_API_KEYS = ("base_url", "key_env", "secret_env", "timeout_seconds", "rate_limits")
+_API_KEYS = (
+    "base_url",
+    "key_env",
+    "secret_env",
+    "timeout_seconds",
+    "rate_limits",
+    "rate_budget",
+)
+REDIS_SCHEMES = ("redis", "rediss")
+REDIS_PASSWORD_ENV = "HARVESTER_REDIS_PASSWORD"
 _RETRY_KEYS = ("attempts", "max_backoff_seconds", "circuit_breaker_seconds")
 _COLLECTION_KEYS = ("hash", "start", "end")
 
@@ -328,8 +394,14 @@ def _job(ctx: Context, data: Any) -> Job | None:
     # The job-level range, read once: discovered collections and listed ones share it.
     start = calendar_date(ctx, top["start"], "start") if "start" in top else None
     defaults = (start, calendar_date(ctx, top.get("end", "yesterday"), "end"))
-    discover = _discover(ctx, top, defaults)
-    collections = _collections(ctx, top, defaults, discovering=discover is not None)
+    accounts: tuple[Account, ...] = ()
+    if "accounts" in top:
+        accounts = _accounts(ctx, top, api, defaults)
+        discover = None
+        collections = tuple(c for a in accounts for c in a.collections)
+    else:
+        discover = _discover(ctx, top, defaults)
+        collections = _collections(ctx, top, defaults, discovering=discover is not None)
     return Job(
         source=Path(ctx.source),
         collections=collections,
@@ -341,7 +413,98 @@ def _job(ctx: Context, data: Any) -> Job | None:
         output=output,
         refresh_days=refresh,
         discover=discover,
+        accounts=accounts,
     )
+
+
+def _accounts(
+    ctx: Context, top: dict[Any, Any], api: ApiSettings, defaults: tuple[date | None, date | None]
+) -> tuple[Account, ...]:
+    """``accounts``: a list of accounts, names unique, each hash under one account only."""
+    for key in ("collections", "discover"):
+        if key in top:
+            ctx.fail(key, "with accounts, list collections (or discover) under each account")
+    raw = top["accounts"]
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_ACCOUNTS:
+        ctx.fail("accounts", f"expected a list of 1 to {MAX_ACCOUNTS} accounts, found {show(raw)}")
+        return ()
+    accounts: list[Account] = []
+    names: dict[str, int] = {}
+    owners: dict[str, str] = {}
+    for i, item in enumerate(raw):
+        account = _account(ctx, top, api, defaults, item, f"accounts[{i}]")
+        if account is None:
+            continue
+        if account.name in names:
+            ctx.fail(
+                f"accounts[{i}].name",
+                f"duplicate: {account.name!r} is already accounts[{names[account.name]}]",
+            )
+            continue
+        names[account.name] = i
+        for j, collection in enumerate(account.collections):
+            owner = owners.setdefault(collection.hash, account.name)
+            if owner != account.name:
+                ctx.fail(
+                    f"accounts[{i}].collections[{j}].hash",
+                    f"{collection.hash!r} is already listed under account {owner!r}: "
+                    "a collection belongs to one account",
+                )
+        accounts.append(account)
+    return tuple(accounts)
+
+
+def _account(
+    ctx: Context,
+    top: dict[Any, Any],
+    api: ApiSettings,
+    defaults: tuple[date | None, date | None],
+    item: Any,
+    path: str,
+) -> Account | None:
+    """One account: its name, credentials' names, optional limits and budget, collections."""
+    entry = mapping(ctx, item, path, _ACCOUNT_KEYS, echo=False)
+    if entry is None:
+        return None
+    name = entry.get("name", ABSENT)
+    if not isinstance(name, str) or not ACCOUNT_NAME.fullmatch(name):
+        ctx.fail(
+            f"{path}.name",
+            "required: a label of letters, digits, '.', '_' or '-' (at most 64), "
+            f"found {kind(name)}",
+        )
+        return None
+    for key in ("key_env", "secret_env"):
+        if key not in entry:
+            ctx.fail(f"{path}.{key}", "required: the NAME of the variable holding it")
+    key_env = _env_name(ctx, entry.get("key_env", api.key_env), f"{path}.key_env")
+    secret_env = _env_name(ctx, entry.get("secret_env", api.secret_env), f"{path}.secret_env")
+    if key_env and key_env == secret_env:
+        ctx.fail(f"{path}.secret_env", "names the same variable as key_env")
+    base_url = entry.get("base_url", api.base_url)
+    if not _valid_base_url(base_url) or "@" in str(base_url):
+        ctx.fail(f"{path}.base_url", "expected an http(s):// URL without credentials")
+        base_url = api.base_url
+    limits = api.rate_limits
+    if "rate_limits" in entry:
+        limits = _rate_limits(ctx, entry["rate_limits"], f"{path}.rate_limits")
+    budget = api.rate_budget
+    if "rate_budget" in entry:
+        budget = _rate_budget(ctx, entry["rate_budget"], f"{path}.rate_budget")
+    settings = replace(
+        api,
+        base_url=str(base_url),
+        key_env=key_env,
+        secret_env=secret_env,
+        rate_limits=limits,
+        rate_budget=budget,
+    )
+    at = f"{path}."
+    discover = _discover(ctx, top, defaults, section=entry, at=at)
+    collections = _collections(
+        ctx, top, defaults, discovering=discover is not None, section=entry, at=at
+    )
+    return Account(name, settings, collections, discover)
 
 
 def _output(ctx: Context, raw: Any) -> Path:
@@ -358,26 +521,34 @@ def _output(ctx: Context, raw: Any) -> Path:
 
 
 def _discover(
-    ctx: Context, top: dict[Any, Any], defaults: tuple[date | None, date | None]
+    ctx: Context,
+    top: dict[Any, Any],
+    defaults: tuple[date | None, date | None],
+    *,
+    section: dict[Any, Any] | None = None,
+    at: str = "",
 ) -> Discovery | None:
-    """``discover: true`` or ``discover: {status, query}``: every collection of the account."""
-    raw = top.get("discover", False)
+    """``discover: true`` or ``discover: {status, query}``: every collection of the account.
+
+    ``section`` holds the setting (an account's, at path ``at``); the job's top level by default.
+    """
+    raw = (top if section is None else section).get("discover", False)
     if raw is False:
         return None
     if raw is True:
         raw = {}
-    section = mapping(ctx, raw, "discover", _DISCOVER_KEYS)
-    if section is None:
+    settings = mapping(ctx, raw, f"{at}discover", _DISCOVER_KEYS)
+    if settings is None:
         return None
-    status = section.get("status")
+    status = settings.get("status")
     if status is not None and status not in COLLECTION_STATUSES:
         ctx.fail(
-            "discover.status",
+            f"{at}discover.status",
             f"expected one of {', '.join(COLLECTION_STATUSES)}, found {show(status)}",
         )
-    query = section.get("query")
+    query = settings.get("query")
     if query is not None and not isinstance(query, str):
-        ctx.fail("discover.query", f"expected a search text, found {show(query)}")
+        ctx.fail(f"{at}discover.query", f"expected a search text, found {show(query)}")
     if "start" not in top:
         ctx.fail("start", "required with discover: discovered collections use the job's range")
         return None
@@ -425,7 +596,31 @@ def _api(ctx: Context, raw: Any) -> ApiSettings:
         note="an hour",
     )
     limits = _rate_limits(ctx, api.get("rate_limits", ABSENT))
-    return ApiSettings(str(base_url), key_env, secret_env, timeout, limits)
+    budget = _rate_budget(ctx, api.get("rate_budget"), "api.rate_budget")
+    return ApiSettings(str(base_url), key_env, secret_env, timeout, limits, budget)
+
+
+def _rate_budget(ctx: Context, raw: Any, path: str) -> str | None:
+    """``rate_budget``: absent (the host's budget file) or a ``redis://host:port/db`` URL.
+
+    A password belongs in the environment (:data:`REDIS_PASSWORD_ENV`), not the job file, and
+    a URL that holds one is never echoed.
+    """
+    if raw is None:
+        return None
+    if isinstance(raw, str) and "@" in raw:
+        ctx.fail(path, f"must not hold credentials (user:password@); set {REDIS_PASSWORD_ENV}")
+        return None
+    try:
+        parts = urlsplit(raw) if isinstance(raw, str) else None
+        valid = parts is not None and parts.scheme in REDIS_SCHEMES and bool(parts.hostname)
+        _ = parts.port if parts is not None else None  # a port that is not a number raises
+    except ValueError:
+        valid = False
+    if not valid:
+        ctx.fail(path, f"expected a redis://host:port/db URL, found {show(raw)}")
+        return None
+    return str(raw)
 
 
 def _valid_base_url(value: Any) -> bool:
@@ -454,19 +649,19 @@ def _env_name(ctx: Context, raw: Any, path: str) -> str:
     return ""
 
 
-def _rate_limits(ctx: Context, raw: Any) -> tuple[RateLimit, ...]:
+def _rate_limits(ctx: Context, raw: Any, where: str = "api.rate_limits") -> tuple[RateLimit, ...]:
     """``api.rate_limits``: a non-empty list of ``{calls, seconds}``, all enforced at once."""
     if raw is ABSENT:
         return DEFAULT_RATE_LIMITS
     if not isinstance(raw, list) or not raw:
         ctx.fail(
-            "api.rate_limits",
+            where,
             f"expected a non-empty list of {{calls: N, seconds: S}}, found {show(raw)}",
         )
         return DEFAULT_RATE_LIMITS
     limits = []
     for i, item in enumerate(raw):
-        path = f"api.rate_limits[{i}]"
+        path = f"{where}[{i}]"
         limit = mapping(ctx, item, path, ("calls", "seconds"))
         if limit is None:
             continue
@@ -532,37 +727,41 @@ def _collections(
     defaults: tuple[date | None, date | None],
     *,
     discovering: bool = False,
+    section: dict[Any, Any] | None = None,
+    at: str = "",
 ) -> tuple[Collection, ...]:
     """The collections, each with its own range or the job-level defaults; hashes unique.
 
     With ``discover``, the list may be absent or empty: the account's collections are added at
-    run time, and listed ones keep their own ranges.
+    run time, and listed ones keep their own ranges. ``section`` is the mapping that holds the
+    list (an account's, ``at`` its path with a trailing dot); the job's top level by default.
     """
-    raw = top.get("collections", ABSENT)
+    raw = (top if section is None else section).get("collections", ABSENT)
+    where = f"{at}collections"
     if discovering and (raw is ABSENT or raw == []):
         return ()
     if raw is ABSENT:
-        ctx.fail("collections", "required: a list of collections, e.g. '- hash: d3m0h45h'")
+        ctx.fail(where, "required: a list of collections, e.g. '- hash: d3m0h45h'")
         return ()
     if not isinstance(raw, list) or not raw:
-        ctx.fail("collections", f"expected a non-empty list of collections, found {show(raw)}")
+        ctx.fail(where, f"expected a non-empty list of collections, found {show(raw)}")
         return ()
     result: list[Collection] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(raw):
-        name, first, last = _collection(ctx, item, f"collections[{i}]", defaults)
+        name, first, last = _collection(ctx, item, f"{where}[{i}]", defaults)
         if name is None:
             continue
         if name in seen:
             ctx.fail(
-                f"collections[{i}].hash",
-                f"duplicate: {name!r} is already collections[{seen[name]}]",
+                f"{where}[{i}].hash",
+                f"duplicate: {name!r} is already {where}[{seen[name]}]",
             )
             continue
         seen[name] = i
         if first is not None and last is not None:
             result.append(Collection(name, first, last))
-    _check_defaults_used(ctx, top, raw, defaults)
+    _check_defaults_used(ctx, top, raw, defaults, at=at)
     return tuple(result)
 
 
@@ -588,11 +787,16 @@ def _collection(
 
 
 def _check_defaults_used(
-    ctx: Context, top: dict[Any, Any], items: list[Any], defaults: tuple[date | None, date | None]
+    ctx: Context,
+    top: dict[Any, Any],
+    items: list[Any],
+    defaults: tuple[date | None, date | None],
+    *,
+    at: str = "",
 ) -> None:
     """Report a missing or inverted job-level range once, not once per collection using it."""
     uses_start = [
-        f"collections[{i}]"
+        f"{at}collections[{i}]"
         for i, item in enumerate(items)
         if not (isinstance(item, dict) and "start" in item)
     ]

@@ -10,6 +10,8 @@ The tree::
     ├── CircuitOpen                     the API failed, or asked us to wait, too long (exit 1)
     ├── DiscoveryFailed                 the account's collections could not be listed (exit 1)
     ├── UnitsFailed                     raise_on_failed_units(): a run left units failed (exit 1)
+    ├── BudgetUnavailable               the shared rate budget cannot be reached (exit 2 before
+    │                                   any call, exit 1 mid-run)
     └── UnitError                       one unit (collection × window) could not be fetched
         ├── TransientError              worth another attempt (retry reads ``transient``)
         │   ├── NetworkError            connection refused/reset/dropped, DNS
@@ -42,6 +44,7 @@ __all__ = [
     "ApiBusy",
     "ApiRejected",
     "BadResponse",
+    "BudgetUnavailable",
     "CircuitOpen",
     "CredentialsRejected",
     "DiscoveryFailed",
@@ -161,6 +164,18 @@ class UnitsFailed(HarvesterError):
         super().__init__(message)
         self.failed = failed
         self.report = report
+
+
+class BudgetUnavailable(HarvesterError):
+    """The shared rate budget (Redis, or the host's budget file) cannot be read or written.
+
+    Pacing alone would overrun a budget other processes spend too, so the run stops: with exit
+    2 when no call was made yet (``before_any_call``), else exit 1, committed work kept.
+    """
+
+    def __init__(self, message: str, *, before_any_call: bool = False) -> None:
+        super().__init__(message)
+        self.exit_code = EXIT_BAD_JOB if before_any_call else EXIT_UNITS_FAILED
 
 
 class CredentialsRejected(HarvesterError):

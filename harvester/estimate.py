@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harvester.config import Job, with_discovered
+from harvester.config import Job, account_discovered, accounts_of
 from harvester.fetch import LIST_PAGE_SIZE
 from harvester.model import RateLimit
 from harvester.output import read_discovered
 from harvester.pipeline import RunOptions
 from harvester.ratelimit import format_duration, shortest_duration
-from harvester.status import PlanSummary, plan_pending
+from harvester.status import PlanSummary, plan_by_account
 
 __all__ = ["AccountPlan", "JobPlan", "format_duration", "plan_job", "shortest_duration"]
 
@@ -111,8 +111,8 @@ class JobPlan:
 def plan_job(job: Job, options: RunOptions) -> JobPlan:
     """The plan of ``job`` now, from the job file and the state; no request, nothing written."""
     notes: list[str] = []
-    list_calls = 0
-    if job.discover is not None:
+    list_calls: dict[str, int] = {}
+    if any(a.discover is not None for a in accounts_of(job)):
         recorded = read_discovered(job.output)
         if recorded is None:
             notes.append(
@@ -120,13 +120,22 @@ def plan_job(job: Job, options: RunOptions) -> JobPlan:
                 " collections (the units above are only the listed ones)"
             )
         else:
-            hashes, at = recorded
-            job = with_discovered(job, hashes)
-            notes.append(f"discover: using the {len(hashes)} collections the run of {at} listed")
-            list_calls = len(hashes) // LIST_PAGE_SIZE + 1
-    summary = plan_pending(job, options)
-    account = _account(DEFAULT_ACCOUNT, summary, list_calls, job.api.rate_limits)
-    return JobPlan(str(job.source), summary.today.isoformat(), [account], notes)
+            listed, at = recorded
+            for account in accounts_of(job):
+                hashes = listed.get(account.name)
+                if hashes is not None:
+                    job, _ = account_discovered(job, account, hashes)
+                    list_calls[account.name] = len(hashes) // LIST_PAGE_SIZE + 1
+            total = sum(len(h) for h in listed.values())
+            notes.append(f"discover: using the {total} collections the run of {at} listed")
+    parts = plan_by_account(job, options)
+    limits = {a.name: a.api.rate_limits for a in accounts_of(job)}
+    accounts = [
+        _account(name, summary, list_calls.get(name, 0), limits[name])
+        for name, summary in parts.items()
+    ]
+    today = next(iter(parts.values())).today.isoformat() if parts else ""
+    return JobPlan(str(job.source), today, accounts, notes)
 
 
 def _account(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from tenacity import AsyncRetrying
 
 from harvester.api import StatsClient
+from harvester.budget import Pacer
 from harvester.config import Discovery
 from harvester.errors import (
     CircuitOpen,
@@ -26,7 +27,6 @@ from harvester.errors import (
     UnitError,
 )
 from harvester.model import Fetched, Unit
-from harvester.ratelimit import RateLimiter
 from harvester.retry import CircuitBreaker
 
 __all__ = ["FetchStats", "UnitFetcher"]
@@ -53,7 +53,7 @@ class UnitFetcher:
     def __init__(
         self,
         client: StatsClient,
-        limiter: RateLimiter,
+        limiter: Pacer,
         retrying: AsyncRetrying,
         breaker: CircuitBreaker,
         *,

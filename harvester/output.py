@@ -108,23 +108,26 @@ def write_meta(output: Path, meta: OutputMeta) -> None:
 DISCOVERED_FILE = "discovered.json"
 
 
-def write_discovered(output: Path, hashes: list[str], *, now: datetime) -> None:
-    """Record the collections ``discover`` listed, for ``harvester plan`` (no request)."""
+def write_discovered(output: Path, listed: dict[str, list[str]], *, now: datetime) -> None:
+    """Record the collections ``discover`` listed, by account, for ``harvester plan``."""
     path = output / META_DIR / DISCOVERED_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    data = {"listed_at": now.isoformat(timespec="seconds"), "hashes": hashes}
+    data = {"listed_at": now.isoformat(timespec="seconds"), "accounts": listed}
     tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
-def read_discovered(output: Path) -> tuple[list[str], str] | None:
-    """The collections the last ``discover`` listed and when, or None."""
+def read_discovered(output: Path) -> tuple[dict[str, list[str]], str] | None:
+    """The collections the last ``discover`` listed, by account, and when; or None."""
     try:
         data = json.loads((output / META_DIR / DISCOVERED_FILE).read_text(encoding="utf-8"))
-        hashes = [h for h in data["hashes"] if isinstance(h, str)]
-        return hashes, str(data["listed_at"])
-    except (OSError, ValueError, KeyError, TypeError):
+        listed = {
+            str(name): [h for h in hashes if isinstance(h, str)]
+            for name, hashes in data["accounts"].items()
+        }
+        return listed, str(data["listed_at"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

@@ -19,32 +19,39 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-import aiohttp
-
-from harvester.api import StatsClient, make_session
+from harvester.accounts import (
+    AccountStopped,
+    Lane,
+    close_lanes,
+    load_account_credentials,
+    open_lanes,
+    report_accounts,
+    start_lane,
+)
 from harvester.commit import Committer, Gone, Ledger, Quarantine, Rules
-from harvester.config import Credentials, Job, load_credentials, with_discovered
+from harvester.config import Credentials, Job, account_discovered, accounts_of
 from harvester.errors import (
+    EXIT_CREDENTIALS,
     EXIT_OK,
     EXIT_SIGINT,
     EXIT_SIGTERM,
     EXIT_UNITS_FAILED,
+    BudgetUnavailable,
     CircuitOpen,
     CredentialsRejected,
     DiscoveryFailed,
     UnitError,
 )
-from harvester.fetch import UnitFetcher
 from harvester.lock import OutputLock
 from harvester.model import Clock, Unit, system_clock
 from harvester.output import bind_output, check_output, write_discovered
 from harvester.plan import count_units, iter_windows
 from harvester.pool import Stopped, StopToken, WorkerPool
 from harvester.progress import Progress, Snapshot
-from harvester.ratelimit import RateLimiter
 from harvester.redact import register_secrets
 from harvester.report import RunReport, report_dict, write_report
-from harvester.retry import CircuitBreaker, build_retrying
+from harvester.retry import CircuitBreaker
+from harvester.schedule import Scheduler, Splitter
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
 from harvester.state import StateStore, default_state_path
 
@@ -126,8 +133,8 @@ async def harvest_async(
     options = options or RunOptions()
     credentials = None
     if not job.api.uses_simulator:
-        credentials = load_credentials(job.api, os.environ if env is None else env)
-        register_secrets([credentials.key, credentials.secret])
+        credentials = load_account_credentials(job, os.environ if env is None else env)
+        register_secrets([s for c in credentials.values() for s in (c.key, c.secret)])
     state_path = state_path_of(job, options)
     check_output(job, state_path)  # before anything is locked or written
     lock = OutputLock(job.output)
@@ -143,11 +150,12 @@ async def harvest_async(
 
 @contextlib.asynccontextmanager
 async def _endpoint(
-    job: Job, credentials: Credentials | None
-) -> AsyncIterator[tuple[str, Credentials]]:
-    """The API to talk to: the job's, or the bundled simulator started in-process."""
+    job: Job, credentials: Mapping[str, Credentials] | None
+) -> AsyncIterator[dict[str, tuple[str, Credentials]]]:
+    """Each account's API and credentials: the job's, or the bundled simulator started
+    in-process (every account on its one key)."""
     if credentials is not None:
-        yield job.api.base_url, credentials
+        yield {a.name: (a.api.base_url, credentials[a.name]) for a in accounts_of(job)}
         return
     from harvester.simulator import Simulator, SimulatorConfig
 
@@ -158,13 +166,13 @@ async def _endpoint(
     register_secrets([key, secret])
     log.info("using the bundled simulator at %s", base_url)
     try:
-        yield base_url, Credentials(key, secret)
+        yield {a.name: (base_url, Credentials(key, secret)) for a in accounts_of(job)}
     finally:
         await simulator.stop()
 
 
 async def _run(
-    job: Job, options: RunOptions, credentials: Credentials | None, state_path: Path
+    job: Job, options: RunOptions, credentials: Mapping[str, Credentials] | None, state_path: Path
 ) -> RunReport:
     """The asynchronous part of :func:`harvest`."""
     clock = options.clock or system_clock()
@@ -182,17 +190,20 @@ async def _run(
     )
     report.units_in_job = count_units(job)
     quarantine = Quarantine(state_path.parent / "quarantine" / f"run-{report.run_id}.jsonl")
-    sink = ParquetSink(job.output)
+    sink = ParquetSink(job.output, _owners(job))
     removed = sink.cleanup()
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
+    migrated = sink.migrate_accounts()
+    if migrated:
+        log.info("added the account column to %d files written before it", migrated)
     with StateStore(state_path, clock=clock.now, granularity=job.granularity) as store:
         bind_output(job, store, sink, now=now)
         run = _Harvest(job, options, store, sink, quarantine, clock, rules_of(job, options, today))
         try:
-            async with _endpoint(job, credentials) as (base_url, creds):
-                await run.run(base_url, creds)
-        except (CredentialsRejected, CircuitOpen, DiscoveryFailed) as exc:
+            async with _endpoint(job, credentials) as endpoints:
+                await run.run(endpoints)
+        except (CredentialsRejected, CircuitOpen, DiscoveryFailed, BudgetUnavailable) as exc:
             report.stopped_by = type(exc).__name__
             report.message = str(exc)
             report.exit_code = exc.exit_code
@@ -236,46 +247,44 @@ class _Harvest:
         clock: Clock,
         rules: Rules,
     ) -> None:
-        self.job, self.options, self.store = job, options, store
+        self.job, self.options, self.store, self.sink = job, options, store, sink
         self.token = StopToken(sleep=clock.sleep)
         # Collections the API said are gone: the ledger skips them, workers too, mid-run.
         self.gone = store.gone_collections() if not rules.retry_gone else set()
         self.ledger = Ledger(store, rules, self.gone)
         self.committer = Committer(store, sink, self.ledger, quarantine, rules, self.gone)
-        self.limiter = RateLimiter(
-            job.api.rate_limits, clock=clock.monotonic, sleep=self.token.sleep
-        )
         self.breaker = CircuitBreaker(job.retry.circuit_breaker_seconds, clock=clock.monotonic)
-        self.pool: WorkerPool[Unit] = WorkerPool(job.concurrency, self.token)
-        self.retrying = build_retrying(job.retry, self.breaker, sleep=self.token.sleep)
+        self.pool: WorkerPool[tuple[Lane, Unit]] = WorkerPool(job.concurrency, self.token)
         self.clock = clock
+        # One lane per account; several accounts stop one at a time, one account stops the run.
+        self.lanes: list[Lane] = []
+        self.several = len(accounts_of(job)) > 1
         self.units_in_job = count_units(job)
         self.stopped_by: str | None = None
         self.exit_code = EXIT_OK
-        self.fetcher: UnitFetcher | None = None
 
-    async def run(self, base_url: str, credentials: Credentials) -> None:
+    async def run(self, endpoints: Mapping[str, tuple[str, Credentials]]) -> None:
         """Recover staged answers, discover collections, fetch every pending unit, commit."""
+        if not self.several:
+            await self._recover()
+        # Every key's budget, shared with every process spending it (exit 2 if unreachable).
+        breaker = None if self.several else self.breaker
+        self.lanes = await open_lanes(self.job, endpoints, self.clock, self.token, breaker)
+        try:
+            for lane in self.lanes:
+                start_lane(lane, self.job, self.clock, self.token)
+            job = await self._discover()
+            if self.several:  # after discovery: the written rows name their account
+                await self._recover()
+            await self._fetch(job)
+        finally:
+            await close_lanes(self.lanes)
+
+    async def _recover(self) -> None:
+        """Write what an interrupted run fetched and did not write."""
         recovered = await self.committer.flush_all(recovery=True)
         if recovered:
             log.info("wrote %d fetched units an interrupted run had not written", recovered)
-        async with self._session() as session:
-            client = StatsClient(
-                session,
-                base_url,
-                credentials,
-                page_stats=self.job.page_stats,
-                now=self.clock.now,
-            )
-            self.fetcher = UnitFetcher(
-                client,
-                self.limiter,
-                self.retrying,
-                self.breaker,
-                max_attempts=self.job.retry.attempts,
-            )
-            job = await self._discover(self.fetcher)
-            await self._fetch(job, self.fetcher)
 
     def fill(self, report: RunReport) -> None:
         """Put every stage's counts into the report: the one place the report is written."""
@@ -312,36 +321,69 @@ class _Harvest:
             report.stopped_by = report.stopped_by or self.stopped_by
         if report.exit_code == EXIT_OK:
             report.exit_code = self.exit_code
-        if self.fetcher is not None:
-            _copy_fetch_stats(report, self.fetcher, self.limiter)
+        if self.lanes:
+            report_accounts(report, self.lanes)
+        self._report_stopped_accounts(report)
 
-    def _session(self) -> aiohttp.ClientSession:
-        """One pooled session; every send paced and counted from when it goes out."""
-        return make_session(
-            self.limiter,
-            timeout_seconds=self.job.api.timeout_seconds,
-            concurrency=self.job.concurrency,
-        )
+    def _report_stopped_accounts(self, report: RunReport) -> None:
+        """Several accounts: name those that stopped; rejected credentials make the exit 3."""
+        stopped = [lane for lane in self.lanes if lane.stopped is not None]
+        if not stopped:
+            return
+        rejected = [lane.name for lane in stopped if isinstance(lane.stopped, CredentialsRejected)]
+        report.accounts_rejected = rejected
+        if report.exit_code in (EXIT_OK, EXIT_UNITS_FAILED):
+            report.exit_code = EXIT_CREDENTIALS if rejected else EXIT_UNITS_FAILED
+        lines = [f"account {lane.name} stopped: {lane.stopped}" for lane in stopped]
+        report.message = "; ".join(filter(None, [report.message, *lines]))
 
-    async def _discover(self, fetcher: UnitFetcher) -> Job:
-        """The job with the account's collections added, when it asks for discovery."""
-        discovery = self.job.discover
-        if discovery is None:
-            return self.job
-        try:
-            hashes = await fetcher.discover(discovery)
-        except UnitError as exc:
-            raise DiscoveryFailed(f"{exc.reason} ({exc.kind}, {exc.attempts} attempts)") from exc
-        write_discovered(self.job.output, hashes, now=self.clock.now())
-        job = with_discovered(self.job, hashes)
-        added = len(job.collections) - len(self.job.collections)
-        log.info("discovered %d collections (%d not listed in the job)", len(hashes), added)
+    async def _discover(self) -> Job:
+        """The job with each account's collections added, for the accounts that ask."""
+        job = self.job
+        found = await asyncio.gather(*(self._discover_lane(lane) for lane in self.lanes))
+        listed = {lane.name: h for lane, h in zip(self.lanes, found, strict=True) if h is not None}
+        if listed:  # for `harvester plan`, which makes no request
+            write_discovered(self.job.output, listed, now=self.clock.now())
+        for lane, hashes in zip(self.lanes, found, strict=True):
+            if hashes is None:
+                continue
+            before = len(job.collections)
+            job, lane.account = account_discovered(job, lane.account, hashes)
+            log.info(
+                "%sdiscovered %d collections (%d not listed in the job)",
+                f"account {lane.name}: " if self.several else "",
+                len(hashes),
+                len(job.collections) - before,
+            )
         self.units_in_job = count_units(job)
+        self.sink.owners.update(_owners(job))
         return job
 
-    async def _fetch(self, job: Job, fetcher: UnitFetcher) -> None:
+    async def _discover_lane(self, lane: Lane) -> list[str] | None:
+        """One account's collection hashes, or None when it does not discover (or stopped)."""
+        discovery, fetcher = lane.account.discover, lane.fetcher
+        if discovery is None or fetcher is None:
+            return None
+        try:
+            return await fetcher.discover(discovery)
+        except UnitError as exc:
+            failed = DiscoveryFailed(f"{exc.reason} ({exc.kind}, {exc.attempts} attempts)")
+            if not self.several:
+                raise failed from exc
+            lane.stop(failed)
+        except CredentialsRejected as exc:
+            if not self.several:
+                raise
+            lane.stop(exc)
+        return None
+
+    async def _fetch(self, job: Job) -> None:
         """Run the pool over the pending units with the writer beside it; honour signals."""
-        units = self.ledger.pending(iter_windows(job))
+        accounts = accounts_of(job)
+        last_day = {a.name: max((c.end for c in a.collections), default=date.min) for a in accounts}
+        splitter = Splitter(iter_windows(job), _owners(job), last_day, self.ledger)
+        streams = [(lane, self.ledger.pending(splitter.stream(lane.name))) for lane in self.lanes]
+        units = Scheduler(streams, Lane.soonest)
         writer = asyncio.create_task(self.committer.run())
         writer.add_done_callback(self._writer_done)
         reporter = self._progress(job)
@@ -357,7 +399,7 @@ class _Harvest:
             job.concurrency,
         )
         try:
-            await self.pool.run(units, lambda unit: self._work(fetcher, unit))
+            await self.pool.run(units, self._work)
         finally:
             if progress is not None:
                 progress.cancel()
@@ -374,29 +416,61 @@ class _Harvest:
         if self.token.reason in ("SIGINT", "SIGTERM", "second signal"):
             log.warning("stopped by a signal; fetched units are committed; rerun to resume")
 
-    async def _work(self, fetcher: UnitFetcher, unit: Unit) -> None:
+    async def _work(self, item: tuple[Lane, Unit]) -> None:
         """One unit, fetched; its outcome handed to the writer, whatever it is."""
+        lane, unit = item
+        if lane.stopped is not None or lane.fetcher is None:
+            self._skip(lane, unit)
+            return
         if unit.collection_hash in self.gone:
             self.committer.put(Gone(unit))  # learnt mid-run: no call for the rest of it
             return
         try:
-            self.committer.put(await fetcher.fetch(unit))
+            self.committer.put(await lane.fetcher.fetch(unit))
+            lane.counts["fetched"] += 1
         except (Stopped, asyncio.CancelledError):
             self.committer.put(unit)  # abandoned: the next run fetches it
+            lane.counts["abandoned"] += 1
             _raise_if_cancelled()
         except CircuitOpen as exc:
             if isinstance(exc.__cause__, UnitError):
                 self.committer.put(exc.__cause__)
+                lane.counts["failed"] += 1
             else:
                 self.committer.put(unit)
+                lane.counts["abandoned"] += 1
+            if self.several:
+                lane.stop(exc)  # this account's API is down: the others go on
+                return
             self.token.set("circuit breaker")
             raise
-        except CredentialsRejected:
+        except CredentialsRejected as exc:
+            if self.several:
+                lane.stop(exc)
+                self._skip(lane, unit)
+                return
             self.committer.put(unit)
             self.token.set("credentials")
             raise
+        except BudgetUnavailable:
+            self.committer.put(unit)  # not attempted: the next run fetches it
+            self.token.set("rate budget")
+            raise
         except UnitError as exc:
             self.committer.put(exc)
+            lane.counts["failed"] += 1
+
+    def _skip(self, lane: Lane, unit: Unit) -> None:
+        """A unit of a stopped account, ended without a call: failed with the account's
+        reason when its credentials were rejected, else left for the next run."""
+        if isinstance(lane.stopped, CircuitOpen) or lane.stopped is None:
+            self.committer.put(unit)
+            lane.counts["abandoned"] += 1
+            return
+        failure = AccountStopped(f"account {lane.name}: {lane.stopped}")
+        failure.unit = unit
+        self.committer.put(failure)
+        lane.counts["failed"] += 1
 
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         """If the writer died (disk full, say), stop fetching what could not be kept."""
@@ -434,12 +508,7 @@ class _Harvest:
         # total the ETA needs, which the lazy plan only knows at its end.
         counter = Ledger(self.store, self.ledger.rules, set(self.gone))
         total = sum(1 for _ in counter.pending(iter_windows(job)))
-        plan, done, limiter, clock = (
-            self.ledger.counts,
-            self.committer.counts,
-            self.limiter,
-            self.clock,
-        )
+        plan, done, lanes, clock = self.ledger.counts, self.committer.counts, self.lanes, self.clock
         started = clock.monotonic()
 
         def snapshot() -> Snapshot:
@@ -448,13 +517,15 @@ class _Harvest:
                 resolved=resolved,
                 to_fetch=max(total, plan.to_fetch),
                 failed=done.failed,
-                calls=limiter.calls,
-                held_seconds=limiter.held_seconds,
+                calls=sum(lane.pacer.calls for lane in lanes),
+                held_seconds=max((lane.pacer.held_seconds for lane in lanes), default=0.0),
                 elapsed=clock.monotonic() - started,
             )
 
         every = options.progress_every or PROGRESS_EVERY_SECONDS
-        return Progress(snapshot, job.api.rate_limits, every=every, live=options.live_progress)
+        # With several accounts the calls left split between budgets: the ETA is the pace's.
+        limits = job.api.rate_limits if not self.several else ()
+        return Progress(snapshot, limits, every=every, live=options.live_progress)
 
 
 def _raise_if_cancelled() -> None:
@@ -464,15 +535,6 @@ def _raise_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def _copy_fetch_stats(report: RunReport, fetcher: UnitFetcher, limiter: RateLimiter) -> None:
-    """The fetcher's and the limiter's counters, into the report."""
-    stats = fetcher.stats
-    report.requests = limiter.calls
-    report.retries = stats.retries
-    report.errors_by_kind = dict(stats.errors)
-    report.answers_by_code = dict(sorted(stats.answers.items()))
-    report.rate_limit_answers = stats.rate_limit_answers
-    report.rate_limit_waits = limiter.waits
-    report.rate_limit_wait_seconds = round(limiter.waited_seconds, 3)
-    report.rate_limit_held_seconds = round(limiter.held_seconds, 3)
-    report.rate_limit_pauses = limiter.pauses
+def _owners(job: Job) -> dict[str, str]:
+    """Collection hash → the name of the account it belongs to."""
+    return {c.hash: a.name for a in accounts_of(job) for c in a.collections}

@@ -115,6 +115,14 @@ class Slot:
             self._state = Slot._FREED
             self._limiter._freed()
 
+    async def astamp(self) -> None:
+        """:meth:`stamp`, as the paced session calls every budget's slots."""
+        self.stamp()
+
+    async def afree(self) -> None:
+        """:meth:`free`, as the paced session calls every budget's slots."""
+        self.free()
+
 
 class RateLimiter:
     """Admit calls so that every window holds; share one instance between a key's workers.
@@ -143,6 +151,7 @@ class RateLimiter:
         self._unsent = 0
         self._holding = False  # the first waiter is waiting: everyone behind it is held too
         self._holds = 0  # how many times it started waiting
+        self._queued = 0  # calls waiting in reserve
         self.calls = 0
         self.waits = 0
         self.waited_seconds = 0.0
@@ -174,20 +183,32 @@ class RateLimiter:
             self._unsent += 1
             return Slot(self)
         arrived, holding, holds = self._clock(), self._holding, self._holds
-        async with self._lock:
-            while True:
-                now = self._clock()
-                ready_at = max(
-                    self._paused_until, *(w.free_at(self._unsent) for w in self._windows)
-                )
-                if ready_at <= now:
-                    break
-                await self._hold(ready_at - now)
-            if holding or self._holds != holds:
-                self.waits += 1
-                self.waited_seconds += now - arrived
-            self._unsent += 1
-            return Slot(self)
+        self._queued += 1
+        try:
+            async with self._lock:
+                while True:
+                    now = self._clock()
+                    ready_at = max(
+                        self._paused_until, *(w.free_at(self._unsent) for w in self._windows)
+                    )
+                    if ready_at <= now:
+                        break
+                    await self._hold(ready_at - now)
+                if holding or self._holds != holds:
+                    self.waits += 1
+                    self.waited_seconds += now - arrived
+                self._unsent += 1
+                return Slot(self)
+        finally:
+            self._queued -= 1
+
+    def admits_at(self) -> float:
+        """When a call asking now would be admitted, behind those already waiting: the moment
+        every window has room for them all (infinite when unsent calls fill one)."""
+        if not self._windows:
+            return -math.inf
+        ahead = self._unsent + self._queued
+        return max(self._paused_until, *(w.free_at(ahead) for w in self._windows))
 
     async def _hold(self, delay: float) -> None:
         """Wait ``delay`` seconds, or less if a slot is stamped or freed. ``delay`` is infinite
@@ -233,6 +254,9 @@ class RateLimiter:
     def _freed(self) -> None:
         self._unsent -= 1
         self._changed.set()
+
+    async def aclose(self) -> None:
+        """Nothing to release: the limiter lives in this process alone."""
 
     def pause(self, seconds: float) -> bool:
         """Hold every worker back for ``seconds`` from now (extends, never shortens, a pause).

@@ -92,6 +92,9 @@ class RunReport:
     quarantine_file: str | None = None
     failed: list[FailedEntry] = field(default_factory=list)
     message: str = ""
+    # Per account (a job without accounts has one, "default"): units, requests, why it stopped.
+    by_account: dict[str, dict[str, Any]] = field(default_factory=dict)
+    accounts_rejected: list[str] = field(default_factory=list)  # 41/44: the run exits 3
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain, JSON-safe, redacted data (for XCom, Dagster metadata, logs)."""
@@ -166,6 +169,14 @@ class RunReport:
             lines.append(f"... and {len(self.failed) - 10} more failed units (see the report)")
         if self.quarantined:
             lines.append(f"quarantined payloads: {self.quarantined} in {self.quarantine_file}")
+        if len(self.by_account) > 1:
+            for name, figures in self.by_account.items():
+                stopped = f"; stopped: {figures['message']}" if figures.get("message") else ""
+                lines.append(
+                    f"account {name}: {figures['units_fetched']} fetched, "
+                    f"{figures['units_failed']} failed, {figures['requests']} requests, "
+                    f"{figures['rate_limit_answers']} limit answers{stopped}"
+                )
         if self.message:
             lines.append(self.message)
         lines.append(f"exit {self.exit_code}: {EXIT_CODES.get(self.exit_code, '')}")

@@ -15,7 +15,7 @@ pyarrow's dataset discovery nor a ``*.parquet`` glob ever picks one up.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import NamedTuple
@@ -58,6 +58,7 @@ PAGE_SCHEMA = pa.schema(
         ("clicks", pa.int64()),
         ("time_spent", pa.int64()),
         ("fetched_at", _FETCHED_AT),
+        ("account", pa.string()),
     ]
 )
 COLLECTION_SCHEMA = pa.schema(
@@ -70,8 +71,11 @@ COLLECTION_SCHEMA = pa.schema(
         ("time_spent", pa.int64()),
         ("downloads", pa.int64()),
         ("fetched_at", _FETCHED_AT),
+        ("account", pa.string()),
     ]
 )
+ACCOUNT = "account"  # the account's name; outputs written before it are migrated to "default"
+DEFAULT_ACCOUNT = "default"
 # What a file holds: everything but the partition column.
 PAGE_FILE_SCHEMA = PAGE_SCHEMA.remove(PAGE_SCHEMA.get_field_index(PARTITION_KEY))
 COLLECTION_FILE_SCHEMA = COLLECTION_SCHEMA.remove(COLLECTION_SCHEMA.get_field_index(PARTITION_KEY))
@@ -114,12 +118,12 @@ def read_dataset(output: str | os.PathLike[str], name: str) -> pa.Table:
     return table.to_table().sort_by([(k, "ascending") for k in keys])
 
 
-def _page_rows(results: Sequence[Fetched]) -> pa.Table:
+def _page_rows(results: Sequence[Fetched], owners: Mapping[str, str]) -> pa.Table:
     """One row per returned page (all-zero pages included), built column-wise."""
     owner = [i for i, r in enumerate(results) for _ in r.pages]
     pages = [p for r in results for p in r.pages]
     page, views, clicks, time_spent = zip(*pages, strict=True) if pages else ((),) * 4
-    units = _unit_columns(results).take(pa.array(owner, pa.int64()))
+    units = _unit_columns(results, owners).take(pa.array(owner, pa.int64()))
     return pa.Table.from_arrays(
         [
             units["collection_hash"],
@@ -129,14 +133,15 @@ def _page_rows(results: Sequence[Fetched]) -> pa.Table:
             pa.array(clicks, pa.int64()),
             pa.array(time_spent, pa.int64()),
             units["fetched_at"],
+            units[ACCOUNT],
         ],
         schema=PAGE_FILE_SCHEMA,
     )
 
 
-def _collection_rows(results: Sequence[Fetched]) -> pa.Table:
+def _collection_rows(results: Sequence[Fetched], owners: Mapping[str, str]) -> pa.Table:
     """One row per unit, also when it has no pages or no traffic."""
-    units = _unit_columns(results)
+    units = _unit_columns(results, owners)
     return pa.Table.from_arrays(
         [
             units["collection_hash"],
@@ -146,18 +151,21 @@ def _collection_rows(results: Sequence[Fetched]) -> pa.Table:
             pa.array([r.time_spent for r in results], pa.int64()),
             pa.array([r.downloads for r in results], pa.int64()),
             units["fetched_at"],
+            units[ACCOUNT],
         ],
         schema=COLLECTION_FILE_SCHEMA,
     )
 
 
-def _unit_columns(results: Sequence[Fetched]) -> pa.Table:
+def _unit_columns(results: Sequence[Fetched], owners: Mapping[str, str]) -> pa.Table:
     """The per-unit columns both datasets share."""
+    hashes = [r.unit.collection_hash for r in results]
     return pa.table(
         {
-            "collection_hash": pa.array([r.unit.collection_hash for r in results], pa.string()),
+            "collection_hash": pa.array(hashes, pa.string()),
             "period_end": pa.array([r.unit.end for r in results], pa.date32()),
             "fetched_at": pa.array([r.fetched_at for r in results], _FETCHED_AT),
+            ACCOUNT: pa.array([owners.get(h, DEFAULT_ACCOUNT) for h in hashes], pa.string()),
         }
     )
 
@@ -193,8 +201,25 @@ def _make_dirs(folder: Path) -> None:
 class ParquetSink:
     """Writes whole partitions of both datasets, atomically, as upserts by unit."""
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, owners: Mapping[str, str] | None = None) -> None:
         self.output = output
+        self.owners: dict[str, str] = dict(owners or {})  # hash → account; else "default"
+
+    def migrate_accounts(self) -> int:
+        """Give the files written before the ``account`` column one, ``default`` (such an
+        output had one account); return the files rewritten. A reader that takes its schema
+        from the first file would otherwise drop the column from every file."""
+        migrated = 0
+        for name, schema in _FILE_SCHEMAS.items():
+            for target in sorted((self.output / name).glob(f"{PARTITION_KEY}=*/{PART_FILE}")):
+                if ACCOUNT in pq.read_schema(target).names:
+                    continue
+                old = pq.read_table(target, partitioning=None)
+                column = pa.array([DEFAULT_ACCOUNT] * old.num_rows, pa.string())
+                rows = old.append_column(ACCOUNT, column).select(schema.names).cast(schema)
+                self._replace(target.parent, rows)
+                migrated += 1
+        return migrated
 
     def cleanup(self) -> int:
         """Remove temp files a crashed run left (the caller holds the lock); return how many."""
@@ -221,8 +246,8 @@ class ParquetSink:
         latest = list({r.unit: r for r in results}.values())
         if not latest:
             return WriteResult(0, 0, 0)
-        pages = _page_rows(latest)
-        collections = _collection_rows(latest)
+        pages = _page_rows(latest, self.owners)
+        collections = _collection_rows(latest, self.owners)
         here = [u for u in replaced if u.start == period_start]
         keys = pa.concat_tables([collections.select(UNIT_KEY), _keys(here)])
         files = self._upsert(PAGE_STATS, period_start, pages, keys)

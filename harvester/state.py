@@ -551,6 +551,15 @@ class StateStore:
                 counts["provisional"] += n
         return counts
 
+    def counts_by_collection(self) -> dict[str, dict[str, int]]:
+        """:meth:`counts` (without ``provisional``) for each collection hash."""
+        result: dict[str, dict[str, int]] = {}
+        for collection, status, n in self._db.execute(
+            "SELECT collection_hash, status, count(*) FROM units GROUP BY collection_hash, status"
+        ):
+            result.setdefault(collection, dict.fromkeys(STATUSES, 0))[status] += n
+        return result
+
     def record_run(self, summary: Mapping[str, Any]) -> None:
         """Append one run's summary (as JSON, redacted before encoding) to the runs table."""
         text = json.dumps(redact_data(summary), sort_keys=True, default=lambda o: redact(str(o)))

@@ -6,19 +6,19 @@ Nothing here requests, locks or writes anything: the state is opened read-only.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from harvester.commit import Ledger, PlanCounts
-from harvester.config import Job
+from harvester.config import Job, accounts_of
 from harvester.model import system_clock
 from harvester.pipeline import RunOptions, rules_of, state_path_of
 from harvester.plan import count_units, iter_windows
 from harvester.state import StateStore
 
-__all__ = ["PlanSummary", "plan_pending", "status"]
+__all__ = ["PlanSummary", "plan_by_account", "plan_pending", "status"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,35 @@ def plan_pending(job: Job, options: RunOptions) -> PlanSummary:
     return PlanSummary(count_units(job), ledger.counts, today)
 
 
+def plan_by_account(job: Job, options: RunOptions) -> dict[str, PlanSummary]:
+    """:func:`plan_pending` for each account of the job (its listed collections)."""
+    return {
+        account.name: plan_pending(
+            replace(job, collections=account.collections, discover=account.discover, accounts=()),
+            options,
+        )
+        for account in accounts_of(job)
+    }
+
+
+def _by_account(job: Job, store: StateStore) -> list[str]:
+    """One line per account of a job with several: its units done, failed, staged."""
+    accounts = accounts_of(job)
+    if len(accounts) < 2:
+        return []
+    owner = {c.hash: a.name for a in accounts for c in a.collections}
+    totals = {a.name: dict.fromkeys(("done", "failed", "staged"), 0) for a in accounts}
+    for collection, counts in store.counts_by_collection().items():
+        name = owner.get(collection)
+        if name is not None:  # discovered collections are not in the job file
+            for status in totals[name]:
+                totals[name][status] += counts.get(status, 0)
+    return [
+        f"account {name}: {t['done']} units done, {t['failed']} failed, {t['staged']} staged"
+        for name, t in totals.items()
+    ]
+
+
 def status(job: Job, options: RunOptions, *, limit: int = 20) -> str:
     """What the state says of a job's output: counts, failures, the last run; read only."""
     path = state_path_of(job, options)
@@ -59,11 +88,13 @@ def status(job: Job, options: RunOptions, *, limit: int = 20) -> str:
         return f"{job.output}: no state yet ({path}): nothing was harvested here"
     with StateStore(path, readonly=True) as store:
         counts, failed, gone = store.counts(), store.failed(), store.failed(gone=True)
+        accounts = _by_account(job, store)
     lines = [
         f"{job.output}: {counts['done']} units done ({counts['provisional']} provisional: their"
         f" window had not ended, the next run fetches them again), {counts['failed']} failed,"
         f" {counts['staged']} fetched but not yet written (the next run writes them)"
     ]
+    lines += accounts
     lines += [
         f"failed: {f.unit}: {f.reason} ({f.kind}, {f.attempts} attempts, {f.failed_at})"
         for f in failed[:limit]

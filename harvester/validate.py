@@ -31,6 +31,11 @@ def _facts(job: Job) -> str:
         facts.append(f"{count_units(job)} units from {first.isoformat()} to {last.isoformat()}")
     source = "the bundled simulator" if job.api.uses_simulator else job.api.base_url
     facts += [f"output {job.output}", f"from {source}"]
-    if not job.api.uses_simulator:
+    if job.accounts:
+        names = ", ".join(a.name for a in job.accounts)
+        discovering = ", ".join(a.name for a in job.accounts if a.discover is not None)
+        more = f"; listing their collections at run time: {discovering}" if discovering else ""
+        facts.append(f"{len(job.accounts)} accounts ({names}), each with its own key{more}")
+    elif not job.api.uses_simulator:
         facts.append(f"credentials from ${job.api.key_env} and ${job.api.secret_env}")
     return ", ".join(facts)

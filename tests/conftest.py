@@ -14,10 +14,12 @@ import pytest
 import yaml
 from hypothesis import settings
 
+from harvester.budget import BUDGET_DIR_ENV
 from harvester.config import Job, RateLimit, load_job
 from harvester.plan import iter_units
 from harvester.simulator import SimulatorConfig, SimulatorThread, expected_stats
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, read_dataset
+from tests.redis_server import RedisServer, redis_server
 
 # In CI the property tests replay the same examples every run: a failure there is reproducible,
 # and new ground is broken locally (run them with --hypothesis-seed=random values).
@@ -31,6 +33,22 @@ API_SECRET = "SECRET-77ab-harvest-test-04c1"
 SIM_LIMITS = (RateLimit(200, 1.0), RateLimit(5000, 60.0))
 START, END = date(2026, 3, 1), date(2026, 3, 14)
 HASHES = ("d3m0h45h", "x9y8z7", "f1ipb00k")
+
+
+@pytest.fixture(autouse=True)
+def budget_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own host budget files: parallel tests against separate simulators on the
+    same key must not share one budget (and nothing lands in the user's directories)."""
+    path = tmp_path / "budget"
+    monkeypatch.setenv(BUDGET_DIR_ENV, str(path))
+    return path
+
+
+@pytest.fixture
+def redis_db(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, with its own folder; stopped after."""
+    with redis_server(tmp_path / "redis") as server:
+        yield server
 
 
 @pytest.fixture
@@ -122,7 +140,7 @@ def actual_rows(output: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ..
     def rows(name: str) -> list[tuple[Any, ...]]:
         if not (output / name).exists():
             return []
-        table = read_dataset(output, name).drop(["fetched_at"])
+        table = read_dataset(output, name).drop(["fetched_at", "account"])
         return sorted(tuple(r.values()) for r in table.to_pylist())
 
     return rows(PAGE_STATS), rows(COLLECTION_STATS)

@@ -54,6 +54,7 @@ def page_rows(r: Fetched) -> list[dict[str, Any]]:
             "clicks": clicks,
             "time_spent": spent,
             "fetched_at": r.fetched_at,
+            "account": "default",
         }
         for page, views, clicks, spent in r.pages
     ]
@@ -71,6 +72,7 @@ def collection_row(r: Fetched) -> dict[str, Any]:
         "time_spent": r.time_spent,
         "downloads": r.downloads,
         "fetched_at": r.fetched_at,
+        "account": "default",
     }
 
 
@@ -122,6 +124,7 @@ def test_schemas_are_the_contract() -> None:
             ("clicks", pa.int64()),
             ("time_spent", pa.int64()),
             ("fetched_at", TS),
+            ("account", pa.string()),
         ]
     ).equals(PAGE_SCHEMA, check_metadata=True)
     assert pa.schema(
@@ -133,6 +136,7 @@ def test_schemas_are_the_contract() -> None:
             ("time_spent", pa.int64()),
             ("downloads", pa.int64()),
             ("fetched_at", TS),
+            ("account", pa.string()),
         ]
     ).equals(COLLECTION_SCHEMA, check_metadata=True)
 

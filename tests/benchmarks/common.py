@@ -196,9 +196,11 @@ class _Recording(Simulator):
     def __init__(self, config: SimulatorConfig) -> None:
         super().__init__(config)
         self.arrivals: list[float] = []
+        self.keys: list[str] = []  # the API key of each arrival, for per-key figures
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.arrivals.append(self._clock())
+        self.keys.append(request.query.get("apiKey", ""))
         return await super()._handle(request)
 
 
@@ -236,6 +238,11 @@ class RecordingSimulator:
     def arrivals(self) -> list[float]:
         """Monotonic arrival times of every API request since the last reset."""
         result: list[float] = self._ask("arrivals")
+        return result
+
+    def arrivals_by_key(self) -> dict[str, list[float]]:
+        """Arrival times of every API request since the last reset, by API key."""
+        result: dict[str, list[float]] = self._ask("arrivals_by_key")
         return result
 
     def reset(self) -> None:
@@ -297,9 +304,15 @@ def _command(simulator: _Recording, command: str, args: tuple[Any, ...]) -> Any:
         return simulator.counters()
     if command == "arrivals":
         return list(simulator.arrivals)
+    if command == "arrivals_by_key":
+        by_key: dict[str, list[float]] = {}
+        for key, at in zip(simulator.keys, simulator.arrivals, strict=True):
+            by_key.setdefault(key, []).append(at)
+        return by_key
     if command == "reset":
         simulator.reset_counters()
         simulator.arrivals.clear()
+        simulator.keys.clear()
         return None
     if command == "reconfigure":
         simulator.reconfigure(**args[0])
