@@ -19,7 +19,7 @@ from __future__ import annotations
 import http.client
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 __all__ = [
+    "ACCOUNT_METRICS",
     "METRICS",
+    "AccountMetrics",
     "RunMetrics",
     "check_target",
     "collect",
@@ -66,6 +68,15 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("last_run_rows_written", "Rows the last run wrote, by dataset.", "dataset"),
     ("newest_period_end_timestamp_seconds", "End of the newest period in collection_stats.", ""),
 )
+# With several accounts, each account's share of the last run, labelled with its name (the
+# run-wide series above then carry account="all").
+ACCOUNT_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("account_last_run_units", "One account's units of the last run, by outcome.", "outcome"),
+    ("account_last_run_requests", "Requests the last run sent for one account.", ""),
+    ("account_last_run_answers", "Answers one account got in the last run, by code.", "code"),
+    ("account_last_run_stopped", "1 when the last run stopped the account (41/44, down).", ""),
+)
+ALL_ACCOUNTS = "all"
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,17 @@ class RunMetrics:
     last_run_rate_limit_wait_seconds: float
     last_run_rows_written: dict[str, int]
     newest_period_end_timestamp_seconds: float | None  # None: no rows yet, no metric
+    accounts: dict[str, AccountMetrics] = field(default_factory=dict)  # several accounts only
+
+
+@dataclass(frozen=True)
+class AccountMetrics:
+    """One account's share of the last run (fields named as in ACCOUNT_METRICS)."""
+
+    account_last_run_units: dict[str, int]
+    account_last_run_requests: int
+    account_last_run_answers: dict[str, int]
+    account_last_run_stopped: int
 
 
 def collect(report: RunReport, output: Path) -> RunMetrics:
@@ -94,8 +116,24 @@ def collect(report: RunReport, output: Path) -> RunMetrics:
     last_ok = success.finished_at.timestamp() if success and success.finished_at else 0.0
     if report.exit_code == 0:
         last_ok = max(last_ok, finished)
+    several = len(report.by_account) > 1
+    accounts = {
+        name: AccountMetrics(
+            account_last_run_units={
+                "fetched": int(f.get("units_fetched", 0)),
+                "failed": int(f.get("units_failed", 0)),
+                "not_attempted": int(f.get("units_not_attempted", 0)),
+            },
+            account_last_run_requests=int(f.get("requests", 0)),
+            account_last_run_answers=dict(f.get("answers_by_code", {})),
+            account_last_run_stopped=int(bool(f.get("stopped_by"))),
+        )
+        for name, f in (report.by_account.items() if several else ())
+    }
+    account = ALL_ACCOUNTS if several else DEFAULT_ACCOUNT
     return RunMetrics(
-        labels={"harvest_job": report.job, "output": report.output, "account": DEFAULT_ACCOUNT},
+        accounts=accounts,
+        labels={"harvest_job": report.job, "output": report.output, "account": account},
         last_success_timestamp_seconds=last_ok,
         last_run_timestamp_seconds=finished,
         last_run_duration_seconds=report.elapsed_seconds,
@@ -155,7 +193,43 @@ def registry(metrics: RunMetrics, *, labelled: bool = True) -> CollectorRegistry
                 family.labels(**ident, **{by: key}).set(number)
         else:
             (family.labels(**ident) if ident else family).set(value)
+    if labelled:  # the textfile: every account's families beside the run-wide ones
+        _account_families(reg, metrics, metrics.accounts)
     return reg
+
+
+def account_registry(metrics: RunMetrics, name: str) -> CollectorRegistry:
+    """One account's families without identifying labels, for its own pushed group."""
+    from prometheus_client import CollectorRegistry
+
+    reg = CollectorRegistry()
+    _account_families(reg, metrics, {name: metrics.accounts[name]}, labelled=False)
+    return reg
+
+
+def _account_families(
+    reg: CollectorRegistry,
+    metrics: RunMetrics,
+    accounts: Mapping[str, AccountMetrics],
+    *,
+    labelled: bool = True,
+) -> None:
+    """Add each account's families, labelled with its name (unless ``labelled=False``)."""
+    from prometheus_client import Gauge
+
+    if not accounts:
+        return
+    ident = [k for k in metrics.labels] if labelled else []
+    for name, doc, by in ACCOUNT_METRICS:
+        family = Gauge(PREFIX + name, doc, [*ident, by] if by else ident, registry=reg)
+        for account, figures in accounts.items():
+            labels = {**metrics.labels, "account": account} if labelled else {}
+            value: float | Mapping[str, float] = getattr(figures, name)
+            if isinstance(value, Mapping):
+                for key, number in sorted(value.items()):
+                    family.labels(**labels, **{by: key}).set(number)
+            else:
+                (family.labels(**labels) if labels else family).set(value)
 
 
 def require() -> None:
@@ -206,6 +280,14 @@ def export(
                 grouping_key=metrics.labels,
                 timeout=PUSH_TIMEOUT_SECONDS,
             )
+            for account in metrics.accounts:  # each account in a group of its own
+                push_to_gateway(
+                    pushgateway,
+                    job=PUSH_JOB,
+                    registry=account_registry(metrics, account),
+                    grouping_key={**metrics.labels, "account": account},
+                    timeout=PUSH_TIMEOUT_SECONDS,
+                )
         except (OSError, ValueError, http.client.HTTPException) as exc:
             log.warning("could not push the metrics to %s: %s", _where(pushgateway), exc)
 

@@ -299,3 +299,36 @@ def test_an_older_output_gains_the_account_column_on_the_next_run(
     job = load_job(path)
     units = list(iter_units(job))
     assert len(read_dataset(output, COLLECTION_STATS)) == len(units)
+
+
+def test_metrics_break_the_run_down_by_account(
+    tmp_path: Path, accounts_sim: SimulatorThread
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    path = _accounts_job(tmp_path, accounts_sim.base_url)
+    prom = tmp_path / "harvester.prom"
+    result = run_cli(
+        "run", str(path), "-q", "--metrics-file", str(prom), env=_env(south="SECRET-wrong")
+    )
+    assert result.returncode == 3, result.stderr
+    report = _report(path)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(prom.read_text())
+        for s in family.samples
+    }
+    ident = (("harvest_job", str(path)), ("output", report["output"]))
+
+    def value(name: str, account: str, **extra: str) -> float:
+        labels = tuple(sorted({**dict(ident), "account": account, **extra}.items()))
+        return samples[("harvester_" + name, labels)]
+
+    assert value("last_run_exit_code", "all") == 3  # the run-wide series: account="all"
+    for name, figures in report["by_account"].items():
+        assert value("account_last_run_units", name, outcome="fetched") == figures["units_fetched"]
+        assert value("account_last_run_units", name, outcome="failed") == figures["units_failed"]
+        assert value("account_last_run_requests", name) == figures["requests"]
+        assert value("account_last_run_stopped", name) == (name == "south")
+    assert value("account_last_run_answers", "south", code="44") >= 1
+    assert not any(h in prom.read_text() for hs in HASHES.values() for h in hs)
