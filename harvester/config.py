@@ -34,6 +34,7 @@ from harvester.fields import (
     positive,
     show,
 )
+from harvester.location import Location, StorageOptions
 from harvester.model import GRANULARITIES, RateLimit
 
 __all__ = [
@@ -136,7 +137,7 @@ class Job:
     retry: RetrySettings = field(default_factory=RetrySettings)
     granularity: str = DEFAULT_GRANULARITY
     page_stats: bool = True
-    output: Path = Path(DEFAULT_OUTPUT)
+    output: Location = field(default_factory=lambda: Location.local(DEFAULT_OUTPUT))
     refresh_days: int = DEFAULT_REFRESH_DAYS
     discover: Discovery | None = None
 
@@ -252,6 +253,7 @@ _TOP_KEYS = (
     "granularity",
     "page_stats",
     "output",
+    "storage",
     "refresh_days",
     "start",
     "end",
@@ -263,6 +265,7 @@ COLLECTION_STATUSES = ("public", "editable", "unlisted")
 _API_KEYS = ("base_url", "key_env", "secret_env", "timeout_seconds", "rate_limits")
 _RETRY_KEYS = ("attempts", "max_backoff_seconds", "circuit_breaker_seconds")
 _COLLECTION_KEYS = ("hash", "start", "end")
+_STORAGE_KEYS = ("endpoint", "region")
 
 
 def _job(ctx: Context, data: Any) -> Job | None:
@@ -279,7 +282,7 @@ def _job(ctx: Context, data: Any) -> Job | None:
     page_stats = top.get("page_stats", True)
     if not isinstance(page_stats, bool):
         ctx.fail("page_stats", f"expected true or false, found {show(page_stats)}")
-    output = _output(ctx, top.get("output", DEFAULT_OUTPUT))
+    output = _output(ctx, top.get("output", DEFAULT_OUTPUT), _storage(ctx, top.get("storage")))
     refresh = integer(
         ctx,
         top.get("refresh_days", ABSENT),
@@ -308,17 +311,42 @@ def _job(ctx: Context, data: Any) -> Job | None:
     )
 
 
-def _output(ctx: Context, raw: Any) -> Path:
-    """The output folder; a leading ``~`` or ``~user`` is the home folder, as in a shell."""
+def _output(ctx: Context, raw: Any, storage: StorageOptions) -> Location:
+    """The output: a folder (a leading ``~`` is the home folder) or ``s3://bucket/prefix``."""
+    default = Location.local(DEFAULT_OUTPUT)
     if not isinstance(raw, str) or not raw.strip() or "\0" in raw:
         ctx.fail("output", f"expected a non-empty folder path, found {show(raw)}")
-        return Path(DEFAULT_OUTPUT)
+        return default
     try:
-        return Path(raw).expanduser()
+        return Location.parse(raw, storage)
+    except ValueError as exc:
+        ctx.fail("output", str(exc))
+        return default
     except RuntimeError:  # no HOME, or no such user
         user = raw.split("/", 1)[0]
         ctx.fail("output", f"cannot expand {user!r}: no such user, or no home folder is known")
-        return Path(DEFAULT_OUTPUT)
+        return default
+
+
+def _storage(ctx: Context, raw: Any) -> StorageOptions:
+    """``storage: {endpoint, region}``: an S3-compatible store's address, instead of the env."""
+    if raw is None:
+        return StorageOptions()
+    block = mapping(ctx, raw, "storage", _STORAGE_KEYS)
+    if block is None:
+        return StorageOptions()
+    values: dict[str, str | None] = {}
+    for key in _STORAGE_KEYS:
+        value = block.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            ctx.fail(f"storage.{key}", f"expected a non-empty text, found {show(value)}")
+            value = None
+        values[key] = value
+    endpoint = values["endpoint"]
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        ctx.fail("storage.endpoint", f"expected an http:// or https:// URL, found {endpoint!r}")
+        endpoint = None
+    return StorageOptions(endpoint=endpoint, region=values["region"])
 
 
 def _discover(

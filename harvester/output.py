@@ -28,9 +28,11 @@ from typing import Any
 
 from harvester.config import Job
 from harvester.errors import JobError, Problem
+from harvester.location import Location
 from harvester.model import Unit, period_of
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
 from harvester.state import StateStore, default_state_path
+from harvester.storage import location_fs, put_text
 
 __all__ = ["META_FILE", "OutputMeta", "bind_output", "check_output", "read_meta"]
 
@@ -53,16 +55,26 @@ class OutputMeta:
     created_at: str = ""
 
 
-def meta_path(output: Path) -> Path:
-    """Where an output keeps its record."""
-    return output / META_DIR / META_FILE
+def meta_path(output: Path | Location) -> Path:
+    """Where a local output keeps its record."""
+    return Path(output) / META_DIR / META_FILE
 
 
-def read_meta(output: Path) -> OutputMeta | None:
+def _as_location(output: Path | Location) -> Location:
+    return output if isinstance(output, Location) else Location.local(output)
+
+
+def read_meta(output: Path | Location) -> OutputMeta | None:
     """The output's record, None when it has none; JobError when it is unreadable."""
-    path = meta_path(output)
+    location = _as_location(output)
+    path = location.join(META_DIR, META_FILE)
     try:
-        data: Any = json.loads(path.read_text(encoding="utf-8"))
+        if location.is_local:
+            text = Path(path).read_text(encoding="utf-8")
+        else:
+            with location_fs(location).open_input_stream(path) as fh:
+                text = fh.read().decode("utf-8")
+        data: Any = json.loads(text)
     except FileNotFoundError:
         return None
     except ValueError as exc:  # OSError (not a folder, denied) is the disk's: exit 74
@@ -84,25 +96,26 @@ def read_meta(output: Path) -> OutputMeta | None:
     return meta
 
 
-def write_meta(output: Path, meta: OutputMeta) -> None:
-    """Write the record beside, fsync, rename."""
-    path = meta_path(output)
+def write_meta(output: Path | Location, meta: OutputMeta) -> None:
+    """Write the record beside, fsync, rename (on an object store: one upload)."""
+    location = _as_location(output)
+    text = json.dumps(asdict(meta), indent=2) + "\n"
+    if not location.is_local:
+        put_text(location, location.join(META_DIR, META_FILE), text)
+        return
+    path = meta_path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(asdict(meta), fh, indent=2)
-        fh.write("\n")
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
-def _has_data(output: Path) -> bool:
+def _has_data(sink: ParquetSink) -> bool:
     """Whether the output holds any dataset file."""
-    return any(
-        next((output / name).glob("*/*.parquet"), None) is not None
-        for name in (PAGE_STATS, COLLECTION_STATS)
-    )
+    return any(sink.list_parts(name) for name in (PAGE_STATS, COLLECTION_STATS))
 
 
 def check_output(job: Job, state_path: Path) -> OutputMeta | None:
@@ -164,7 +177,7 @@ def bind_output(job: Job, store: StateStore, sink: ParquetSink, *, now: datetime
     """Adopt or create the output's record, tie the state to it; the caller holds the lock."""
     meta = check_output(job, store.path)
     if meta is None:
-        if _has_data(job.output):
+        if _has_data(sink):
             removed, touched = repair(sink, job.granularity)
             if removed:
                 store.forget(touched)

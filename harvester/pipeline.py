@@ -34,17 +34,19 @@ from harvester.errors import (
     UnitError,
 )
 from harvester.fetch import UnitFetcher
-from harvester.lock import OutputLock
 from harvester.model import Clock, Unit, system_clock
+from harvester.objlock import output_lock
 from harvester.output import bind_output, check_output
 from harvester.plan import count_units, iter_windows
 from harvester.pool import Stopped, StopToken, WorkerPool
 from harvester.ratelimit import RateLimiter
+from harvester.record import DatasetView, job_window
 from harvester.redact import register_secrets
 from harvester.report import RunReport, report_dict, write_report
 from harvester.retry import CircuitBreaker, build_retrying
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
 from harvester.state import StateStore, default_state_path
+from harvester.storage import check_reachable, publish_report
 
 __all__ = ["RunOptions", "harvest", "rules_of", "state_path_of"]
 
@@ -90,8 +92,9 @@ def harvest(job: Job, options: RunOptions, env: Mapping[str, str] | None = None)
         credentials = load_credentials(job.api, os.environ if env is None else env)
         register_secrets([credentials.key, credentials.secret])
     state_path = state_path_of(job, options)
+    check_reachable(job.output, str(job.source))  # a missing bucket: exit 2, nothing requested
     check_output(job, state_path)  # before anything is locked or written
-    lock = OutputLock(job.output)
+    lock = output_lock(job.output)
     lock.acquire(wait=options.wait_for_lock)
     try:
         return asyncio.run(_run(job, options, credentials, state_path))
@@ -161,6 +164,7 @@ async def _run(
         _finish(report, clock, started)
         store.record_run(report_dict(report))
     write_report(report, state_path.parent)
+    publish_report(job.output, state_path.parent, report.run_id, report.to_json() + "\n")
     return report
 
 
@@ -198,7 +202,9 @@ class _Harvest:
         self.token = StopToken(sleep=clock.sleep)
         # Collections the API said are gone: the ledger skips them, workers too, mid-run.
         self.gone = store.gone_collections() if not rules.retry_gone else set()
-        self.ledger = Ledger(store, rules, self.gone)
+        # What is done: the state, checked against the dataset's files (see harvester.record).
+        view = DatasetView(store, sink, job_window(job), write=True)
+        self.ledger = Ledger(view, rules, self.gone)
         self.committer = Committer(store, sink, self.ledger, quarantine, rules, self.gone)
         self.limiter = RateLimiter(
             job.api.rate_limits, clock=clock.monotonic, sleep=self.token.sleep
