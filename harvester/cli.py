@@ -7,6 +7,7 @@ harvester status JOB.yaml [--state PATH]
 harvester summary OUTPUT [--since DATE] [--until DATE] [--collection HASH] [--account NAME]
                          [--top N] [--png FILE]
 harvester runs OUTPUT [--limit N] [--json]
+harvester verify OUTPUT [--state PATH]
 harvester simulate [--host 127.0.0.1] [--port 8080] [--config sim.yaml] [--seed N]
 """
 
@@ -127,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         "--limit", type=_positive, default=20, metavar="N", help="runs shown (default 20)"
     )
     runs.add_argument("--json", action="store_true", help="a JSON array instead of lines")
+
+    check_lake = commands.add_parser(
+        "verify", help="compare an output's dataset with its state; no request (exit 1: missing)"
+    )
+    check_lake.add_argument("output", help="the output: a folder or s3://bucket/prefix")
+    check_lake.add_argument("--state", type=Path, help="state database, as given to run")
 
     sim = commands.add_parser("simulate", help="serve the bundled Flipsnack-compatible simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -261,6 +268,14 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from harvester.record import verify_output
+
+    found, state = verify_output(args.output, args.state)
+    print(redact(found.text(args.output, state)))
+    return 1 if found.missing else 0
+
+
 def _simulate(args: argparse.Namespace) -> int:
     import yaml
 
@@ -301,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": _status,
             "summary": _summary,
             "runs": _runs,
+            "verify": _verify,
             "simulate": _simulate,
         }
         return commands[args.command](args)

@@ -22,13 +22,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date
+from pathlib import Path
 
 from harvester.config import Job
 from harvester.model import Fingerprint, Unit, period_of
 from harvester.sink import COLLECTION_STATS, DATASETS, PAGE_STATS, ParquetSink
 from harvester.state import DONE, StateStore, Stored
 
-__all__ = ["DatasetView", "Reconciled", "job_window", "reconcile"]
+__all__ = ["DatasetView", "Reconciled", "Verified", "job_window", "reconcile", "verify"]
 
 log = logging.getLogger("harvester.record")
 
@@ -61,9 +62,17 @@ class Reconciled:
 
 
 def reconcile(
-    sink: ParquetSink, store: StateStore, window: tuple[date, date], granularity: str
+    sink: ParquetSink,
+    store: StateStore,
+    window: tuple[date, date],
+    granularity: str,
+    *,
+    trust_files: bool = True,
 ) -> Reconciled:
-    """Compare the listing with the state's record; read the partitions that differ."""
+    """Compare the listing with the state's record; read the partitions that differ.
+
+    ``trust_files=False`` reads every partition in the window (``harvester verify``).
+    """
     low, high = window
     listed = {
         (name, start): fp
@@ -74,7 +83,9 @@ def reconcile(
     recorded = {k: fp for k, fp in store.files().items() if low <= k[1] <= high}
     found = Reconciled(partitions_listed=len(listed))
     changed = {k[1] for k in listed.keys() | recorded.keys() if listed.get(k) != recorded.get(k)}
-    if not recorded:
+    if not trust_files:
+        changed |= {k[1] for k in listed} | store.done_starts(low, high)
+    elif not recorded:
         # A state that never recorded files (or none in this window): check its done units too.
         changed |= store.done_starts(low, high) - {k[1] for k in listed}
     for start in sorted(changed):
@@ -188,3 +199,64 @@ def _log(found: Reconciled, sink: ParquetSink) -> None:
             found.partitions_read,
             found.partitions_listed,
         )
+
+
+@dataclass
+class Verified:
+    """What ``harvester verify`` found: the state's done units against the dataset's rows."""
+
+    in_dataset: int
+    missing: list[Unit]  # done in the state, no rows in the dataset: the next run fetches them
+    unknown: int  # rows the state does not hold as done (it learns them at the next run)
+
+    def text(self, output: object, state: Path) -> str:
+        """The lines ``harvester verify`` prints."""
+        lines = [
+            f"{output}: {self.in_dataset} units in the dataset; state {state}:"
+            f" {len(self.missing)} done there but missing from the dataset,"
+            f" {self.unknown} in the dataset it does not know"
+        ]
+        lines += [f"missing: {u}" for u in self.missing[:20]]
+        if len(self.missing) > 20:
+            lines.append(f"... and {len(self.missing) - 20} more missing units")
+        if self.missing:
+            lines.append("the next run fetches the missing units again")
+        elif not self.unknown:
+            lines.append("the dataset and the state agree")
+        return "\n".join(lines)
+
+
+def verify(sink: ParquetSink, store: StateStore) -> Verified:
+    """Compare every partition's keys with the state; read only, no request."""
+    found = reconcile(sink, store, (date.min, date.max), store.granularity, trust_files=False)
+    in_dataset = sum(1 for v in found.overlay.values() if v is not None)
+    return Verified(in_dataset, sorted(found.dropped), found.learnt)
+
+
+def verify_output(output: str, state_path: Path | None = None) -> tuple[Verified, Path]:
+    """``harvester verify OUTPUT``: the output's dataset against its state; no request."""
+    from harvester.errors import UsageError
+    from harvester.location import Location
+    from harvester.output import read_meta
+    from harvester.state import default_state_path
+    from harvester.storage import check_reachable
+
+    try:
+        location = Location.parse(output)
+    except ValueError as exc:
+        raise UsageError(f"verify: {exc}") from None
+    check_reachable(location, output)
+    meta = read_meta(location)
+    if meta is None:
+        raise UsageError(f"{location}: not a harvester output (no _harvester/output.json)")
+    path = state_path or default_state_path(location)
+    sink = ParquetSink(location)
+    with open_state(path, meta.granularity) as store:
+        return verify(sink, store), path
+
+
+def open_state(path: Path, granularity: str) -> StateStore:
+    """The state at ``path`` read-only, or an empty one in memory when there is none."""
+    if path.is_file():
+        return StateStore(path, readonly=True)
+    return StateStore(Path(":memory:"), granularity=granularity)

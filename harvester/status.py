@@ -16,7 +16,10 @@ from harvester.config import Job
 from harvester.model import system_clock
 from harvester.pipeline import RunOptions, rules_of, state_path_of
 from harvester.plan import count_units, iter_windows
+from harvester.record import DatasetView, job_window, open_state
+from harvester.sink import ParquetSink
 from harvester.state import StateStore
+from harvester.storage import check_reachable
 
 __all__ = ["PlanSummary", "plan_pending", "status"]
 
@@ -35,16 +38,12 @@ def plan_pending(job: Job, options: RunOptions) -> PlanSummary:
     today = options.today or (options.clock or system_clock()).today()
     rules = rules_of(job, options, today)
     path = state_path_of(job, options)
-    if not path.exists():
-        counts = PlanCounts()
-        for batch in iter_windows(job):  # nothing is done, but the future is still the future
-            begun = sum(1 for u in batch if u.start <= today)
-            counts.to_fetch += begun
-            counts.not_begun += len(batch) - begun
-        return PlanSummary(count_units(job), counts, today)
-    with StateStore(path, readonly=True) as store:
+    check_reachable(job.output, str(job.source))
+    # No state yet: an empty one in memory; the dataset still says what is done.
+    with open_state(path, job.granularity) as store:
         gone = store.gone_collections() if not options.retry_gone else set()
-        ledger = Ledger(store, rules, gone)
+        view = DatasetView(store, ParquetSink(job.output), job_window(job), write=False)
+        ledger = Ledger(view, rules, gone)
         for _ in ledger.pending(iter_windows(job)):
             pass
     return PlanSummary(count_units(job), ledger.counts, today)
