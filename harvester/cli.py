@@ -8,6 +8,7 @@ harvester summary OUTPUT [--since DATE] [--until DATE] [--collection HASH] [--ac
                          [--top N] [--png FILE]
 harvester runs OUTPUT [--limit N] [--json]
 harvester verify OUTPUT [--state PATH]
+harvester maintain OUTPUT [--retention-hours N]
 harvester simulate [--host 127.0.0.1] [--port 8080] [--config sim.yaml] [--seed N]
 """
 
@@ -134,6 +135,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     check_lake.add_argument("output", help="the output: a folder or s3://bucket/prefix")
     check_lake.add_argument("--state", type=Path, help="state database, as given to run")
+
+    upkeep = commands.add_parser(
+        "maintain", help="Delta output: compact small files, vacuum old versions' files"
+    )
+    upkeep.add_argument("output", help="the output: a folder or s3://bucket/prefix")
+    upkeep.add_argument(
+        "--retention-hours",
+        type=_positive,
+        default=168,
+        metavar="N",
+        help="keep files older versions of the last N hours need (default 168: a week)",
+    )
 
     sim = commands.add_parser("simulate", help="serve the bundled Flipsnack-compatible simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -276,6 +289,14 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if found.missing else 0
 
 
+def _maintain(args: argparse.Namespace) -> int:
+    from harvester.record import maintain_output
+
+    for line in maintain_output(args.output, args.retention_hours):
+        print(redact(line))
+    return 0
+
+
 def _simulate(args: argparse.Namespace) -> int:
     import yaml
 
@@ -317,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "summary": _summary,
             "runs": _runs,
             "verify": _verify,
+            "maintain": _maintain,
             "simulate": _simulate,
         }
         return commands[args.command](args)

@@ -65,6 +65,8 @@ DEFAULT_MAX_BACKOFF_SECONDS = 60.0
 DEFAULT_CIRCUIT_BREAKER_SECONDS = 600.0
 DEFAULT_GRANULARITY = "day"
 DEFAULT_OUTPUT = "output"
+DEFAULT_FORMAT = "parquet"
+FORMATS = ("parquet", "delta")
 DEFAULT_REFRESH_DAYS = 0
 
 MAX_CONCURRENCY = 1000
@@ -138,6 +140,7 @@ class Job:
     granularity: str = DEFAULT_GRANULARITY
     page_stats: bool = True
     output: Location = field(default_factory=lambda: Location.local(DEFAULT_OUTPUT))
+    format: str = DEFAULT_FORMAT  # parquet | delta
     refresh_days: int = DEFAULT_REFRESH_DAYS
     discover: Discovery | None = None
 
@@ -254,6 +257,7 @@ _TOP_KEYS = (
     "page_stats",
     "output",
     "storage",
+    "format",
     "refresh_days",
     "start",
     "end",
@@ -283,6 +287,10 @@ def _job(ctx: Context, data: Any) -> Job | None:
     if not isinstance(page_stats, bool):
         ctx.fail("page_stats", f"expected true or false, found {show(page_stats)}")
     output = _output(ctx, top.get("output", DEFAULT_OUTPUT), _storage(ctx, top.get("storage")))
+    fmt = top.get("format", DEFAULT_FORMAT)
+    if fmt not in FORMATS:
+        ctx.fail("format", f"expected one of {', '.join(FORMATS)}, found {show(fmt)}")
+        fmt = DEFAULT_FORMAT
     refresh = integer(
         ctx,
         top.get("refresh_days", ABSENT),
@@ -306,6 +314,7 @@ def _job(ctx: Context, data: Any) -> Job | None:
         granularity=granularity,
         page_stats=page_stats is True,
         output=output,
+        format=fmt,
         refresh_days=refresh,
         discover=discover,
     )

@@ -128,9 +128,14 @@ def newest_period_end(output: Path | Location) -> float | None:
     """Midnight UTC after the newest ``period_end`` in collection_stats (None: no rows)."""
     import pyarrow.compute as pc
 
-    from harvester.sink import ParquetSink
+    from harvester.output import read_meta
+    from harvester.storage import open_sink
 
-    table = ParquetSink(output).read(COLLECTION_STATS, ["period_end"])
+    meta = read_meta(output)
+    if meta is None:
+        return None
+    location = output if isinstance(output, Location) else Location.local(output)
+    table = open_sink(location, meta.format).read(COLLECTION_STATS, ["period_end"])
     newest = pc.max(table["period_end"]).as_py()
     if newest is None:
         return None

@@ -53,6 +53,7 @@ class OutputMeta:
     page_stats: bool
     schema_version: int = OUTPUT_SCHEMA_VERSION
     created_at: str = ""
+    format: str = "parquet"  # or "delta": the datasets are Delta tables
 
 
 def meta_path(output: Path | Location) -> Path:
@@ -86,6 +87,7 @@ def read_meta(output: Path | Location) -> OutputMeta | None:
             page_stats=bool(data["page_stats"]),
             schema_version=int(data.get("schema_version", OUTPUT_SCHEMA_VERSION)),
             created_at=str(data.get("created_at", "")),
+            format=str(data.get("format", "parquet")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         msg = f"not a harvester output record (missing or bad {exc})"
@@ -133,6 +135,15 @@ def check_output(job: Job, state_path: Path) -> OutputMeta | None:
                 f"{output} holds {meta.granularity!r} windows; this job asks for"
                 f" {job.granularity!r}. One output holds one granularity (sums over both"
                 " would count the same traffic twice): give this job another output",
+            )
+        )
+    if meta is not None and meta.format != job.format:
+        problems.append(
+            Problem(
+                str(job.source),
+                "format",
+                f"{output} holds {meta.format} datasets; this job asks for {job.format!r}."
+                " One output holds one format: give this job another output",
             )
         )
     if meta is not None and meta.page_stats and not job.page_stats:
@@ -192,6 +203,7 @@ def bind_output(job: Job, store: StateStore, sink: ParquetSink, *, now: datetime
             granularity=job.granularity,
             page_stats=job.page_stats,
             created_at=now.isoformat(timespec="seconds"),
+            format=job.format,
         )
         write_meta(job.output, meta)
     elif job.page_stats and not meta.page_stats:

@@ -46,7 +46,7 @@ from harvester.report import RunReport, report_dict, write_report
 from harvester.retry import CircuitBreaker, build_retrying
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
 from harvester.state import StateStore, default_state_path
-from harvester.storage import check_reachable, publish_report
+from harvester.storage import check_reachable, open_sink, publish_report
 
 __all__ = ["RunOptions", "harvest", "rules_of", "state_path_of"]
 
@@ -143,7 +143,7 @@ async def _run(
     )
     report.units_in_job = count_units(job)
     quarantine = Quarantine(state_path.parent / "quarantine" / f"run-{report.run_id}.jsonl")
-    sink = ParquetSink(job.output)
+    sink = open_sink(job.output, job.format)
     removed = sink.cleanup()
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)

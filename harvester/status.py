@@ -17,9 +17,8 @@ from harvester.model import system_clock
 from harvester.pipeline import RunOptions, rules_of, state_path_of
 from harvester.plan import count_units, iter_windows
 from harvester.record import DatasetView, job_window, open_state
-from harvester.sink import ParquetSink
 from harvester.state import StateStore
-from harvester.storage import check_reachable
+from harvester.storage import check_reachable, open_sink
 
 __all__ = ["PlanSummary", "plan_pending", "status"]
 
@@ -42,7 +41,7 @@ def plan_pending(job: Job, options: RunOptions) -> PlanSummary:
     # No state yet: an empty one in memory; the dataset still says what is done.
     with open_state(path, job.granularity) as store:
         gone = store.gone_collections() if not options.retry_gone else set()
-        view = DatasetView(store, ParquetSink(job.output), job_window(job), write=False)
+        view = DatasetView(store, open_sink(job.output, job.format), job_window(job), write=False)
         ledger = Ledger(view, rules, gone)
         for _ in ledger.pending(iter_windows(job)):
             pass

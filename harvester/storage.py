@@ -20,10 +20,12 @@ from typing import Any
 from harvester.errors import JobError, Problem, StorageError
 from harvester.location import SECRET_VARS, Location
 from harvester.redact import redact, register_secrets
+from harvester.sink import ParquetSink
 
 __all__ = [
     "check_reachable",
     "location_fs",
+    "open_sink",
     "publish_report",
     "put_text",
     "register_storage_secrets",
@@ -85,3 +87,12 @@ def publish_report(location: Location, state_dir: Path, run_id: str, text: str) 
     if location.is_local:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     put_text(location, path, text)
+
+
+def open_sink(location: Location, fmt: str = "parquet") -> ParquetSink:
+    """The writer for an output: Hive-partitioned Parquet, or Delta tables (``format: delta``)."""
+    if fmt == "delta":
+        from harvester.delta import DeltaSink
+
+        return DeltaSink(location)
+    return ParquetSink(location)
