@@ -381,3 +381,36 @@ def test_a_renewal_refused_means_the_lock_was_lost(bucket: str, s3_env: dict[str
     wait_until(lambda: lock.lost, "the renewal refused")
     lock.release()  # not ours any more: left as it is
     assert _lock_body(client, bucket)["host"] == "other-host"
+
+
+# --- reading the lake back the way the README shows -------------------------------------------
+
+
+def readme_block(marker: str) -> str:
+    """The code block following ``<!-- marker -->`` in the README."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    after = readme.split(f"<!-- {marker} -->", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_duckdb_query_over_the_s3_lake(
+    lake_job: Callable[..., Path],
+    bucket: str,
+    s3_env: dict[str, str],
+    sim_config: SimulatorConfig,
+) -> None:
+    path = lake_job(f"s3://{bucket}/flipsnack")
+    assert run_cli("run", str(path), env=s3_env).returncode == 0
+    code = readme_block("s3-duckdb").replace("my-bucket/flipsnack", f"{bucket}/flipsnack")
+    scope: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    pages, _ = expected_rows(load_job(path), sim_config)
+    sums: dict[tuple[str, Any], list[int]] = {}
+    for h, start, _end, _page, views, clicks, _time in pages:
+        week = start - timedelta(days=start.weekday())
+        total = sums.setdefault((h, week), [0, 0])
+        total[0] += views
+        total[1] += clicks
+    assert [(h, w.date() if hasattr(w, "date") else w, v, c) for h, w, v, c in scope["weekly"]] == [
+        (h, w, v, c) for (h, w), (v, c) in sorted(sums.items())
+    ]
