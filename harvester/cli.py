@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--png", type=Path, metavar="FILE", help="chart views per period to FILE")
 
     runs = commands.add_parser("runs", help="the recent runs of an output, newest first")
-    runs.add_argument("output", type=Path, help="the output folder (the job's `output`)")
+    runs.add_argument("output", help="the output: a folder or s3://bucket/prefix")
     runs.add_argument(
         "--limit", type=_positive, default=20, metavar="N", help="runs shown (default 20)"
     )
@@ -268,16 +268,17 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _runs(args: argparse.Namespace) -> int:
     from harvester.display import stdout_console
-    from harvester.runs import check_output, print_runs, read_runs, report_folders, runs_json
+    from harvester.runs import print_runs, read_runs, runs_json
+    from harvester.storage import report_folders_of
 
-    check_output(args.output)
-    history = read_runs(report_folders(args.output))
+    with report_folders_of(args.output) as folders:
+        history = read_runs(folders)
     for path, reason in history.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if args.json:
         print(runs_json(history, args.limit))
     else:
-        print_runs(history, args.limit, stdout_console(), args.output)
+        print_runs(history, args.limit, stdout_console(), Path(args.output))
     return 0
 
 

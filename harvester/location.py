@@ -62,7 +62,7 @@ class Location:
             known = ", ".join(f"{s}://" for s in REMOTE_SCHEMES)
             raise ValueError(f"unsupported storage scheme {scheme}://: expected a path or {known}")
         root = str(PurePosixPath("/" + rest.strip("/")))[1:]
-        if not root or root.startswith("."):
+        if not root or rest.startswith("/") or root.startswith("."):
             raise ValueError(f"expected {scheme}://BUCKET/PREFIX, found {text!r}")
         return cls(scheme, root, storage)
 

@@ -51,6 +51,8 @@ def plan_pending(job: Job, options: RunOptions) -> PlanSummary:
 def status(job: Job, options: RunOptions, *, limit: int = 20) -> str:
     """What the state says of a job's output: counts, failures, the last run; read only."""
     path = state_path_of(job, options)
+    if not path.exists() and not job.output.is_local:
+        return _remote_without_state(job, path)
     if not path.exists():
         return f"{job.output}: no state yet ({path}): nothing was harvested here"
     with StateStore(path, readonly=True) as store:
@@ -93,3 +95,23 @@ def _last_run(path: Path) -> str:
         f"last run: {report.get('outcome')} at {report.get('finished_at')}, "
         f"exit {report.get('exit_code')} (report: {path})"
     )
+
+
+def _remote_without_state(job: Job, path: Path) -> str:
+    """An object-store output seen from a machine without its state: the output's reports."""
+    from harvester.runs import last_success, read_runs
+    from harvester.storage import report_folders_of
+
+    with report_folders_of(str(job.output)) as folders:
+        history = read_runs(folders)
+    lines = [
+        f"{job.output}: no local state here ({path}); the dataset is the record of what is"
+        " done: `harvester run JOB --dry-run` counts what is missing"
+    ]
+    if history.runs:
+        last = history.runs[0]
+        lines.append(f"last run: {last.outcome} at {last.finished_at}, exit {last.exit_code}")
+        success = last_success(history.runs)
+        if success is not None:
+            lines.append(f"last success: {success.finished_at} (run {success.run_id})")
+    return "\n".join(lines)

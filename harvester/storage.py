@@ -12,8 +12,10 @@ first request, so no message, log line or report can show them.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ __all__ = [
     "publish_report",
     "put_text",
     "register_storage_secrets",
+    "report_folders_of",
 ]
 
 RUNS_DIR = "_harvester/runs"
@@ -96,3 +99,39 @@ def open_sink(location: Location, fmt: str = "parquet") -> ParquetSink:
 
         return DeltaSink(location)
     return ParquetSink(location)
+
+
+@contextlib.contextmanager
+def report_folders_of(output: str) -> Iterator[list[Path]]:
+    """The folders holding an output's run reports (``harvester runs OUTPUT``).
+
+    A local output's own folders; an object store's ``_harvester/runs/`` copied into a
+    temporary folder for the time of the ``with`` block (reports are small).
+    """
+    from harvester.errors import UsageError
+    from harvester.runs import check_output, report_folders
+
+    try:
+        location = Location.parse(output)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if location.is_local:
+        check_output(location.path)
+        yield report_folders(location.path)
+        return
+    import pyarrow.fs as pafs
+
+    check_reachable(location, output)
+    fs = location_fs(location)
+    selector = pafs.FileSelector(location.join(*RUNS_DIR.split("/")), allow_not_found=True)
+    with tempfile.TemporaryDirectory(prefix="harvester-runs-") as folder:
+        try:
+            for info in fs.get_file_info(selector):
+                name = info.path.rpartition("/")[2]
+                if info.type == pafs.FileType.File and name.endswith(".json"):
+                    with fs.open_input_stream(info.path) as fh:
+                        (Path(folder) / name).write_bytes(fh.read())
+        except OSError as exc:
+            msg = f"{location}: cannot read the run reports: {redact(str(exc))}"
+            raise StorageError(msg) from None
+        yield [Path(folder)]

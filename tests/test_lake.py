@@ -147,11 +147,19 @@ def test_a_job_to_s3_reads_back_exactly_and_a_rerun_or_a_new_state_makes_no_call
     assert "rebuilt what is done from the dataset" in new.stderr
     assert actual_rows(job.output) == expected_rows(job, sim_config)
 
-    # The dry run on a state-less machine agrees.
+    # The dry run on a state-less machine agrees; history and last success come from the lake.
     shutil.rmtree(state.parent)
     dry = run_cli("run", str(path), "--dry-run", env=s3_env)
     assert dry.returncode == 0, dry.stderr
     assert ", 0 to fetch now" in dry.stdout
+    history = run_cli("runs", output, "--json", env=s3_env)
+    assert history.returncode == 0, history.stderr
+    units = len(expected_rows(job, sim_config)[1])
+    assert [r["units_committed"] for r in json.loads(history.stdout)] == [0, 0, units]
+    status = run_cli("status", str(path), env=s3_env)
+    assert status.returncode == 0, status.stderr
+    assert "no local state here" in status.stdout
+    assert "last success:" in status.stdout
 
 
 def test_a_missing_bucket_is_a_clear_error_and_writes_nothing(
