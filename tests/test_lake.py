@@ -422,3 +422,90 @@ def test_the_readme_duckdb_query_over_the_s3_lake(
     assert [(h, w.date() if hasattr(w, "date") else w, v, c) for h, w, v, c in scope["weekly"]] == [
         (h, w, v, c) for (h, w), (v, c) in sorted(sums.items())
     ]
+
+
+# Put on PYTHONPATH: the Nth upload of a part file sends half its bytes, then SIGKILLs the run.
+KILL_ON_UPLOAD = """
+import os
+_N = int(os.environ.get("HARVESTER_TEST_KILL_ON_UPLOAD", "0"))
+if _N:
+    import signal
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from harvester import sink
+
+    _calls = [0]
+    _real = sink.ParquetSink._upload
+
+    def _upload(self, target, rows):
+        _calls[0] += 1
+        if _calls[0] < _N:
+            return _real(self, target, rows)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(rows, buffer)
+        data = buffer.getvalue().to_pybytes()
+        out = self.fs.open_output_stream(target)
+        out.write(data[: len(data) // 2])
+        out.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    sink.ParquetSink._upload = _upload
+"""
+
+
+@pytest.mark.parametrize("refresh", [False, True], ids=["first-write", "rewrite"])
+def test_a_kill_mid_upload_leaves_the_old_object_and_the_rerun_is_exact(
+    refresh: bool,
+    lake_job: Callable[..., Path],
+    bucket: str,
+    s3_env: dict[str, str],
+    sim_config: SimulatorConfig,
+    tmp_path: Path,
+) -> None:
+    path = lake_job(f"s3://{bucket}/crash", end="2026-03-05")
+    job = load_job(path)
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
+    if refresh:
+        assert run_cli("run", str(path), env=s3_env).returncode == 0
+    before = {
+        k: client.get_object(Bucket=bucket, Key=k)["ETag"]
+        for k in keys_under(s3_env, bucket, "crash/")
+        if k.endswith(".parquet")
+    }
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_ON_UPLOAD)
+    crash_env = {**s3_env, "PYTHONPATH": str(hook), "HARVESTER_TEST_KILL_ON_UPLOAD": "2"}
+    crashed = run_cli("run", str(path), *(["--refresh"] if refresh else []), env=crash_env)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    after = {
+        k: client.get_object(Bucket=bucket, Key=k)["ETag"]
+        for k in keys_under(s3_env, bucket, "crash/")
+        if k.endswith(".parquet")
+    }
+    # The first upload completed; the second, cut short, left its key as it was.
+    assert len(set(after.items()) - set(before.items())) == 1
+    if refresh:
+        assert after.keys() == before.keys()
+        assert actual_rows(job.output) == expected_rows(job, sim_config)
+    rerun = run_cli("run", str(path), env=s3_env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert actual_rows(job.output) == expected_rows(job, sim_config)
+
+
+def test_a_local_output_whose_state_was_deleted_makes_no_call(
+    lake_job: Callable[..., Path],
+    s3_env: dict[str, str],
+    sim_config: SimulatorConfig,
+    tmp_path: Path,
+) -> None:
+    path = lake_job(str(tmp_path / "out"))
+    assert run_cli("run", str(path), env=s3_env).returncode == 0
+    shutil.rmtree(tmp_path / "out" / "_state")
+    again = run_cli("run", str(path), env=s3_env)
+    report = report_of(again, tmp_path / "out" / "_state" / "state.sqlite")
+    assert (report["requests"], report["units_to_fetch"]) == (0, 0), again.stderr
+    assert "rebuilt what is done from the dataset" in again.stderr
+    job = load_job(path)
+    assert actual_rows(job.output) == expected_rows(job, sim_config)
+    assert run_cli("verify", str(tmp_path / "out"), env=s3_env).returncode == 0

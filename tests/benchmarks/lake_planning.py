@@ -64,9 +64,13 @@ def best(job: Path, *extra: str) -> Child:
 
 
 def main() -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="lake-planning-"))
+    """Build the lake (in ``argv[1]`` if given, kept afterwards), time the three dry runs."""
+    keep = len(sys.argv) > 1
+    workdir = Path(sys.argv[1]) if keep else Path(tempfile.mkdtemp(prefix="lake-planning-"))
     try:
-        job = build(workdir)
+        job = workdir / "lake.yaml"
+        if not job.exists():
+            job = build(workdir)
         steady = best(job)
         fresh = best(job, "--state", str(workdir / "none" / "state.sqlite"))
         part = next((workdir / "lake" / "collection_stats").glob("*/part-0.parquet"))
@@ -75,7 +79,8 @@ def main() -> None:
         for name, child in (("steady", steady), ("new state", fresh), ("deleted", deleted)):
             print(f"{name:10} {child.wall:6.2f} s  (CPU {child.cpu:.2f} s)  {child.stdout.strip()}")
     finally:
-        shutil.rmtree(workdir)
+        if not keep:
+            shutil.rmtree(workdir)
 
 
 if __name__ == "__main__":
