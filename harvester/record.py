@@ -21,8 +21,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date
+from datetime import date
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from harvester.config import Job
 from harvester.model import Fingerprint, Unit, period_of
@@ -115,16 +118,21 @@ def _reconcile_partition(
     rows: dict[str, tuple[date, bool]] = {}
     if files[COLLECTION_STATS] is not None:
         keys = sink.read(COLLECTION_STATS, ["collection_hash", "period_end", "fetched_at"], [start])
-        for h, end, fetched_at in zip(
-            *(keys[c].to_pylist() for c in keys.column_names), strict=True
-        ):
-            final = fetched_at.astimezone(UTC).date() > end
-            rows[h] = (end, final)
+        # Final: fetched on a (UTC) day after the window's end; computed column-wise.
+        final = pc.greater(pc.cast(keys["fetched_at"], pa.date32()), keys["period_end"])
+        rows = dict(
+            zip(
+                keys["collection_hash"].to_pylist(),
+                zip(keys["period_end"].to_pylist(), final.to_pylist(), strict=True),
+                strict=True,
+            )
+        )
     with_pages: set[tuple[str, date]] = set()
     if files[PAGE_STATS] is not None:
         pages = sink.read(PAGE_STATS, ["collection_hash", "period_end"], [start])
+        units = pages.group_by(["collection_hash", "period_end"]).aggregate([])
         with_pages = set(
-            zip(pages["collection_hash"].to_pylist(), pages["period_end"].to_pylist(), strict=True)
+            zip(units["collection_hash"].to_pylist(), units["period_end"].to_pylist(), strict=True)
         )
     period = period_of(granularity, start).isoformat()
     state = store.in_partition(start)
@@ -134,11 +142,12 @@ def _reconcile_partition(
             found.dropped.append(Unit(h, known.start, known.end))
         elif known.status != DONE:
             rows.pop(h, None)  # staged, failed or gone: the state knows better
+    overlay, adopted = found.overlay, found.adopted
     for h, (end, final) in rows.items():
         pages = (h, end) in with_pages
-        found.overlay[(period, h)] = Stored(DONE, start, end, final, pages)
-        found.adopted.append((Unit(h, start, end), final, pages))
-        if state.get(h) != found.overlay[(period, h)]:
+        stored = overlay[(period, h)] = Stored(DONE, start, end, final, pages)
+        adopted.append((Unit(h, start, end), final, pages))
+        if state.get(h) != stored:
             found.learnt += 1
 
 
