@@ -46,7 +46,7 @@ from harvester.report import RunReport, report_dict, write_report
 from harvester.retry import CircuitBreaker, build_retrying
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
 from harvester.state import StateStore, default_state_path
-from harvester.storage import check_reachable, open_sink, publish_report
+from harvester.storage import check_reachable, open_sink, publish_report, storage_errors
 
 __all__ = ["RunOptions", "harvest", "rules_of", "state_path_of"]
 
@@ -97,7 +97,8 @@ def harvest(job: Job, options: RunOptions, env: Mapping[str, str] | None = None)
     lock = output_lock(job.output)
     lock.acquire(wait=options.wait_for_lock)
     try:
-        return asyncio.run(_run(job, options, credentials, state_path))
+        with storage_errors(job.output):
+            return asyncio.run(_run(job, options, credentials, state_path))
     finally:
         lock.release()
 

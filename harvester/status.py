@@ -14,6 +14,7 @@ from typing import Any
 from harvester.commit import Ledger, PlanCounts
 from harvester.config import Job
 from harvester.model import system_clock
+from harvester.output import read_meta
 from harvester.pipeline import RunOptions, rules_of, state_path_of
 from harvester.plan import count_units, iter_windows
 from harvester.record import DatasetView, job_window, open_state
@@ -51,8 +52,8 @@ def plan_pending(job: Job, options: RunOptions) -> PlanSummary:
 def status(job: Job, options: RunOptions, *, limit: int = 20) -> str:
     """What the state says of a job's output: counts, failures, the last run; read only."""
     path = state_path_of(job, options)
-    if not path.exists() and not job.output.is_local:
-        return _remote_without_state(job, path)
+    if not path.exists() and (not job.output.is_local or read_meta(job.output) is not None):
+        return _without_state(job, path)
     if not path.exists():
         return f"{job.output}: no state yet ({path}): nothing was harvested here"
     with StateStore(path, readonly=True) as store:
@@ -97,8 +98,8 @@ def _last_run(path: Path) -> str:
     )
 
 
-def _remote_without_state(job: Job, path: Path) -> str:
-    """An object-store output seen from a machine without its state: the output's reports."""
+def _without_state(job: Job, path: Path) -> str:
+    """An output seen from a machine without its state: what the output's reports say."""
     from harvester.runs import last_success, read_runs
     from harvester.storage import report_folders_of
 

@@ -32,6 +32,7 @@ __all__ = [
     "put_text",
     "register_storage_secrets",
     "report_folders_of",
+    "storage_errors",
 ]
 
 RUNS_DIR = "_harvester/runs"
@@ -135,3 +136,18 @@ def report_folders_of(output: str) -> Iterator[list[Path]]:
             msg = f"{location}: cannot read the run reports: {redact(str(exc))}"
             raise StorageError(msg) from None
         yield [Path(folder)]
+
+
+@contextlib.contextmanager
+def storage_errors(location: Location) -> Iterator[None]:
+    """Name an object store's failures as its own (exit 74), not as the local disk's."""
+    if location.is_local:
+        yield
+        return
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(
+            f"{location}: the object store (or the local state) refused or failed a read or"
+            f" write: {redact(str(exc))}"
+        ) from None

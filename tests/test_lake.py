@@ -160,6 +160,13 @@ def test_a_job_to_s3_reads_back_exactly_and_a_rerun_or_a_new_state_makes_no_call
     assert status.returncode == 0, status.stderr
     assert "no local state here" in status.stdout
     assert "last success:" in status.stdout
+    # Storage credentials are secrets: in no file written, here or in the bucket.
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
+    for key in keys_under(s3_env, bucket):
+        assert SECRET.encode() not in client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    for file in tmp_path.rglob("*"):
+        if file.is_file():
+            assert SECRET.encode() not in file.read_bytes(), file
 
 
 def test_a_missing_bucket_is_a_clear_error_and_writes_nothing(
