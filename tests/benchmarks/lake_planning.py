@@ -43,19 +43,25 @@ def build(workdir: Path) -> Path:
         concurrency=4,
         page_stats=False,
     )
+    write_lake(job_path, output)
+    return job_path
+
+
+def write_lake(job_path: Path, output: Path, every: int = 1) -> None:
+    """Commit every ``every``-th unit of each day of the job, as runs would."""
     job = load_job(job_path)
     sink = ParquetSink(output)
-    write_meta(output, OutputMeta(id="bench", granularity="day", page_stats=False))
+    write_meta(output, OutputMeta(id="bench", granularity="day", page_stats=job.page_stats))
     with StateStore(default_state_path(output), granularity="day") as store:
         store.set_meta("output_id", "bench")
         for batch in iter_windows(job):
             after = batch[0].end + timedelta(days=1)
             fetched_at = datetime.combine(after, datetime.min.time(), UTC)
-            results = [Fetched(u, fetched_at, 1, 1, 1, 0, ()) for u in batch]
-            store.stage(results, pages=False)
+            pages = ((1, 1, 1, 1),) if job.page_stats else ()  # one page, when pages are kept
+            results = [Fetched(u, fetched_at, 1, 1, 1, 0, pages) for u in batch[::every]]
+            store.stage(results, pages=job.page_stats)
             sink.write_partition(batch[0].start, results)
-            store.mark_done(batch, sink.take_touched())
-    return job_path
+            store.mark_done(batch[::every], sink.take_touched())
 
 
 def best(job: Path, *extra: str) -> Child:
