@@ -91,8 +91,13 @@ def collect(report: RunReport, output: Path | Location) -> RunMetrics:
     """The metrics of ``report``'s run on ``output``, with the history its reports keep."""
     finished = _timestamp(report.finished_at)
     beside_state = Path(report.state).parent / "reports"
-    remote = isinstance(output, Location) and not output.is_local
-    history = read_runs([beside_state] if remote else report_folders(Path(output), beside_state))
+    if isinstance(output, Location) and not output.is_local:
+        from harvester.storage import report_folders_of
+
+        with report_folders_of(str(output)) as folders:  # the lake's copies: a new machine's too
+            history = read_runs([*folders, beside_state])
+    else:
+        history = read_runs(report_folders(Path(output), beside_state))
     success = last_success(history.runs)
     last_ok = success.finished_at.timestamp() if success and success.finished_at else 0.0
     if report.exit_code == 0:

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -268,8 +269,20 @@ def _describe(current: dict[str, Any]) -> str:
     )
 
 
-def output_lock(location: Location) -> OutputLock | ObjectLock:
-    """The lock that keeps one writer on ``location``: a flock locally, a lease in a bucket."""
+def output_lock(location: Location, state_dir: Path | None = None) -> OutputLock | ObjectLock:
+    """The lock that keeps one writer on ``location``: a flock locally, a lease in a bucket.
+
+    ``gs://`` and ``abfs://`` have no lease here yet: a flock beside the state keeps one writer
+    per state on this host, and the run says that other hosts are not kept out.
+    """
     if location.is_local:
         return OutputLock(location.path)
-    return ObjectLock(location)
+    if location.scheme == "s3":
+        return ObjectLock(location)
+    log.warning(
+        "%s: no lock in the object store for %s:// outputs: one writer per lake is kept on this"
+        " host only; do not run the same job from two hosts at once",
+        location,
+        location.scheme,
+    )
+    return OutputLock(state_dir if state_dir is not None else Path.cwd())

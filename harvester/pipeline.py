@@ -94,7 +94,7 @@ def harvest(job: Job, options: RunOptions, env: Mapping[str, str] | None = None)
     state_path = state_path_of(job, options)
     check_reachable(job.output, str(job.source))  # a missing bucket: exit 2, nothing requested
     check_output(job, state_path)  # before anything is locked or written
-    lock = output_lock(job.output)
+    lock = output_lock(job.output, state_path.parent)
     lock.acquire(wait=options.wait_for_lock)
     try:
         with storage_errors(job.output):

@@ -516,3 +516,20 @@ def test_a_local_output_whose_state_was_deleted_makes_no_call(
     job = load_job(path)
     assert actual_rows(job.output) == expected_rows(job, sim_config)
     assert run_cli("verify", str(tmp_path / "out"), env=s3_env).returncode == 0
+
+
+def test_wait_takes_the_lock_once_its_holder_lets_go(bucket: str, s3_env: dict[str, str]) -> None:
+    import threading
+    import time
+
+    location = Location.parse(f"s3://{bucket}/p")
+    holder = ObjectLock(location)
+    holder.acquire()
+    releaser = threading.Timer(0.5, holder.release)
+    releaser.start()
+    started = time.monotonic()
+    waiter = ObjectLock(location)
+    waiter.acquire(wait=True)
+    assert time.monotonic() - started >= 0.5
+    waiter.release()
+    releaser.join()
