@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
@@ -656,6 +656,9 @@ class StateStore:
             )
 
 
+# The units of a plan's batch share one window, so their rows are a handful of distinct values:
+# one immutable Stored per value, not a million (date parsing was most of a lookup's time).
+@lru_cache(maxsize=4096)
 def _stored(status: str, start: str, end: str, final: int, pages: int) -> Stored:
     return Stored(
         status, date.fromisoformat(start), date.fromisoformat(end), bool(final), bool(pages)
