@@ -53,6 +53,7 @@ class DeltaSink(ParquetSink):
         super().__init__(output)
         self._delta = _deltalake()
         self.storage_options = delta_storage_options(self.location)
+        self._tables: dict[str, Any] = {}
 
     def uri(self, name: str) -> str:
         """The table's URI as deltalake takes it."""
@@ -61,11 +62,21 @@ class DeltaSink(ParquetSink):
         return f"{self.location.scheme}://{self.location.join(name)}"
 
     def table(self, name: str) -> Any:
-        """The dataset's DeltaTable at its latest version, None before the first commit."""
+        """The dataset's DeltaTable at its latest version, None before the first commit.
+
+        Loaded once, then brought up to date with the commits since (one listing of the log),
+        so a run's hundreds of commits do not replay the whole log each time.
+        """
+        table = self._tables.get(name)
+        if table is not None:
+            table.update_incremental()
+            return table
         log = self.fs.get_file_info(self.location.join(name, "_delta_log"))
         if log.type != pafs.FileType.Directory:
             return None
-        return self._delta.DeltaTable(self.uri(name), storage_options=self.storage_options)
+        table = self._delta.DeltaTable(self.uri(name), storage_options=self.storage_options)
+        self._tables[name] = table
+        return table
 
     def cleanup(self) -> int:
         """Nothing to remove: files of an uncommitted write are invisible (vacuum takes them)."""
@@ -128,8 +139,9 @@ class DeltaSink(ParquetSink):
         rows = rows.sort_by([(k, "ascending") for k in _SORT_KEYS[name]])
         column = pa.array([period_start] * rows.num_rows, pa.date32())
         full = rows.add_column(1, PARTITION_KEY, column).select(_SCHEMAS[name].names)
+        table = self._tables.get(name)
         self._delta.write_deltalake(
-            self.uri(name),
+            table if table is not None else self.uri(name),
             full,
             partition_by=[PARTITION_KEY],
             mode="overwrite",

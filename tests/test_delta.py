@@ -83,8 +83,21 @@ def test_delta_tables_read_back_exactly_and_a_new_state_makes_no_call(
     assert "holds delta datasets" in parquet.stderr
 
 
+def _version(job: Job, name: str) -> int:
+    location = job.output
+    uri = (
+        str(Path(location.join(name)).absolute())
+        if location.is_local
+        else f"s3://{location.join(name)}"
+    )
+    return int(DeltaTable(uri, storage_options=delta_storage_options(location)).version())
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_delta_after_kill_9_and_after_a_refresh_is_exact(
+    where: str,
     lake_job: Callable[..., Path],
+    bucket: str,
     simulator: SimulatorThread,
     sim_config: SimulatorConfig,
     delta_runs: Runs,
@@ -92,9 +105,9 @@ def test_delta_after_kill_9_and_after_a_refresh_is_exact(
     s3_env: dict[str, str],
 ) -> None:
     hashes = [{"hash": h} for h in ("d3m0h45h", "x9y8z7", "f1ipb00k")]
-    output = tmp_path / "killed"
+    output = str(tmp_path / "killed") if where == "local" else f"s3://{bucket}/killed"
     path = lake_job(
-        str(output), format="delta", start="2026-01-01", end="2026-01-31", collections=hashes
+        output, format="delta", start="2026-01-01", end="2026-01-31", collections=hashes
     )
     job = load_job(path)
     run = delta_runs.start(path)
@@ -103,12 +116,12 @@ def test_delta_after_kill_9_and_after_a_refresh_is_exact(
     assert run.wait() == -signal.SIGKILL
     delta_runs.complete(path)
     assert delta_rows(job) == expected_rows(job, sim_config)
-    version = DeltaTable(str((output / COLLECTION_STATS).absolute())).version()
+    version = _version(job, COLLECTION_STATS)
     delta_runs.complete(path, "--refresh")
     assert delta_rows(job) == expected_rows(job, sim_config)  # replaced, not duplicated
-    assert DeltaTable(str((output / COLLECTION_STATS).absolute())).version() > version
+    assert _version(job, COLLECTION_STATS) > version
 
-    done = run_cli("maintain", str(output), "--retention-hours", "1", env=s3_env)
+    done = run_cli("maintain", output, "--retention-hours", "1", env=s3_env)
     assert done.returncode == 0, done.stderr
     assert "collection_stats: compacted" in done.stdout
     assert delta_rows(job) == expected_rows(job, sim_config)
