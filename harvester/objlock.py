@@ -10,7 +10,8 @@ runs can never both believe they hold it:
   renewal), or its holder is a process of this host that is no longer alive (a kill -9: taken at
   once, as the local lock is);
 - **renew**: every 20 s, the holder rewrites it with ``If-Match`` on its own last version; a
-  renewal refused means another run took the lock over, and the holder says so loudly;
+  renewal refused means another run took the lock over: the holder says so, and
+  :meth:`ObjectLock.check` (which the sink calls before every write) stops it with exit 4;
 - **release**: a last conditional write marking it released. The object is never deleted
   (delete-then-create would let two runs in).
 
@@ -108,6 +109,14 @@ class ObjectLock:
             time.sleep(POLL_SECONDS)
         self._renewer = threading.Thread(target=self._renew_loop, name="lock-lease", daemon=True)
         self._renewer.start()
+
+    def check(self) -> None:
+        """Raise LockedError (exit 4) once the lock was taken over: no more writes."""
+        if self.lost:
+            raise LockedError(
+                f"{self.location}: another run took the lock over (this run's lease had ended);"
+                " this run stops before writing again; what it fetched is kept in its state"
+            )
 
     def release(self) -> None:
         """Stop renewing and mark the lock released (a conditional write on our version)."""

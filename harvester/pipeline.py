@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -35,7 +35,7 @@ from harvester.errors import (
 )
 from harvester.fetch import UnitFetcher
 from harvester.model import Clock, Unit, system_clock
-from harvester.objlock import output_lock
+from harvester.objlock import ObjectLock, output_lock
 from harvester.output import bind_output, check_output
 from harvester.plan import count_units, iter_windows
 from harvester.pool import Stopped, StopToken, WorkerPool
@@ -98,7 +98,8 @@ def harvest(job: Job, options: RunOptions, env: Mapping[str, str] | None = None)
     lock.acquire(wait=options.wait_for_lock)
     try:
         with storage_errors(job.output):
-            return asyncio.run(_run(job, options, credentials, state_path))
+            guard = lock.check if isinstance(lock, ObjectLock) else None
+            return asyncio.run(_run(job, options, credentials, state_path, guard))
     finally:
         lock.release()
 
@@ -126,7 +127,11 @@ async def _endpoint(
 
 
 async def _run(
-    job: Job, options: RunOptions, credentials: Credentials | None, state_path: Path
+    job: Job,
+    options: RunOptions,
+    credentials: Credentials | None,
+    state_path: Path,
+    guard: Callable[[], None] | None = None,
 ) -> RunReport:
     """The asynchronous part of :func:`harvest`."""
     clock = options.clock or system_clock()
@@ -145,6 +150,8 @@ async def _run(
     report.units_in_job = count_units(job)
     quarantine = Quarantine(state_path.parent / "quarantine" / f"run-{report.run_id}.jsonl")
     sink = open_sink(job.output, job.format)
+    if guard is not None:
+        sink.guard = guard  # a lease lost to another run: stop writing at once
     removed = sink.cleanup()
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)

@@ -24,7 +24,7 @@ the one it wrote.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import NamedTuple
@@ -221,6 +221,8 @@ class ParquetSink:
         self.fs: pafs.FileSystem = self.location.filesystem()
         # Files written or removed since the last take_touched(): (dataset, period) -> file.
         self._touched: dict[tuple[str, date], Fingerprint | None] = {}
+        # Called before every write: raises when this run may no longer write (its lock lost).
+        self.guard: Callable[[], None] = lambda: None
 
     @property
     def output(self) -> Path:
@@ -300,6 +302,7 @@ class ParquetSink:
         reader never finds a period missing (at worst, for a moment, both of its windows).
         Page statistics are written before collection statistics, which record a unit as done.
         """
+        self.guard()
         strays = [r.unit for r in results if r.unit.start != period_start]
         if strays:
             raise ValueError(f"units outside partition {period_start}: {strays[0]} ...")
@@ -318,6 +321,7 @@ class ParquetSink:
 
     def remove(self, units: Sequence[Unit]) -> int:
         """Delete the rows of ``units`` from both datasets; return the files written."""
+        self.guard()
         files = 0
         for start in sorted({u.start for u in units}):
             keys = _keys([u for u in units if u.start == start])

@@ -14,7 +14,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,11 @@ import yaml
 from moto.server import ThreadedMotoServer
 
 from harvester.config import load_job
+from harvester.errors import LockedError
 from harvester.location import Location
 from harvester.objlock import ObjectLock
 from harvester.simulator import SimulatorConfig, SimulatorThread
-from harvester.sink import COLLECTION_STATS, PAGE_STATS
+from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
 from tests.conftest import API_KEY, API_SECRET, actual_rows, expected_rows, job_dict, run_cli
 from tests.test_resume import LIMITS, Runs, served_at_least, successes, wait_until
 
@@ -394,8 +395,13 @@ def test_a_renewal_refused_means_the_lock_was_lost(bucket: str, s3_env: dict[str
     lock.acquire()
     _plant(client, bucket, expires_at=datetime.now(UTC).isoformat())  # someone else's version
     wait_until(lambda: lock.lost, "the renewal refused")
+    sink = ParquetSink(Location.parse(f"s3://{bucket}/p"))
+    sink.guard = lock.check  # as a run wires it: no write once the lock is lost
+    with pytest.raises(LockedError, match="took the lock over"):
+        sink.write_partition(date(2026, 3, 1), [])
     lock.release()  # not ours any more: left as it is
     assert _lock_body(client, bucket)["host"] == "other-host"
+    assert keys_under(s3_env, bucket) == ["p/_harvester/lock.json"]
 
 
 # --- reading the lake back the way the README shows -------------------------------------------
