@@ -291,7 +291,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _maintain(args: argparse.Namespace) -> int:
-    from harvester.record import maintain_output
+    from harvester.delta import maintain_output
 
     for line in maintain_output(args.output, args.retention_hours):
         print(redact(line))

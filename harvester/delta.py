@@ -31,7 +31,7 @@ from harvester.location import Location, storage_env
 from harvester.model import Fingerprint
 from harvester.sink import _FILE_SCHEMAS, _SCHEMAS, _SORT_KEYS, PARTITION_KEY, UNIT_KEY, ParquetSink
 
-__all__ = ["DEFAULT_RETENTION_HOURS", "DeltaSink"]
+__all__ = ["DEFAULT_RETENTION_HOURS", "DeltaSink", "maintain_output"]
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's own default: a week of old versions stays readable
 
@@ -185,3 +185,29 @@ def delta_storage_options(location: Location) -> dict[str, str]:
     if "region" in found:
         options["AWS_REGION"] = found["region"]
     return options
+
+
+def maintain_output(output: str, retention_hours: int) -> list[str]:
+    """``harvester maintain OUTPUT``: compact and vacuum a Delta output, under its lock."""
+    from harvester.errors import UsageError
+    from harvester.location import Location
+    from harvester.objlock import output_lock
+    from harvester.output import read_meta
+    from harvester.storage import check_reachable
+
+    try:
+        location = Location.parse(output)
+    except ValueError as exc:
+        raise UsageError(f"maintain: {exc}") from None
+    check_reachable(location, output)
+    meta = read_meta(location)
+    if meta is None:
+        raise UsageError(f"{location}: not a harvester output (no _harvester/output.json)")
+    if meta.format != "delta":
+        return [f"{location}: a Parquet output keeps one file per partition: nothing to compact"]
+    lock = output_lock(location)
+    lock.acquire()
+    try:
+        return DeltaSink(location).maintain(retention_hours)
+    finally:
+        lock.release()

@@ -269,30 +269,3 @@ def open_state(path: Path, granularity: str) -> StateStore:
     if path.is_file():
         return StateStore(path, readonly=True)
     return StateStore(Path(":memory:"), granularity=granularity)
-
-
-def maintain_output(output: str, retention_hours: int) -> list[str]:
-    """``harvester maintain OUTPUT``: compact and vacuum a Delta output, under its lock."""
-    from harvester.delta import DeltaSink
-    from harvester.errors import UsageError
-    from harvester.location import Location
-    from harvester.objlock import output_lock
-    from harvester.output import read_meta
-    from harvester.storage import check_reachable
-
-    try:
-        location = Location.parse(output)
-    except ValueError as exc:
-        raise UsageError(f"maintain: {exc}") from None
-    check_reachable(location, output)
-    meta = read_meta(location)
-    if meta is None:
-        raise UsageError(f"{location}: not a harvester output (no _harvester/output.json)")
-    if meta.format != "delta":
-        return [f"{location}: a Parquet output keeps one file per partition: nothing to compact"]
-    lock = output_lock(location)
-    lock.acquire()
-    try:
-        return DeltaSink(location).maintain(retention_hours)
-    finally:
-        lock.release()
