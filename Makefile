@@ -14,7 +14,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,metrics,plot,redis]'
+	$(BIN)/pip install --quiet -e '.[dev,metrics,plot,redis,s3,delta]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package with every extra (editable)

@@ -8,6 +8,8 @@ harvester status JOB.yaml [--state PATH]
 harvester summary OUTPUT [--since DATE] [--until DATE] [--collection HASH] [--account NAME]
                          [--top N] [--png FILE]
 harvester runs OUTPUT [--limit N] [--json]
+harvester verify OUTPUT [--state PATH]
+harvester maintain OUTPUT [--retention-hours N]
 harvester simulate [--host 127.0.0.1] [--port 8080] [--config sim.yaml] [--seed N]
 """
 
@@ -140,11 +142,29 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--png", type=Path, metavar="FILE", help="chart views per period to FILE")
 
     runs = commands.add_parser("runs", help="the recent runs of an output, newest first")
-    runs.add_argument("output", type=Path, help="the output folder (the job's `output`)")
+    runs.add_argument("output", help="the output: a folder or s3://bucket/prefix")
     runs.add_argument(
         "--limit", type=_positive, default=20, metavar="N", help="runs shown (default 20)"
     )
     runs.add_argument("--json", action="store_true", help="a JSON array instead of lines")
+
+    check_lake = commands.add_parser(
+        "verify", help="compare an output's dataset with its state; no request (exit 1: missing)"
+    )
+    check_lake.add_argument("output", help="the output: a folder or s3://bucket/prefix")
+    check_lake.add_argument("--state", type=Path, help="state database, as given to run")
+
+    upkeep = commands.add_parser(
+        "maintain", help="Delta output: compact small files, vacuum old versions' files"
+    )
+    upkeep.add_argument("output", help="the output: a folder or s3://bucket/prefix")
+    upkeep.add_argument(
+        "--retention-hours",
+        type=_positive,
+        default=168,
+        metavar="N",
+        help="keep files older versions of the last N hours need (default 168: a week)",
+    )
 
     sim = commands.add_parser("simulate", help="serve the bundled Flipsnack-compatible simulator")
     sim.add_argument("--host", default="127.0.0.1")
@@ -270,16 +290,33 @@ def _summary(args: argparse.Namespace) -> int:
 
 def _runs(args: argparse.Namespace) -> int:
     from harvester.display import stdout_console
-    from harvester.runs import check_output, print_runs, read_runs, report_folders, runs_json
+    from harvester.runs import print_runs, read_runs, runs_json
+    from harvester.storage import report_folders_of
 
-    check_output(args.output)
-    history = read_runs(report_folders(args.output))
+    with report_folders_of(args.output) as folders:
+        history = read_runs(folders)
     for path, reason in history.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if args.json:
         print(runs_json(history, args.limit))
     else:
-        print_runs(history, args.limit, stdout_console(), args.output)
+        print_runs(history, args.limit, stdout_console(), Path(args.output))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from harvester.record import verify_output
+
+    found, state = verify_output(args.output, args.state)
+    print(redact(found.text(args.output, state)))
+    return 1 if found.missing else 0
+
+
+def _maintain(args: argparse.Namespace) -> int:
+    from harvester.delta import maintain_output
+
+    for line in maintain_output(args.output, args.retention_hours):
+        print(redact(line))
     return 0
 
 
@@ -324,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": _status,
             "summary": _summary,
             "runs": _runs,
+            "verify": _verify,
+            "maintain": _maintain,
             "simulate": _simulate,
         }
         return commands[args.command](args)

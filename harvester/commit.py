@@ -25,14 +25,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from harvester.errors import ApiRejected, InvalidPayload, UnitError
 from harvester.model import Fetched, Unit, period_end, period_of
 from harvester.redact import redact, redact_data
 from harvester.report import FailedEntry
 from harvester.sink import ParquetSink
-from harvester.state import GONE, StateStore
+from harvester.state import GONE, StateStore, Stored
 
 __all__ = [
     "CommitCounts",
@@ -94,10 +94,16 @@ class PlanCounts:
     outside: int = 0  # outside the window the run was narrowed to (RunOptions start/end)
 
 
+class Known(Protocol):
+    """What the plan filter asks: the state, or the state checked against the dataset."""
+
+    def lookup(self, units: Sequence[Unit]) -> dict[Unit, Stored]: ...
+
+
 class Ledger:
     """The plan minus what is done, and the count of each partition's unresolved units."""
 
-    def __init__(self, store: StateStore | None, rules: Rules, gone: set[str]) -> None:
+    def __init__(self, store: Known | None, rules: Rules, gone: set[str]) -> None:
         self._store = store  # None: nothing recorded yet (a plan before the first run)
         self._rules = self.rules = rules
         self._gone = gone  # shared with the committer, which adds to it
@@ -356,7 +362,7 @@ class Committer:
             self._sink.write_partition, period_start, results, replaced
         )
         units = list({r.unit: None for r in results})
-        self._store.mark_done(units)
+        self._store.mark_done(units, self._sink.take_touched())
         counts = self.counts
         counts.page_rows += written.page_rows
         counts.collection_rows += written.collection_rows

@@ -34,6 +34,7 @@ from harvester.fields import (
     positive,
     show,
 )
+from harvester.location import Location, StorageOptions
 from harvester.model import GRANULARITIES, RateLimit
 
 __all__ = [
@@ -66,6 +67,8 @@ DEFAULT_MAX_BACKOFF_SECONDS = 60.0
 DEFAULT_CIRCUIT_BREAKER_SECONDS = 600.0
 DEFAULT_GRANULARITY = "day"
 DEFAULT_OUTPUT = "output"
+DEFAULT_FORMAT = "parquet"
+FORMATS = ("parquet", "delta")
 DEFAULT_REFRESH_DAYS = 0
 
 MAX_CONCURRENCY = 1000
@@ -155,7 +158,8 @@ class Job:
     retry: RetrySettings = field(default_factory=RetrySettings)
     granularity: str = DEFAULT_GRANULARITY
     page_stats: bool = True
-    output: Path = Path(DEFAULT_OUTPUT)
+    output: Location = field(default_factory=lambda: Location.local(DEFAULT_OUTPUT))
+    format: str = DEFAULT_FORMAT  # parquet | delta
     refresh_days: int = DEFAULT_REFRESH_DAYS
     discover: Discovery | None = None
     accounts: tuple[Account, ...] = ()
@@ -331,6 +335,8 @@ _TOP_KEYS = (
     "granularity",
     "page_stats",
     "output",
+    "storage",
+    "format",
     "refresh_days",
     "start",
     "end",
@@ -365,6 +371,7 @@ REDIS_SCHEMES = ("redis", "rediss")
 REDIS_PASSWORD_ENV = "HARVESTER_REDIS_PASSWORD"
 _RETRY_KEYS = ("attempts", "max_backoff_seconds", "circuit_breaker_seconds")
 _COLLECTION_KEYS = ("hash", "start", "end")
+_STORAGE_KEYS = ("endpoint", "region")
 
 
 def _job(ctx: Context, data: Any) -> Job | None:
@@ -381,7 +388,11 @@ def _job(ctx: Context, data: Any) -> Job | None:
     page_stats = top.get("page_stats", True)
     if not isinstance(page_stats, bool):
         ctx.fail("page_stats", f"expected true or false, found {show(page_stats)}")
-    output = _output(ctx, top.get("output", DEFAULT_OUTPUT))
+    output = _output(ctx, top.get("output", DEFAULT_OUTPUT), _storage(ctx, top.get("storage")))
+    fmt = top.get("format", DEFAULT_FORMAT)
+    if fmt not in FORMATS:
+        ctx.fail("format", f"expected one of {', '.join(FORMATS)}, found {show(fmt)}")
+        fmt = DEFAULT_FORMAT
     refresh = integer(
         ctx,
         top.get("refresh_days", ABSENT),
@@ -411,6 +422,7 @@ def _job(ctx: Context, data: Any) -> Job | None:
         granularity=granularity,
         page_stats=page_stats is True,
         output=output,
+        format=fmt,
         refresh_days=refresh,
         discover=discover,
         accounts=accounts,
@@ -507,17 +519,42 @@ def _account(
     return Account(name, settings, collections, discover)
 
 
-def _output(ctx: Context, raw: Any) -> Path:
-    """The output folder; a leading ``~`` or ``~user`` is the home folder, as in a shell."""
+def _output(ctx: Context, raw: Any, storage: StorageOptions) -> Location:
+    """The output: a folder (a leading ``~`` is the home folder) or ``s3://bucket/prefix``."""
+    default = Location.local(DEFAULT_OUTPUT)
     if not isinstance(raw, str) or not raw.strip() or "\0" in raw:
         ctx.fail("output", f"expected a non-empty folder path, found {show(raw)}")
-        return Path(DEFAULT_OUTPUT)
+        return default
     try:
-        return Path(raw).expanduser()
+        return Location.parse(raw, storage)
+    except ValueError as exc:
+        ctx.fail("output", str(exc))
+        return default
     except RuntimeError:  # no HOME, or no such user
         user = raw.split("/", 1)[0]
         ctx.fail("output", f"cannot expand {user!r}: no such user, or no home folder is known")
-        return Path(DEFAULT_OUTPUT)
+        return default
+
+
+def _storage(ctx: Context, raw: Any) -> StorageOptions:
+    """``storage: {endpoint, region}``: an S3-compatible store's address, instead of the env."""
+    if raw is None:
+        return StorageOptions()
+    block = mapping(ctx, raw, "storage", _STORAGE_KEYS)
+    if block is None:
+        return StorageOptions()
+    values: dict[str, str | None] = {}
+    for key in _STORAGE_KEYS:
+        value = block.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            ctx.fail(f"storage.{key}", f"expected a non-empty text, found {show(value)}")
+            value = None
+        values[key] = value
+    endpoint = values["endpoint"]
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        ctx.fail("storage.endpoint", f"expected an http:// or https:// URL, found {endpoint!r}")
+        endpoint = None
+    return StorageOptions(endpoint=endpoint, region=values["region"])
 
 
 def _discover(

@@ -6,6 +6,7 @@ The tree::
     ├── JobError                        bad job file, arguments or credentials setup (exit 2)
     ├── UsageError                      a command's arguments, or a missing optional extra (exit 2)
     ├── LockedError                     another run holds the output's lock (exit 4)
+    ├── StorageError                    the object store refused or failed a read or write (74)
     ├── CredentialsRejected             the API answered 41/44: no call can succeed (exit 3)
     ├── CircuitOpen                     the API failed, or asked us to wait, too long (exit 1)
     ├── DiscoveryFailed                 the account's collections could not be listed (exit 1)
@@ -58,6 +59,7 @@ __all__ = [
     "Problem",
     "RateLimited",
     "RequestTimeout",
+    "StorageError",
     "TransientError",
     "UnitError",
     "UsageError",
@@ -133,6 +135,12 @@ class LockedError(HarvesterError):
 
     exit_code = EXIT_LOCKED
     retryable = True
+
+
+class StorageError(HarvesterError):
+    """The output's object store refused a request (credentials, permissions) or failed."""
+
+    exit_code = EXIT_LOCAL_IO
 
 
 class CircuitOpen(HarvesterError):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from harvester.errors import UsageError
+from harvester.location import Location
 from harvester.report import RunReport
 from harvester.runs import last_success, read_runs, report_folders
 from harvester.sink import COLLECTION_STATS, PAGE_STATS
@@ -108,10 +109,17 @@ class AccountMetrics:
     account_last_run_stopped: int
 
 
-def collect(report: RunReport, output: Path) -> RunMetrics:
+def collect(report: RunReport, output: Path | Location) -> RunMetrics:
     """The metrics of ``report``'s run on ``output``, with the history its reports keep."""
     finished = _timestamp(report.finished_at)
-    history = read_runs(report_folders(output, Path(report.state).parent / "reports"))
+    beside_state = Path(report.state).parent / "reports"
+    if isinstance(output, Location) and not output.is_local:
+        from harvester.storage import report_folders_of
+
+        with report_folders_of(str(output)) as folders:  # the lake's copies: a new machine's too
+            history = read_runs([*folders, beside_state])
+    else:
+        history = read_runs(report_folders(Path(output), beside_state))
     success = last_success(history.runs)
     last_ok = success.finished_at.timestamp() if success and success.finished_at else 0.0
     if report.exit_code == 0:
@@ -159,18 +167,19 @@ def collect(report: RunReport, output: Path) -> RunMetrics:
     )
 
 
-def newest_period_end(output: Path) -> float | None:
+def newest_period_end(output: Path | Location) -> float | None:
     """Midnight UTC after the newest ``period_end`` in collection_stats (None: no rows)."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
 
-    from harvester.sink import partitioning
+    from harvester.output import read_meta
+    from harvester.storage import open_sink
 
-    root = output / COLLECTION_STATS
-    if not root.is_dir():
+    meta = read_meta(output)
+    if meta is None:
         return None
-    table = ds.dataset(root, format="parquet", partitioning=partitioning())
-    newest = pc.max(table.to_table(columns=["period_end"])["period_end"]).as_py()
+    location = output if isinstance(output, Location) else Location.local(output)
+    table = open_sink(location, meta.format).read(COLLECTION_STATS, ["period_end"])
+    newest = pc.max(table["period_end"]).as_py()
     if newest is None:
         return None
     return datetime.combine(newest + timedelta(days=1), time(), UTC).timestamp()
@@ -251,7 +260,7 @@ def check_target(metrics_file: Path | None) -> None:
 
 def export(
     report: RunReport,
-    output: Path,
+    output: Path | Location,
     *,
     metrics_file: Path | None = None,
     pushgateway: str | None = None,

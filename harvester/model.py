@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 
-__all__ = ["GRANULARITIES", "Clock", "Fetched", "RateLimit", "Unit", "period_of", "system_clock"]
+__all__ = [
+    "GRANULARITIES",
+    "Clock",
+    "Fetched",
+    "Fingerprint",
+    "RateLimit",
+    "Unit",
+    "period_of",
+    "system_clock",
+]
 
 GRANULARITIES = ("day", "week", "month", "range")
 
@@ -49,6 +58,13 @@ class Fetched(NamedTuple):
     time_spent: int
     downloads: int
     pages: tuple[tuple[int, int, int, int], ...]  # (page, views, clicks, time_spent) by page
+
+
+class Fingerprint(NamedTuple):
+    """What a partition file looked like when it was written or listed: size and mtime."""
+
+    size: int
+    mtime_ns: int
 
 
 # The calendar period a range unit belongs to: a range has one per collection.

@@ -28,9 +28,11 @@ from typing import Any
 
 from harvester.config import Job
 from harvester.errors import JobError, Problem
+from harvester.location import Location
 from harvester.model import Unit, period_of
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
 from harvester.state import StateStore, default_state_path
+from harvester.storage import location_fs, put_text
 
 __all__ = [
     "META_FILE",
@@ -59,18 +61,29 @@ class OutputMeta:
     page_stats: bool
     schema_version: int = OUTPUT_SCHEMA_VERSION
     created_at: str = ""
+    format: str = "parquet"  # or "delta": the datasets are Delta tables
 
 
-def meta_path(output: Path) -> Path:
-    """Where an output keeps its record."""
-    return output / META_DIR / META_FILE
+def meta_path(output: Path | Location) -> Path:
+    """Where a local output keeps its record."""
+    return Path(output) / META_DIR / META_FILE
 
 
-def read_meta(output: Path) -> OutputMeta | None:
+def _as_location(output: Path | Location) -> Location:
+    return output if isinstance(output, Location) else Location.local(output)
+
+
+def read_meta(output: Path | Location) -> OutputMeta | None:
     """The output's record, None when it has none; JobError when it is unreadable."""
-    path = meta_path(output)
+    location = _as_location(output)
+    path = location.join(META_DIR, META_FILE)
     try:
-        data: Any = json.loads(path.read_text(encoding="utf-8"))
+        if location.is_local:
+            text = Path(path).read_text(encoding="utf-8")
+        else:
+            with location_fs(location).open_input_stream(path) as fh:
+                text = fh.read().decode("utf-8")
+        data: Any = json.loads(text)
     except FileNotFoundError:
         return None
     except ValueError as exc:  # OSError (not a folder, denied) is the disk's: exit 74
@@ -82,6 +95,7 @@ def read_meta(output: Path) -> OutputMeta | None:
             page_stats=bool(data["page_stats"]),
             schema_version=int(data.get("schema_version", OUTPUT_SCHEMA_VERSION)),
             created_at=str(data.get("created_at", "")),
+            format=str(data.get("format", "parquet")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         msg = f"not a harvester output record (missing or bad {exc})"
@@ -92,14 +106,18 @@ def read_meta(output: Path) -> OutputMeta | None:
     return meta
 
 
-def write_meta(output: Path, meta: OutputMeta) -> None:
-    """Write the record beside, fsync, rename."""
-    path = meta_path(output)
+def write_meta(output: Path | Location, meta: OutputMeta) -> None:
+    """Write the record beside, fsync, rename (on an object store: one upload)."""
+    location = _as_location(output)
+    text = json.dumps(asdict(meta), indent=2) + "\n"
+    if not location.is_local:
+        put_text(location, location.join(META_DIR, META_FILE), text)
+        return
+    path = meta_path(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(asdict(meta), fh, indent=2)
-        fh.write("\n")
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -108,20 +126,34 @@ def write_meta(output: Path, meta: OutputMeta) -> None:
 DISCOVERED_FILE = "discovered.json"
 
 
-def write_discovered(output: Path, listed: dict[str, list[str]], *, now: datetime) -> None:
+def write_discovered(
+    output: Path | Location, listed: dict[str, list[str]], *, now: datetime
+) -> None:
     """Record the collections ``discover`` listed, by account, for ``harvester plan``."""
-    path = output / META_DIR / DISCOVERED_FILE
+    location = _as_location(output)
+    data = {"listed_at": now.isoformat(timespec="seconds"), "accounts": listed}
+    text = json.dumps(data) + "\n"
+    if not location.is_local:
+        put_text(location, location.join(META_DIR, DISCOVERED_FILE), text)
+        return
+    path = Path(location.join(META_DIR, DISCOVERED_FILE))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    data = {"listed_at": now.isoformat(timespec="seconds"), "accounts": listed}
-    tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def read_discovered(output: Path) -> tuple[dict[str, list[str]], str] | None:
+def read_discovered(output: Path | Location) -> tuple[dict[str, list[str]], str] | None:
     """The collections the last ``discover`` listed, by account, and when; or None."""
+    location = _as_location(output)
+    path = location.join(META_DIR, DISCOVERED_FILE)
     try:
-        data = json.loads((output / META_DIR / DISCOVERED_FILE).read_text(encoding="utf-8"))
+        if location.is_local:
+            text = Path(path).read_text(encoding="utf-8")
+        else:
+            with location_fs(location).open_input_stream(path) as fh:
+                text = fh.read().decode("utf-8")
+        data = json.loads(text)
         listed = {
             str(name): [h for h in hashes if isinstance(h, str)]
             for name, hashes in data["accounts"].items()
@@ -131,12 +163,9 @@ def read_discovered(output: Path) -> tuple[dict[str, list[str]], str] | None:
         return None
 
 
-def _has_data(output: Path) -> bool:
+def _has_data(sink: ParquetSink) -> bool:
     """Whether the output holds any dataset file."""
-    return any(
-        next((output / name).glob("*/*.parquet"), None) is not None
-        for name in (PAGE_STATS, COLLECTION_STATS)
-    )
+    return any(sink.list_parts(name) for name in (PAGE_STATS, COLLECTION_STATS))
 
 
 def check_output(job: Job, state_path: Path) -> OutputMeta | None:
@@ -154,6 +183,15 @@ def check_output(job: Job, state_path: Path) -> OutputMeta | None:
                 f"{output} holds {meta.granularity!r} windows; this job asks for"
                 f" {job.granularity!r}. One output holds one granularity (sums over both"
                 " would count the same traffic twice): give this job another output",
+            )
+        )
+    if meta is not None and meta.format != job.format:
+        problems.append(
+            Problem(
+                str(job.source),
+                "format",
+                f"{output} holds {meta.format} datasets; this job asks for {job.format!r}."
+                " One output holds one format: give this job another output",
             )
         )
     if meta is not None and meta.page_stats and not job.page_stats:
@@ -198,7 +236,7 @@ def bind_output(job: Job, store: StateStore, sink: ParquetSink, *, now: datetime
     """Adopt or create the output's record, tie the state to it; the caller holds the lock."""
     meta = check_output(job, store.path)
     if meta is None:
-        if _has_data(job.output):
+        if _has_data(sink):
             removed, touched = repair(sink, job.granularity)
             if removed:
                 store.forget(touched)
@@ -213,6 +251,7 @@ def bind_output(job: Job, store: StateStore, sink: ParquetSink, *, now: datetime
             granularity=job.granularity,
             page_stats=job.page_stats,
             created_at=now.isoformat(timespec="seconds"),
+            format=job.format,
         )
         write_meta(job.output, meta)
     elif job.page_stats and not meta.page_stats:

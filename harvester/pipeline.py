@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -42,18 +42,20 @@ from harvester.errors import (
     DiscoveryFailed,
     UnitError,
 )
-from harvester.lock import OutputLock
 from harvester.model import Clock, Unit, system_clock
+from harvester.objlock import ObjectLock, output_lock
 from harvester.output import bind_output, check_output, write_discovered
 from harvester.plan import count_units, iter_windows
 from harvester.pool import Stopped, StopToken, WorkerPool
 from harvester.progress import Progress, Snapshot
+from harvester.record import DatasetView, job_window
 from harvester.redact import register_secrets
 from harvester.report import RunReport, report_dict, write_report
 from harvester.retry import CircuitBreaker
 from harvester.schedule import Scheduler, Splitter
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
 from harvester.state import StateStore, default_state_path
+from harvester.storage import check_reachable, open_sink, publish_report, storage_errors
 
 __all__ = ["RunOptions", "harvest", "harvest_async", "rules_of", "state_path_of"]
 
@@ -136,14 +138,17 @@ async def harvest_async(
         credentials = load_account_credentials(job, os.environ if env is None else env)
         register_secrets([s for c in credentials.values() for s in (c.key, c.secret)])
     state_path = state_path_of(job, options)
+    check_reachable(job.output, str(job.source))  # a missing bucket: exit 2, nothing requested
     check_output(job, state_path)  # before anything is locked or written
-    lock = OutputLock(job.output)
+    lock = output_lock(job.output, state_path.parent)
     if options.wait_for_lock:
         await asyncio.to_thread(lock.acquire, wait=True)  # the loop keeps running meanwhile
     else:
         lock.acquire()
     try:
-        return await _run(job, options, credentials, state_path)
+        with storage_errors(job.output):
+            guard = lock.check if isinstance(lock, ObjectLock) else None
+            return await _run(job, options, credentials, state_path, guard)
     finally:
         lock.release()
 
@@ -172,7 +177,11 @@ async def _endpoint(
 
 
 async def _run(
-    job: Job, options: RunOptions, credentials: Mapping[str, Credentials] | None, state_path: Path
+    job: Job,
+    options: RunOptions,
+    credentials: Mapping[str, Credentials] | None,
+    state_path: Path,
+    guard: Callable[[], None] | None = None,
 ) -> RunReport:
     """The asynchronous part of :func:`harvest`."""
     clock = options.clock or system_clock()
@@ -190,7 +199,9 @@ async def _run(
     )
     report.units_in_job = count_units(job)
     quarantine = Quarantine(state_path.parent / "quarantine" / f"run-{report.run_id}.jsonl")
-    sink = ParquetSink(job.output, _owners(job))
+    sink = open_sink(job.output, job.format, _owners(job))
+    if guard is not None:
+        sink.guard = guard  # a lease lost to another run: stop writing at once
     removed = sink.cleanup()
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
@@ -214,6 +225,7 @@ async def _run(
         _finish(report, clock, started)
         store.record_run(report_dict(report))
     write_report(report, state_path.parent)
+    publish_report(job.output, state_path.parent, report.run_id, report.to_json() + "\n")
     return report
 
 
@@ -251,7 +263,9 @@ class _Harvest:
         self.token = StopToken(sleep=clock.sleep)
         # Collections the API said are gone: the ledger skips them, workers too, mid-run.
         self.gone = store.gone_collections() if not rules.retry_gone else set()
-        self.ledger = Ledger(store, rules, self.gone)
+        # What is done: the state, checked against the dataset's files (see harvester.record).
+        view = DatasetView(store, sink, job_window(job), write=True)
+        self.ledger = Ledger(view, rules, self.gone)
         self.committer = Committer(store, sink, self.ledger, quarantine, rules, self.gone)
         self.breaker = CircuitBreaker(job.retry.circuit_breaker_seconds, clock=clock.monotonic)
         self.pool: WorkerPool[tuple[Lane, Unit]] = WorkerPool(job.concurrency, self.token)
@@ -506,7 +520,8 @@ class _Harvest:
             return None
         # One pass of the plan without fetching (about a second for a million units): the
         # total the ETA needs, which the lazy plan only knows at its end.
-        counter = Ledger(self.store, self.ledger.rules, set(self.gone))
+        view = DatasetView(self.store, self.sink, job_window(job), write=False)
+        counter = Ledger(view, self.ledger.rules, set(self.gone))
         total = sum(1 for _ in counter.pending(iter_windows(job)))
         plan, done, lanes, clock = self.ledger.counts, self.committer.counts, self.lanes, self.clock
         started = clock.monotonic()

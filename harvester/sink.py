@@ -6,31 +6,44 @@ Two Hive-partitioned datasets under the output folder, one file per partition::
     output/collection_stats/period_start=2026-01-01/part-0.parquet
 
 The partition value lives in the folder name only: the files hold every other column.
-A partition is rewritten whole (an upsert by unit) into a hidden temp file in the same folder,
-fsynced, then renamed over ``part-0.parquet``: readers and crashes see the old file or the new
-one, never a mix. Temp names start with ``.`` and do not end in ``.parquet``, so neither
-pyarrow's dataset discovery nor a ``*.parquet`` glob ever picks one up.
+A partition is rewritten whole (an upsert by unit). On local disk it goes into a hidden temp
+file in the same folder, fsynced, then renamed over ``part-0.parquet``: readers and crashes see
+the old file or the new one, never a mix. Temp names start with ``.`` and do not end in
+``.parquet``, so neither pyarrow's dataset discovery nor a ``*.parquet`` glob ever picks one up.
+
+An object store has no rename, but it makes each object's upload atomic: the whole file is
+encoded in memory first and then uploaded straight to its final key, so a reader (or the next
+run after a crash) finds the old object or the new one, never part of one. The same code talks
+to both through a pyarrow filesystem.
+
+Every file written or removed is remembered with its size and modification time
+(:meth:`ParquetSink.take_touched`), so the state can tell later whether a partition is still
+the one it wrote.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from harvester.model import Fetched, Unit
+from harvester.location import Location
+from harvester.model import Fetched, Fingerprint, Unit
 
 __all__ = [
     "COLLECTION_SCHEMA",
     "COLLECTION_STATS",
+    "DATASETS",
     "PAGE_SCHEMA",
     "PAGE_STATS",
+    "Fingerprint",
     "ParquetSink",
     "WriteResult",
     "partitioning",
@@ -81,6 +94,7 @@ PAGE_FILE_SCHEMA = PAGE_SCHEMA.remove(PAGE_SCHEMA.get_field_index(PARTITION_KEY)
 COLLECTION_FILE_SCHEMA = COLLECTION_SCHEMA.remove(COLLECTION_SCHEMA.get_field_index(PARTITION_KEY))
 
 _SCHEMAS = {PAGE_STATS: PAGE_SCHEMA, COLLECTION_STATS: COLLECTION_SCHEMA}
+DATASETS = tuple(_SCHEMAS)
 _FILE_SCHEMAS = {PAGE_STATS: PAGE_FILE_SCHEMA, COLLECTION_STATS: COLLECTION_FILE_SCHEMA}
 _SORT_KEYS = {
     PAGE_STATS: ["collection_hash", "period_end", "page"],
@@ -101,21 +115,18 @@ def partitioning() -> ds.Partitioning:
     return ds.partitioning(pa.schema([(PARTITION_KEY, pa.date32())]), flavor="hive")
 
 
-def read_dataset(output: str | os.PathLike[str], name: str) -> pa.Table:
+def read_dataset(output: str | os.PathLike[str] | Location, name: str) -> pa.Table:
     """A whole dataset with its full schema, sorted by unit (and page).
 
-    ``output`` is the output folder (a string or a path); ``name`` is ``page_stats`` or
-    ``collection_stats``.
+    ``output`` is the output (a folder as a string or a path, or a :class:`Location`);
+    ``name`` is ``page_stats`` or ``collection_stats``.
     """
     if name not in _SCHEMAS:
         raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(_SCHEMAS)}")
-    schema = _SCHEMAS[name]
-    root = Path(output) / name
-    if not root.is_dir():
-        return schema.empty_table()
-    table = ds.dataset(root, format="parquet", schema=schema, partitioning=partitioning())
+    location = output if isinstance(output, Location) else Location.local(output)
+    table = ParquetSink(location).read(name)
     keys = ["collection_hash", PARTITION_KEY, *_SORT_KEYS[name][1:]]
-    return table.to_table().sort_by([(k, "ascending") for k in keys])
+    return table.sort_by([(k, "ascending") for k in keys])
 
 
 def _page_rows(results: Sequence[Fetched], owners: Mapping[str, str]) -> pa.Table:
@@ -198,12 +209,37 @@ def _make_dirs(folder: Path) -> None:
     _fsync_dir(folder.parent)
 
 
+def partition_of(path: str) -> date | None:
+    """The ``period_start`` of a part file's path, None when it is not one."""
+    folder, _, file = path.rpartition("/")
+    value = folder.rpartition("/")[2].removeprefix(f"{PARTITION_KEY}=")
+    if file != PART_FILE or value == folder.rpartition("/")[2]:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
 class ParquetSink:
     """Writes whole partitions of both datasets, atomically, as upserts by unit."""
 
-    def __init__(self, output: Path, owners: Mapping[str, str] | None = None) -> None:
-        self.output = output
+    def __init__(self, output: Path | Location, owners: Mapping[str, str] | None = None) -> None:
+        self.location = output if isinstance(output, Location) else Location.local(output)
+        self.fs: pafs.FileSystem = self.location.filesystem()
         self.owners: dict[str, str] = dict(owners or {})  # hash → account; else "default"
+        # Files written or removed since the last take_touched(): (dataset, period) -> file.
+        self._touched: dict[tuple[str, date], Fingerprint | None] = {}
+        # Called before every write: raises when this run may no longer write (its lock lost).
+        self.guard: Callable[[], None] = lambda: None
+
+    @property
+    def output(self) -> Path:
+        """The local output folder (a local sink only)."""
+        return self.location.path
+
+    def _part(self, name: str, period_start: date) -> str:
+        return self.location.join(name, f"{PARTITION_KEY}={period_start.isoformat()}", PART_FILE)
 
     def migrate_accounts(self) -> int:
         """Give the files written before the ``account`` column one, ``default`` (such an
@@ -211,24 +247,79 @@ class ParquetSink:
         from the first file would otherwise drop the column from every file."""
         migrated = 0
         for name, schema in _FILE_SCHEMAS.items():
-            for target in sorted((self.output / name).glob(f"{PARTITION_KEY}=*/{PART_FILE}")):
-                if ACCOUNT in pq.read_schema(target).names:
+            for start in sorted(self.list_parts(name)):
+                target = self._part(name, start)
+                if ACCOUNT in pq.read_schema(target, filesystem=self.fs).names:
                     continue
-                old = pq.read_table(target, partitioning=None)
+                old = pq.read_table(target, partitioning=None, filesystem=self.fs)
                 column = pa.array([DEFAULT_ACCOUNT] * old.num_rows, pa.string())
                 rows = old.append_column(ACCOUNT, column).select(schema.names).cast(schema)
-                self._replace(target.parent, rows)
+                if self.location.is_local:
+                    self._replace(Path(target).parent, rows)
+                else:
+                    self._upload(target, rows)
                 migrated += 1
         return migrated
 
     def cleanup(self) -> int:
-        """Remove temp files a crashed run left (the caller holds the lock); return how many."""
+        """Remove temp files a crashed run left (the caller holds the lock); return how many.
+
+        An object store keeps no temp files: an upload a crash cut short never became an object.
+        """
+        if not self.location.is_local:
+            return 0
         removed = 0
         for name in _SCHEMAS:
             for temp in (self.output / name).glob(f"{PARTITION_KEY}=*/{TEMP_FILE}"):
                 temp.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+    def list_parts(self, name: str) -> dict[date, Fingerprint]:
+        """Every part file of a dataset with its size and mtime: one listing."""
+        selector = pafs.FileSelector(self.location.join(name), recursive=True, allow_not_found=True)
+        found: dict[date, Fingerprint] = {}
+        for info in self.fs.get_file_info(selector):
+            start = partition_of(info.path) if info.type == pafs.FileType.File else None
+            if start is not None:
+                found[start] = Fingerprint(int(info.size), int(info.mtime_ns or 0))
+        return found
+
+    def take_touched(self) -> dict[tuple[str, date], Fingerprint | None]:
+        """The files written (their fingerprints) or removed (None) since the last call."""
+        touched, self._touched = self._touched, {}
+        return touched
+
+    def read(
+        self,
+        name: str,
+        columns: list[str] | None = None,
+        starts: Sequence[date] | None = None,
+    ) -> pa.Table:
+        """A dataset's rows (``columns`` only; the partitions in ``starts`` only), unsorted."""
+        schema = _SCHEMAS[name]
+        columns = columns or schema.names
+        empty = pa.schema([schema.field(c) for c in columns]).empty_table()
+        if starts is not None:
+            paths = [self._part(name, s) for s in starts]
+            if not paths:
+                return empty
+            dataset = ds.dataset(
+                paths,
+                format="parquet",
+                schema=schema,
+                partitioning=partitioning(),
+                partition_base_dir=self.location.join(name),
+                filesystem=self.fs,
+            )
+            return dataset.to_table(columns=columns)
+        root = self.location.join(name)
+        if self.fs.get_file_info(root).type != pafs.FileType.Directory:
+            return empty
+        dataset = ds.dataset(
+            root, format="parquet", schema=schema, partitioning=partitioning(), filesystem=self.fs
+        )
+        return dataset.to_table(columns=columns)
 
     def write_partition(
         self, period_start: date, results: Sequence[Fetched], replaced: Sequence[Unit] = ()
@@ -238,7 +329,9 @@ class ParquetSink:
         ``replaced``: older windows of the same calendar periods, whose rows go, in this
         partition or in whichever one holds them. This partition is written first, so a
         reader never finds a period missing (at worst, for a moment, both of its windows).
+        Page statistics are written before collection statistics, which record a unit as done.
         """
+        self.guard()
         strays = [r.unit for r in results if r.unit.start != period_start]
         if strays:
             raise ValueError(f"units outside partition {period_start}: {strays[0]} ...")
@@ -257,6 +350,7 @@ class ParquetSink:
 
     def remove(self, units: Sequence[Unit]) -> int:
         """Delete the rows of ``units`` from both datasets; return the files written."""
+        self.guard()
         files = 0
         for start in sorted({u.start for u in units}):
             keys = _keys([u for u in units if u.start == start])
@@ -269,35 +363,44 @@ class ParquetSink:
 
         Reads only those columns (for ``page_stats``, one row per page).
         """
-        root = self.output / name
-        columns = ["collection_hash", PARTITION_KEY, "period_end", "fetched_at"]
-        if not root.is_dir():
-            return pa.schema([_SCHEMAS[name].field(c) for c in columns]).empty_table()
-        dataset = ds.dataset(
-            root, format="parquet", schema=_SCHEMAS[name], partitioning=partitioning()
-        )
-        return dataset.to_table(columns=columns)
+        return self.read(name, ["collection_hash", PARTITION_KEY, "period_end", "fetched_at"])
 
     def _upsert(self, name: str, period_start: date, rows: pa.Table, keys: pa.Table) -> int:
         """Replace the units in ``keys`` with ``rows`` in one partition; return files written.
 
         A partition left with no rows loses its file.
         """
-        folder = self.output / name / f"{PARTITION_KEY}={period_start.isoformat()}"
-        target = folder / PART_FILE
-        if target.exists():
+        target = self._part(name, period_start)
+        exists = self.fs.get_file_info(target).type == pafs.FileType.File
+        if exists:
             # Every row of a rewritten unit goes, so pages missing from the new answer vanish.
-            old = pq.read_table(target, partitioning=None).cast(rows.schema)
+            old = pq.read_table(target, partitioning=None, filesystem=self.fs).cast(rows.schema)
             old = old.join(keys, keys=UNIT_KEY, join_type="left anti")
             rows = pa.concat_tables([old.select(rows.schema.names), rows])
         if rows.num_rows == 0:
-            if target.exists():
-                target.unlink()
-                _fsync_dir(folder)
+            if exists:
+                self.fs.delete_file(target)
+                if self.location.is_local:
+                    _fsync_dir(Path(target).parent)
+                self._touched[(name, period_start)] = None
             return 0
         rows = rows.sort_by([(k, "ascending") for k in _SORT_KEYS[name]])
-        self._replace(folder, rows)
+        if self.location.is_local:
+            self._replace(Path(target).parent, rows)
+        else:
+            self._upload(target, rows)
+        info = self.fs.get_file_info(target)
+        self._touched[(name, period_start)] = Fingerprint(int(info.size), int(info.mtime_ns or 0))
         return 1
+
+    def _upload(self, target: str, rows: pa.Table) -> None:
+        """Encode the whole file in memory, then upload it to its final key in one go."""
+        buffer = pa.BufferOutputStream()
+        pq.write_table(rows, buffer, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
+        body = buffer.getvalue()
+        out = self.fs.open_output_stream(target)
+        out.write(body)
+        out.close()  # the upload completes here: before, the key still holds the old object
 
     def _replace(self, folder: Path, rows: pa.Table) -> None:
         """Write ``rows`` to a temp file, fsync it, rename it over the part file."""

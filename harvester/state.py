@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
@@ -29,8 +29,9 @@ from typing import Any, NamedTuple, Self
 import orjson
 
 from harvester.errors import HarvesterError, JobError, Problem
+from harvester.location import Location, user_cache_dir
 from harvester.lock import OutputLock
-from harvester.model import GRANULARITIES, Fetched, Unit, period_of
+from harvester.model import GRANULARITIES, Fetched, Fingerprint, Unit, period_of
 from harvester.redact import redact, redact_data
 
 __all__ = [
@@ -126,6 +127,29 @@ ON CONFLICT DO UPDATE SET
 """
 
 
+# The partition files as commits left them: a listing that matches needs no read of the data.
+_FILES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    dataset      TEXT NOT NULL,
+    period_start TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    mtime_ns     INTEGER NOT NULL,
+    PRIMARY KEY (dataset, period_start)
+) WITHOUT ROWID
+"""
+
+# A unit the dataset holds is done, unless the state has it staged, failed or gone.
+_ADOPT = """
+INSERT INTO units (collection_hash, period, period_start, period_end, status, final, pages,
+                   done_at)
+VALUES (?, ?, ?, ?, 'done', ?, ?, ?)
+ON CONFLICT DO UPDATE SET
+    period_start = excluded.period_start, period_end = excluded.period_end,
+    final = excluded.final, pages = excluded.pages
+WHERE status = 'done'
+"""
+
+
 class Stored(NamedTuple):
     """What the state holds for a unit's period."""
 
@@ -156,9 +180,16 @@ class FailedUnit(NamedTuple):
     failed_at: str  # ISO 8601, UTC
 
 
-def default_state_path(output: Path) -> Path:
-    """Where a run writing to ``output`` keeps its state database."""
-    return output / STATE_DIR / STATE_FILE
+def default_state_path(output: Path | Location) -> Path:
+    """Where a run writing to ``output`` keeps its state database.
+
+    Beside a local output; for an object store, in the per-user cache, in a folder named by a
+    hash of the output's URI (the dataset is the record of what is done: losing it costs no
+    calls).
+    """
+    if isinstance(output, Location) and not output.is_local:
+        return user_cache_dir() / output.cache_key() / STATE_FILE
+    return Path(output) / STATE_DIR / STATE_FILE
 
 
 def _utcnow() -> datetime:
@@ -303,6 +334,8 @@ class StateStore:
             )
         if recorded is None and not self.readonly:
             self.set_meta("granularity", granularity or "day")
+        if not self.readonly:
+            self._db.execute(_FILES_SCHEMA)
         result = recorded or granularity or "day"
         if result not in GRANULARITIES:
             raise HarvesterError(f"{self.path}: unknown granularity {result!r} recorded")
@@ -401,7 +434,6 @@ class StateStore:
             hashes.update({u.collection_hash: u for u in group})
         found: dict[Unit, Stored] = {}
         scattered: list[tuple[str, str]] = []
-        dates: dict[str, date] = {}  # a period's rows share a few dates: parse each once
         for period, by_hash in by_period.items():
             if len(by_hash) < SHARED_PERIOD_UNITS:
                 scattered.extend((period, h) for h in by_hash)
@@ -409,12 +441,12 @@ class StateStore:
             for h, status, start, end, final, pages in self._db.execute(_IN_PERIOD, (period,)):
                 unit = by_hash.get(h)
                 if unit is not None:
-                    found[unit] = _stored(dates, status, start, end, final, pages)
+                    found[unit] = _stored(status, start, end, final, pages)
         for i in range(0, len(scattered), CHUNK_UNITS):
             keys = scattered[i : i + CHUNK_UNITS]
             params = [value for key in keys for value in key]
             for h, period, *row in self._db.execute(_lookup_sql(len(keys)), params):
-                found[by_period[period][h]] = _stored(dates, *row)
+                found[by_period[period][h]] = _stored(*row)
         return found
 
     def done_among(self, units: Sequence[Unit]) -> set[Unit]:
@@ -485,12 +517,82 @@ class StateStore:
             old.extend(_unit(h, ws, we) for h, ws, we, s, e in rows if (ws, we) != (s, e))
         return old
 
-    def mark_done(self, units: Sequence[Unit]) -> None:
-        """Record staged units as written and drop their payloads (one transaction)."""
+    def mark_done(
+        self, units: Sequence[Unit], files: Mapping[tuple[str, date], Fingerprint | None] = {}
+    ) -> None:
+        """Record staged units as written and drop their payloads (one transaction).
+
+        ``files``: the partition files the commit wrote (their fingerprints) or removed (None).
+        """
         now = self._now()
         rows = [(now, self._period(u), u.collection_hash) for u in units]
         with self._transaction():
             self._db.executemany(_MARK_DONE, rows)
+            self._record_files(files)
+
+    # --- the dataset's files, as the commits left them ----------------------------------------
+
+    def _record_files(self, files: Mapping[tuple[str, date], Fingerprint | None]) -> None:
+        gone = [(name, start.isoformat()) for (name, start), f in files.items() if f is None]
+        kept = [
+            (name, start.isoformat(), f.size, f.mtime_ns)
+            for (name, start), f in files.items()
+            if f is not None
+        ]
+        self._db.executemany("DELETE FROM files WHERE dataset = ? AND period_start = ?", gone)
+        self._db.executemany(
+            "INSERT INTO files (dataset, period_start, size, mtime_ns) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns",
+            kept,
+        )
+
+    def files(self) -> dict[tuple[str, date], Fingerprint]:
+        """Each partition file as the last commit (or check) recorded it."""
+        try:
+            rows = self._db.execute("SELECT dataset, period_start, size, mtime_ns FROM files")
+            return {(n, date.fromisoformat(s)): Fingerprint(z, m) for n, s, z, m in rows}
+        except sqlite3.OperationalError:  # a read-only state from before the table existed
+            return {}
+
+    def done_starts(self, low: date, high: date) -> set[date]:
+        """The partitions (window starts) holding done units, within [low, high]."""
+        rows = self._db.execute(
+            "SELECT DISTINCT period_start FROM units WHERE status = 'done'"
+            " AND period_start BETWEEN ? AND ?",
+            (low.isoformat(), high.isoformat()),
+        )
+        return {date.fromisoformat(s) for (s,) in rows}
+
+    def in_partition(self, period_start: date) -> dict[str, Stored]:
+        """What the state holds for units whose window starts on ``period_start``, by hash."""
+        rows = self._db.execute(
+            _IN_PERIOD + " AND period_start = ?",
+            (period_of(self.granularity, period_start).isoformat(), period_start.isoformat()),
+        )
+        return {h: _stored(status, s, e, final, pages) for h, status, s, e, final, pages in rows}
+
+    def reconcile(
+        self,
+        adopt: Sequence[tuple[Unit, bool, bool]],
+        drop: Sequence[Unit],
+        files: Mapping[tuple[str, date], Fingerprint | None],
+    ) -> None:
+        """Take the dataset's word (one transaction): ``adopt`` units (with final and pages)
+        as done, ``drop`` done units whose rows are gone, record the files as listed."""
+        now = self._now()
+        rows = [
+            (u.collection_hash, self._period(u), u.start.isoformat(), u.end.isoformat(),
+             int(final), int(pages), now)
+            for u, final, pages in adopt
+        ]  # fmt: skip
+        gone = [(self._period(u), u.collection_hash) for u in drop]
+        with self._transaction():
+            self._db.executemany(_ADOPT, rows)
+            self._db.executemany(
+                "DELETE FROM units WHERE period = ? AND collection_hash = ? AND status = 'done'",
+                gone,
+            )
+            self._record_files(files)
 
     def mark_failed(
         self, unit: Unit, *, kind: str, reason: str, attempts: int, gone: bool = False
@@ -569,18 +671,13 @@ class StateStore:
             )
 
 
-def _stored(
-    dates: dict[str, date], status: str, start: str, end: str, final: int, pages: int
-) -> Stored:
-    """A row as :class:`Stored`; ``dates`` memoises the parsed dates."""
-    first = dates.get(start)
-    if first is None:
-        first = dates[start] = date.fromisoformat(start)
-    last = dates.get(end)
-    if last is None:
-        last = dates[end] = date.fromisoformat(end)
-    # tuple.__new__ skips the NamedTuple's argument handling: this runs once per unit planned.
-    return tuple.__new__(Stored, (status, first, last, final == 1, pages == 1))
+# The units of a plan's batch share one window, so their rows are a handful of distinct values:
+# one immutable Stored per value, not a million (date parsing was most of a lookup's time).
+@lru_cache(maxsize=4096)
+def _stored(status: str, start: str, end: str, final: int, pages: int) -> Stored:
+    return Stored(
+        status, date.fromisoformat(start), date.fromisoformat(end), bool(final), bool(pages)
+    )
 
 
 _UPGRADE_INSERT = """

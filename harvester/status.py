@@ -14,9 +14,12 @@ from typing import Any
 from harvester.commit import Ledger, PlanCounts
 from harvester.config import Job, accounts_of
 from harvester.model import system_clock
+from harvester.output import read_meta
 from harvester.pipeline import RunOptions, rules_of, state_path_of
 from harvester.plan import count_units, iter_windows
+from harvester.record import DatasetView, job_window, open_state
 from harvester.state import StateStore
+from harvester.storage import check_reachable, open_sink
 
 __all__ = ["PlanSummary", "plan_by_account", "plan_pending", "status"]
 
@@ -35,18 +38,12 @@ def plan_pending(job: Job, options: RunOptions) -> PlanSummary:
     today = options.today or (options.clock or system_clock()).today()
     rules = rules_of(job, options, today)
     path = state_path_of(job, options)
-    if not path.exists():  # nothing is done yet, but the future is still the future
-        narrowed = options.start is not None or options.end is not None
-        if not narrowed and all(c.end <= today for c in job.collections):
-            total = count_units(job)  # every unit has begun: counting is enough
-            return PlanSummary(total, PlanCounts(to_fetch=total), today)
-        ledger = Ledger(None, rules, set())
-        for _ in ledger.pending(iter_windows(job)):
-            pass
-        return PlanSummary(count_units(job), ledger.counts, today)
-    with StateStore(path, readonly=True) as store:
+    check_reachable(job.output, str(job.source))
+    # No state yet: an empty one in memory; the dataset still says what is done.
+    with open_state(path, job.granularity) as store:
         gone = store.gone_collections() if not options.retry_gone else set()
-        ledger = Ledger(store, rules, gone)
+        view = DatasetView(store, open_sink(job.output, job.format), job_window(job), write=False)
+        ledger = Ledger(view, rules, gone)
         for _ in ledger.pending(iter_windows(job)):
             pass
     return PlanSummary(count_units(job), ledger.counts, today)
@@ -84,6 +81,8 @@ def _by_account(job: Job, store: StateStore) -> list[str]:
 def status(job: Job, options: RunOptions, *, limit: int = 20) -> str:
     """What the state says of a job's output: counts, failures, the last run; read only."""
     path = state_path_of(job, options)
+    if not path.exists() and (not job.output.is_local or read_meta(job.output) is not None):
+        return _without_state(job, path)
     if not path.exists():
         return f"{job.output}: no state yet ({path}): nothing was harvested here"
     with StateStore(path, readonly=True) as store:
@@ -128,3 +127,23 @@ def _last_run(path: Path) -> str:
         f"last run: {report.get('outcome')} at {report.get('finished_at')}, "
         f"exit {report.get('exit_code')} (report: {path})"
     )
+
+
+def _without_state(job: Job, path: Path) -> str:
+    """An output seen from a machine without its state: what the output's reports say."""
+    from harvester.runs import last_success, read_runs
+    from harvester.storage import report_folders_of
+
+    with report_folders_of(str(job.output)) as folders:
+        history = read_runs(folders)
+    lines = [
+        f"{job.output}: no local state here ({path}); the dataset is the record of what is"
+        " done: `harvester run JOB --dry-run` counts what is missing"
+    ]
+    if history.runs:
+        last = history.runs[0]
+        lines.append(f"last run: {last.outcome} at {last.finished_at}, exit {last.exit_code}")
+        success = last_success(history.runs)
+        if success is not None:
+            lines.append(f"last success: {success.finished_at} (run {success.run_id})")
+    return "\n".join(lines)

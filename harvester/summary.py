@@ -199,6 +199,8 @@ def _read(output: Path, name: str, columns: list[str], where: ds.Expression | No
     columns = [ACCOUNT, "collection_hash", *columns]
     schema = _schema(name)
     root = output / name
+    if (root / "_delta_log").is_dir():  # its folder also holds files no version refers to
+        raise UsageError(f"{output} is a Delta output: read it with deltalake (see the README)")
     if not root.is_dir():
         return schema.empty_table().select(columns)
     dataset = ds.dataset(root, format="parquet", schema=schema, partitioning=partitioning())

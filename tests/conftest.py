@@ -16,6 +16,7 @@ from hypothesis import settings
 
 from harvester.budget import BUDGET_DIR_ENV
 from harvester.config import Job, RateLimit, load_job
+from harvester.location import Location
 from harvester.plan import iter_units
 from harvester.simulator import SimulatorConfig, SimulatorThread, expected_stats
 from harvester.sink import COLLECTION_STATS, PAGE_STATS, read_dataset
@@ -134,12 +135,10 @@ def expected_rows(
     return sorted(pages), sorted(collections)
 
 
-def actual_rows(output: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+def actual_rows(output: Path | Location) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """What the datasets under ``output`` hold (without fetched_at), read back with pyarrow."""
 
     def rows(name: str) -> list[tuple[Any, ...]]:
-        if not (output / name).exists():
-            return []
         table = read_dataset(output, name).drop(["fetched_at", "account"])
         return sorted(tuple(r.values()) for r in table.to_pylist())
 

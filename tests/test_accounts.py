@@ -280,7 +280,7 @@ def test_an_older_output_gains_the_account_column_on_the_next_run(
 ) -> None:
     path = job_file()
     assert run_cli("run", str(path), "-q", env=env).returncode == 0
-    output = load_job(path).output
+    output = load_job(path).output.path
     for part in output.glob("*/period_start=*/part-0.parquet"):  # as an older version wrote it
         pq.write_table(pq.read_table(part, partitioning=None).drop(["account"]), part)
     first = sorted(output.glob(f"{PAGE_STATS}/period_start=*/part-0.parquet"))[0]

@@ -21,6 +21,7 @@ from harvester.config import (
     parse_job,
 )
 from harvester.errors import JobError, Problem
+from harvester.location import Location
 from harvester.plan import count_units
 
 TODAY = date(2026, 4, 10)
@@ -67,7 +68,7 @@ def test_a_minimal_job_gets_every_default() -> None:
         True,
         0,
     )
-    assert job.output == Path("output")
+    assert job.output == Location.local("output")
     assert job.source == Path("job.yaml")
 
 
@@ -101,7 +102,7 @@ def test_every_setting_is_read() -> None:
     assert (job.granularity, job.page_stats, job.output, job.refresh_days) == (
         "range",
         False,
-        Path("data/stats"),
+        Location.local("data/stats"),
         3,
     )
     assert [(c.hash, c.start.isoformat(), c.end.isoformat()) for c in job.collections] == [
@@ -137,7 +138,7 @@ def test_the_bundled_configs_are_valid() -> None:
     demo = load_job(CONFIGS / "demo.yaml")
     assert demo.api.uses_simulator
     assert demo.api.rate_limits == (RateLimit(20, 1.0), RateLimit(600, 60.0))
-    assert (demo.concurrency, demo.granularity, demo.output) == (8, "day", Path("output"))
+    assert (demo.concurrency, demo.granularity, demo.output) == (8, "day", Location.local("output"))
     assert [c.hash for c in demo.collections] == ["d3m0h45h", "x9y8z7", "f1ipb00k"]
     assert all(c.start.year == 2026 for c in demo.collections)
     assert 60 <= count_units(demo) <= 120  # a few seconds against the simulator
@@ -585,8 +586,10 @@ def test_a_tilde_in_output_is_the_home_folder(
 ) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     job = parse("start: 2026-01-01\ncollections: [abc]\noutput: ~/flip\n")
-    assert job.output == tmp_path / "home" / "flip"
-    assert parse("start: 2026-01-01\ncollections: [abc]\noutput: a/~b\n").output == Path("a/~b")
+    assert job.output == Location.local(tmp_path / "home" / "flip")
+    assert parse("start: 2026-01-01\ncollections: [abc]\noutput: a/~b\n").output == Location.local(
+        "a/~b"
+    )
     found = problems("start: 2026-01-01\ncollections: [abc]\noutput: ~no-such-user-x9/flip\n")
     assert found == {
         "output": "cannot expand '~no-such-user-x9': no such user, or no home folder is known"

@@ -368,7 +368,7 @@ def test_circuit_breaker_stops_a_run_against_a_dead_api_and_keeps_what_was_commi
 
     assert code == 1, stderr
     job = load_job(path)
-    report = json.loads((job.output / "_state" / "last-run.json").read_text())
+    report = json.loads((job.output.path / "_state" / "last-run.json").read_text())
     assert report["stopped_by"] == "CircuitOpen" and report["exit_code"] == 1
     assert "the API looks down" in report["message"] and "last: http: HTTP 503" in report["message"]
     assert stderr.endswith(_summary_of(report) + "\n")
@@ -416,7 +416,7 @@ def test_a_retry_after_past_the_breaker_stops_the_run_and_keeps_what_was_committ
     assert code == 1, stderr
     assert time.monotonic() - turned_on < 5, stderr  # not an hour, nor the breaker's 5 s
     job = load_job(path)
-    report = json.loads((job.output / "_state" / "last-run.json").read_text())
+    report = json.loads((job.output.path / "_state" / "last-run.json").read_text())
     assert report["stopped_by"] == "CircuitOpen" and report["exit_code"] == 1
     assert "the API asked to wait 3600 s (HTTP 429, Retry-After)" in report["message"]
     assert stderr.endswith(_summary_of(report) + "\n")
@@ -481,7 +481,7 @@ def test_invalid_payload_is_quarantined_and_fails_only_its_unit(
     broken = counters["faults"]["bad_payload"]
     assert broken >= 3
     assert counters["requests"] == len(units)  # a broken payload is not asked for again
-    state = job.output / "_state"
+    state = job.output.path / "_state"
     report = json.loads((state / "last-run.json").read_text())
     assert (state / "reports" / f"run-{report['run_id']}.json").read_text() == (
         state / "last-run.json"

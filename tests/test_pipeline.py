@@ -158,7 +158,7 @@ def test_gone_collections_cost_one_call_and_later_runs_skip_them(
     with StateStore(default_state_path(job.output)) as store:
         assert store.gone_collections() == {"g0n3", "unkn0wn"}
         assert store.counts()["done"] == 3
-    last = json.loads((job.output / "_state" / "last-run.json").read_text())
+    last = json.loads((job.output.path / "_state" / "last-run.json").read_text())
     assert last["exit_code"] == 1 and len(last["failed"]) == 2
 
     simulator.reset_counters()

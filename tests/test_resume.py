@@ -223,7 +223,7 @@ def served_units(simulator: SimulatorThread) -> set[Unit]:
 
 def last_run(job: Job) -> dict[str, Any]:
     """The report of the last run on the job's output."""
-    report: dict[str, Any] = json.loads((job.output / STATE_DIR / "last-run.json").read_text())
+    report: dict[str, Any] = json.loads((job.output.path / STATE_DIR / "last-run.json").read_text())
     return report
 
 
@@ -284,7 +284,7 @@ def test_kill_9_at_random_moments_then_resume_to_the_exact_dataset(
     path = resume_job(HASHES, "2026-01-01", "2026-03-01")  # 4 collections x 60 days
     job = load_job(path)
     units = count_units(job)
-    lock = job.output / STATE_DIR / LOCK_FILE
+    lock = job.output.path / STATE_DIR / LOCK_FILE
     # One kill moment drawn in each of six slices of the run, counted in served successes.
     rng = random.Random(20261127)
     kills, low, high = 6, 10, units - 30
@@ -298,7 +298,7 @@ def test_kill_9_at_random_moments_then_resume_to_the_exact_dataset(
         wait_until(served_at_least(simulator, target), f"{target} successes", run)
         run.send(signal.SIGKILL)
         assert run.wait() == -signal.SIGKILL
-        assert_no_visible_partial(job.output)
+        assert_no_visible_partial(job.output.path)
         if i == 0:
             # The kill left the lock file naming a dead holder; the next run must not care.
             assert json.loads(lock.read_text())["pid"] == run.pid
@@ -308,9 +308,9 @@ def test_kill_9_at_random_moments_then_resume_to_the_exact_dataset(
     final = runs.complete(path)
     assert "another harvester run" not in final.stderr()
     assert actual_rows(job.output) == expected_rows(job, sim_config)
-    assert_no_duplicates(job.output)
-    assert_no_visible_partial(job.output)
-    assert temp_files(job.output) == []
+    assert_no_duplicates(job.output.path)
+    assert_no_visible_partial(job.output.path)
+    assert temp_files(job.output.path) == []
     with StateStore(default_state_path(job.output)) as store:
         counts = store.counts()
         assert (counts["done"], counts["staged"], counts["failed"]) == (units, 0, 0)
@@ -423,7 +423,7 @@ def test_a_second_run_on_one_output_exits_4_at_once_or_waits_with_wait(
     assert first.running()  # refused at once, not after the first run ended
 
     waiting = runs.start(path, "--wait")
-    lock = (job.output / STATE_DIR / LOCK_FILE).resolve()
+    lock = (job.output.path / STATE_DIR / LOCK_FILE).resolve()
     wait_until(lambda: holds_open(waiting.pid, lock), "the waiting run to open the lock", waiting)
     assert first.running() and waiting.running()
     simulator.reconfigure(latency=FAST)
@@ -521,7 +521,7 @@ def test_a_second_signal_stops_at_once_and_the_next_run_loses_nothing(
     assert report["units_recovered"] == len(staged)
     assert report["requests"] == count_units(job) - len(done | staged)  # nothing fetched again
     assert actual_rows(job.output) == expected_rows(job, sim_config)
-    assert_no_duplicates(job.output)
+    assert_no_duplicates(job.output.path)
 
 
 # --- 6: a crash in the middle of a partition write ----------------------------------------------
@@ -546,7 +546,7 @@ def test_a_crash_mid_write_leaves_no_visible_partial_file_and_the_rerun_cleans_u
     job = load_job(path)
     if refresh:
         runs.complete(path)
-    before = {p: hashlib.sha256(p.read_bytes()).digest() for p in job.output.rglob(PART_FILE)}
+    before = {p: hashlib.sha256(p.read_bytes()).digest() for p in job.output.path.rglob(PART_FILE)}
 
     hook = tmp_path / "hook"
     hook.mkdir()
@@ -555,9 +555,9 @@ def test_a_crash_mid_write_leaves_no_visible_partial_file_and_the_rerun_cleans_u
     crashed = runs.start(path, *(["--refresh"] if refresh else []), env=crash_env)
     assert crashed.wait() == -signal.SIGKILL, crashed.stderr()
 
-    [temp] = temp_files(job.output)  # the half-written file is there, hidden
+    [temp] = temp_files(job.output.path)  # the half-written file is there, hidden
     assert temp.stat().st_size > 0
-    assert_no_visible_partial(job.output)
+    assert_no_visible_partial(job.output.path)
     # The file being replaced is untouched (on a first write there is none).
     target = temp.parent / PART_FILE
     assert (target in before) == refresh
@@ -567,9 +567,9 @@ def test_a_crash_mid_write_leaves_no_visible_partial_file_and_the_rerun_cleans_u
 
     rerun = runs.complete(path)
     assert "removed 1 temporary files" in rerun.stderr()
-    assert temp_files(job.output) == []
+    assert temp_files(job.output.path) == []
     assert actual_rows(job.output) == expected_rows(job, sim_config)
-    assert_no_duplicates(job.output)
+    assert_no_duplicates(job.output.path)
 
 
 # --- 7: refresh_days replaces recent rows ----------------------------------------------------
@@ -591,4 +591,4 @@ def test_refresh_days_replaces_recent_rows_from_the_command_line(
     assert simulator.counters()["requests"] == 2 * len(recent)
     revised = dataclasses.replace(sim_config, revisions=revisions)
     assert actual_rows(job.output) == expected_rows(job, revised) != expected_rows(job, sim_config)
-    assert_no_duplicates(job.output)
+    assert_no_duplicates(job.output.path)

@@ -90,7 +90,7 @@ def test_a_moving_start_leaves_one_row_per_period(
         done = run_cli("run", str(path), env=env)
         assert done.returncode == 0, done.stderr
         assert_exact(path, sim_config)
-    output = load_job(path).output
+    output = load_job(path).output.path
     first_partitions = {p.parent.name for p in (output / "collection_stats").glob("*/*.parquet")}
     assert f"period_start={starts[0]}" not in first_partitions  # the old window's file went
 
@@ -103,7 +103,7 @@ def test_an_output_from_before_the_period_identity_is_repaired_by_its_first_run(
 ) -> None:
     # What three nightly runs of a weekly job left before: three windows of one week.
     monday = date(2026, 3, 2)
-    output = load_job(job_file()).output
+    output = load_job(job_file()).output.path
     sink = ParquetSink(output)
     for night, end in enumerate((monday + timedelta(days=d) for d in (1, 2, 3)), start=1):
         at = datetime(2026, 3, 2 + night, 3, tzinfo=UTC)
@@ -209,7 +209,7 @@ def test_another_granularity_on_an_output_is_refused(
 ) -> None:
     daily = job_file()
     assert run_cli("run", str(daily), env=env).returncode == 0
-    output = load_job(daily).output
+    output = load_job(daily).output.path
     before = parquet_files(output)
     simulator.reset_counters()
     done = run_cli("run", str(job_file(granularity="week")), env=env)
@@ -227,7 +227,7 @@ def test_turning_page_stats_on_fetches_every_unit_again_and_off_is_refused(
 ) -> None:
     without = job_file(page_stats=False)
     assert run_cli("run", str(without), env=env).returncode == 0
-    output = load_job(without).output
+    output = load_job(without).output.path
     assert not (output / "page_stats").exists()
     units = list(iter_units(load_job(without)))
     simulator.reset_counters()
@@ -287,7 +287,7 @@ def test_a_whole_harvest_runs_on_a_fake_clock(
     assert report.today == "2026-03-20"
     stamps = [
         t.as_py()
-        for f in (job.output / "collection_stats").rglob("*.parquet")
+        for f in (job.output.path / "collection_stats").rglob("*.parquet")
         for t in pq.read_table(f)["fetched_at"]
     ]
     assert len(stamps) == 12  # every answer stamped by the run's clock, not the wall's

@@ -1,0 +1,158 @@
+"""Object storage, the few operations beyond the sink's: reach the bucket, put small files.
+
+Everything that talks to an output's filesystem outside the datasets goes through here: the
+check that the bucket exists and the credentials are accepted (pyarrow reports a missing bucket
+only when writing, so it is asked explicitly, before any request to the API), the output record
+and the run reports (small JSON objects), and the one translation of the store's ``OSError`` into
+:class:`~harvester.errors.StorageError` for an object store.
+
+Storage credentials are secrets like the API's: they are registered for redaction before the
+first request, so no message, log line or report can show them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from harvester.errors import JobError, Problem, StorageError
+from harvester.location import SECRET_VARS, Location
+from harvester.redact import redact, register_secrets
+from harvester.sink import ParquetSink
+
+__all__ = [
+    "check_reachable",
+    "location_fs",
+    "open_sink",
+    "publish_report",
+    "put_text",
+    "register_storage_secrets",
+    "report_folders_of",
+    "storage_errors",
+]
+
+RUNS_DIR = "_harvester/runs"
+
+
+def location_fs(location: Location) -> Any:
+    """The pyarrow filesystem of ``location`` (made anew: the environment may have changed)."""
+    return location.filesystem()
+
+
+def register_storage_secrets(env: Mapping[str, str] | None = None) -> None:
+    """Keep the store's credentials out of every message."""
+    env = os.environ if env is None else env
+    register_secrets([env[name] for name in SECRET_VARS if env.get(name)])
+
+
+def check_reachable(location: Location, source: str = "output") -> None:
+    """Refuse a missing bucket (JobError, exit 2) or refused credentials (StorageError, 74)."""
+    if location.is_local:
+        return
+    import pyarrow.fs as pafs
+
+    register_storage_secrets()
+    try:
+        info = location_fs(location).get_file_info(location.bucket)
+    except OSError as exc:
+        raise StorageError(
+            f"{location}: the object store refused or failed the request"
+            f" ({redact(str(exc))}); check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, ...)"
+            " and the endpoint"
+        ) from None
+    if info.type == pafs.FileType.NotFound:
+        msg = f"bucket {location.bucket!r} does not exist at {location.scheme}://"
+        raise JobError([Problem(source, "output", f"{msg}: create it first (nothing written)")])
+
+
+def put_text(location: Location, path: str, text: str) -> None:
+    """One small object written whole (a single upload: readers see old or new)."""
+    try:
+        out = location_fs(location).open_output_stream(path)
+        out.write(text.encode("utf-8"))
+        out.close()
+    except OSError as exc:
+        raise StorageError(f"cannot write {location.scheme}://{path}: {redact(str(exc))}") from None
+
+
+def publish_report(location: Location, state_dir: Path, run_id: str, text: str) -> None:
+    """Put a run's report into the output itself (``_harvester/runs/``), unless it is there.
+
+    A local output with its state inside already holds it (``_state/reports/``); an object
+    store, or a state kept elsewhere, gets a copy, so run history survives a new machine.
+    """
+    if location.is_local and state_dir.resolve() == (location.path / "_state").resolve():
+        return
+    path = location.join(*RUNS_DIR.split("/"), f"run-{run_id}.json")
+    if location.is_local:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    put_text(location, path, text)
+
+
+def open_sink(
+    location: Location, fmt: str = "parquet", owners: Mapping[str, str] | None = None
+) -> ParquetSink:
+    """The writer for an output: Hive-partitioned Parquet, or Delta tables (``format: delta``).
+
+    ``owners`` maps each collection hash to its account (the ``account`` column).
+    """
+    if fmt == "delta":
+        from harvester.delta import DeltaSink
+
+        return DeltaSink(location, owners)
+    return ParquetSink(location, owners)
+
+
+@contextlib.contextmanager
+def report_folders_of(output: str) -> Iterator[list[Path]]:
+    """The folders holding an output's run reports (``harvester runs OUTPUT``).
+
+    A local output's own folders; an object store's ``_harvester/runs/`` copied into a
+    temporary folder for the time of the ``with`` block (reports are small).
+    """
+    from harvester.errors import UsageError
+    from harvester.runs import check_output, report_folders
+
+    try:
+        location = Location.parse(output)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if location.is_local:
+        check_output(location.path)
+        yield report_folders(location.path)
+        return
+    import pyarrow.fs as pafs
+
+    check_reachable(location, output)
+    fs = location_fs(location)
+    selector = pafs.FileSelector(location.join(*RUNS_DIR.split("/")), allow_not_found=True)
+    with tempfile.TemporaryDirectory(prefix="harvester-runs-") as folder:
+        try:
+            for info in fs.get_file_info(selector):
+                name = info.path.rpartition("/")[2]
+                if info.type == pafs.FileType.File and name.endswith(".json"):
+                    with fs.open_input_stream(info.path) as fh:
+                        (Path(folder) / name).write_bytes(fh.read())
+        except OSError as exc:
+            msg = f"{location}: cannot read the run reports: {redact(str(exc))}"
+            raise StorageError(msg) from None
+        yield [Path(folder)]
+
+
+@contextlib.contextmanager
+def storage_errors(location: Location) -> Iterator[None]:
+    """Name an object store's failures as its own (exit 74), not as the local disk's."""
+    if location.is_local:
+        yield
+        return
+    try:
+        yield
+    except OSError as exc:
+        raise StorageError(
+            f"{location}: the object store (or the local state) refused or failed a read or"
+            f" write: {redact(str(exc))}"
+        ) from None
