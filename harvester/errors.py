@@ -82,7 +82,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_CREDENTIALS: "the API rejected the credentials (codes 41/44)",
     EXIT_LOCKED: "another run holds the output's lock",
     EXIT_INTERNAL: "a bug in harvester (the message says so; please report it)",
-    EXIT_LOCAL_IO: "the output or state folder cannot be read or written (disk full, permissions)",
+    EXIT_LOCAL_IO: "the output or state cannot be read or written (disk, permissions, store)",
     EXIT_SIGINT: "stopped by SIGINT (Ctrl-C); what was fetched is committed",
     EXIT_SIGTERM: "stopped by SIGTERM; what was fetched is committed",
 }
