@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     summary = commands.add_parser(
         "summary", help="totals, busiest pages and coverage gaps of an output's data"
     )
-    summary.add_argument("output", type=Path, help="the output folder (the job's `output`)")
+    summary.add_argument("output", help="the output: a folder, or s3://bucket/prefix")
     summary.add_argument("--since", type=_date, metavar="DATE", help="periods starting on or after")
     summary.add_argument(
         "--until", type=_date, metavar="DATE", help="periods starting on or before"

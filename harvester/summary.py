@@ -31,15 +31,18 @@ from rich.table import Table
 from rich.text import Text
 
 from harvester.display import print_table
-from harvester.errors import UsageError
+from harvester.errors import JobError, UsageError
+from harvester.location import Location
 from harvester.model import GRANULARITIES, period_end, period_of
+from harvester.output import OutputMeta, read_meta
 from harvester.sink import (
     COLLECTION_SCHEMA,
     COLLECTION_STATS,
     PAGE_SCHEMA,
     PAGE_STATS,
-    partitioning,
+    ParquetSink,
 )
+from harvester.storage import check_reachable, open_sink
 
 __all__ = [
     "DEFAULT_TOP",
@@ -134,7 +137,7 @@ class CollectionSummary:
 class Summary:
     """What an output holds within the asked dates, most viewed collection first."""
 
-    output: Path
+    output: str
     granularity: str
     granularity_source: str  # where the granularity came from: "output.json" or "the data"
     since: date | None
@@ -149,28 +152,37 @@ class Summary:
 
 
 def summarize(
-    output: Path,
+    output: Path | str,
     *,
     since: date | None = None,
     until: date | None = None,
     collections: Sequence[str] = (),
     account: str | None = None,
 ) -> Summary:
-    """Read ``output``'s datasets (rows whose period starts within since..until) and sum up."""
-    if not output.is_dir():
+    """Read ``output``'s datasets (rows whose period starts within since..until) and sum up.
+
+    ``output`` is a folder or an object-store URI (``s3://bucket/prefix``); Parquet or Delta.
+    """
+    location = Location.parse(str(output))
+    if location.is_local and not location.path.is_dir():
         raise UsageError(f"{output}: no such output folder")
+    check_reachable(location, str(output))
+    meta = _meta(location)
+    sink = open_sink(location, meta.format if meta is not None else _format_of(location))
     where = _where(since, until, collections)
     figures = ["impressions", "views", "time_spent", "downloads"]
-    units = _read(output, COLLECTION_STATS, ["period_start", "period_end", *figures], where)
-    pages = _read(output, PAGE_STATS, ["page", "views", "clicks", "time_spent"], where)
+    units = _read(
+        sink, COLLECTION_STATS, ["period_start", "period_end", *figures], where, since, until
+    )
+    pages = _read(sink, PAGE_STATS, ["page", "views", "clicks", "time_spent"], where, since, until)
     units, pages = _of_account(units, account), _of_account(pages, account)
-    recorded = read_granularity(output)
+    recorded = meta.granularity if meta is not None and meta.granularity in GRANULARITIES else None
     granularity = recorded or infer_granularity(
         units["period_start"].to_pylist(), units["period_end"].to_pylist()
     )
     summaries = _collections(units, pages, granularity, since, until)
     return Summary(
-        output=output,
+        output=str(output),
         granularity=granularity,
         granularity_source="output.json" if recorded else "the data",
         since=since,
@@ -193,18 +205,44 @@ def _schema(name: str) -> pa.Schema:
     return schema
 
 
-def _read(output: Path, name: str, columns: list[str], where: ds.Expression | None) -> pa.Table:
-    """Some columns of a dataset's rows ``where`` holds (only the partitions it needs are read),
-    with their account (``default`` where there is none)."""
+def _meta(location: Location) -> OutputMeta | None:
+    """The output's record; a broken one is ignored (the data says what it holds)."""
+    try:
+        return read_meta(location)
+    except JobError:
+        return None
+
+
+def _format_of(location: Location) -> str:
+    """``delta`` when a local output without a record holds Delta tables, else ``parquet``."""
+    if location.is_local and (location.path / COLLECTION_STATS / "_delta_log").is_dir():
+        return "delta"
+    return "parquet"
+
+
+def _read(
+    sink: ParquetSink,
+    name: str,
+    columns: list[str],
+    where: ds.Expression | None,
+    since: date | None,
+    until: date | None,
+) -> pa.Table:
+    """Some columns of a dataset's rows ``where`` holds (only the partitions since..until are
+    read), with their account (``default`` where there is none)."""
     columns = [ACCOUNT, "collection_hash", *columns]
-    schema = _schema(name)
-    root = output / name
-    if (root / "_delta_log").is_dir():  # its folder also holds files no version refers to
-        raise UsageError(f"{output} is a Delta output: read it with deltalake (see the README)")
-    if not root.is_dir():
-        return schema.empty_table().select(columns)
-    dataset = ds.dataset(root, format="parquet", schema=schema, partitioning=partitioning())
-    table = dataset.to_table(columns=columns, filter=where)
+    starts = None
+    if since is not None or until is not None:
+        starts = [
+            s
+            for s in sink.list_parts(name)
+            if (since is None or s >= since) and (until is None or s <= until)
+        ]
+    wanted = sorted(set(columns) | {"period_start"}, key=lambda c: _schema(name).names.index(c))
+    table = sink.read(name, wanted, starts)
+    if where is not None and table.num_rows:
+        table = table.filter(where)
+    table = table.select(columns)
     accounts = pc.fill_null(table[ACCOUNT], DEFAULT_ACCOUNT)
     return table.set_column(0, ACCOUNT, accounts)
 

@@ -539,3 +539,34 @@ def test_wait_takes_the_lock_once_its_holder_lets_go(bucket: str, s3_env: dict[s
     assert time.monotonic() - started >= 0.5
     waiter.release()
     releaser.join()
+
+
+@pytest.mark.parametrize(("where", "fmt"), [("s3", "parquet"), ("local", "delta"), ("s3", "delta")])
+def test_summary_reads_an_s3_or_delta_output(
+    where: str,
+    fmt: str,
+    lake_job: Callable[..., Path],
+    bucket: str,
+    s3_env: dict[str, str],
+    sim_config: SimulatorConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harvester.summary import summarize
+
+    output = str(tmp_path / "lake") if where == "local" else f"s3://{bucket}/{fmt}"
+    path = lake_job(output, format=fmt)
+    assert run_cli("run", str(path), env=s3_env).returncode == 0
+    for name, value in s3_env.items():  # the reader takes the store's address as runs do
+        monkeypatch.setenv(name, value)
+    found = summarize(output)
+    job = load_job(path)
+    _, collections = expected_rows(job, sim_config)
+    views: dict[str, int] = {}
+    for row in collections:
+        views[row[0]] = views.get(row[0], 0) + row[4]
+    assert {c.collection_hash: c.views for c in found.collections} == views
+    assert all(c.coverage.complete for c in found.collections)
+    shown = run_cli("summary", output, env=s3_env)
+    assert shown.returncode == 0, shown.stderr
+    assert all(h in shown.stdout for h in views)
