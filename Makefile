@@ -23,7 +23,7 @@ harvest: $(STAMP) ## harvest JOB (default: the demo job, from the bundled simula
 	$(BIN)/harvester run $(JOB)
 
 test: $(STAMP) ## run the whole test suite
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 bench: $(STAMP) ## run the benchmark suite and print its table (about 5 minutes)
 	$(BIN)/python -m tests.benchmarks
