@@ -195,6 +195,59 @@ def test_an_unreachable_store_exits_74_without_a_traceback_or_a_secret(
     assert SECRET not in done.stdout + done.stderr
 
 
+class _Refusing:
+    """An S3 endpoint that refuses every request as AWS does with bad credentials (HTTP 403,
+    ``InvalidAccessKeyId``): moto's server accepts any credentials, so this stands in for AWS
+    turning the key down."""
+
+    BODY = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidAccessKeyId</Code>'
+        b"<Message>The AWS Access Key Id you provided does not exist in our records.</Message>"
+        b"</Error>"
+    )
+
+    def __enter__(self) -> str:
+        import http.server
+        import threading
+
+        body = self.BODY
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _refuse(self) -> None:
+                self.send_response(403)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _refuse
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_refused_credentials_exit_74_naming_what_to_check_and_write_nothing(
+    lake_job: Callable[..., Path], s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    with _Refusing() as endpoint:
+        env = {**s3_env, "AWS_ENDPOINT_URL": endpoint}
+        done = run_cli("run", str(lake_job("s3://some-bucket/stats")), env=env, cwd=tmp_path)
+    assert done.returncode == 74, done.stderr
+    assert "refused or failed the request" in done.stderr and "AWS_ACCESS_KEY_ID" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert SECRET not in done.stdout + done.stderr
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "some-bucket").exists()
+
+
 def test_the_storage_block_gives_the_endpoint(
     lake_job: Callable[..., Path],
     bucket: str,
