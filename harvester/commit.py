@@ -32,7 +32,7 @@ from harvester.model import Fetched, Unit, period_end, period_of
 from harvester.redact import redact, redact_data
 from harvester.report import FailedEntry
 from harvester.sink import ParquetSink
-from harvester.state import GONE, StateStore, Stored
+from harvester.state import DONE, GONE, StateStore, Stored
 
 __all__ = [
     "CommitCounts",
@@ -135,20 +135,29 @@ class Ledger:
             # One state lookup per batch, not per unit: a million-unit plan spends its time here.
             lookup = begun and not refresh_all and self._store is not None
             stored = self._store.lookup(begun) if lookup and self._store is not None else {}
+            # The loop below runs once per unit of the plan: locals, and the cover test inline.
+            pages, refresh_from, outstanding = (
+                rules.page_stats,
+                rules.refresh_from,
+                self._outstanding,
+            )
+            done = 0
             for unit in begun:
                 row = stored.get(unit)
-                if row is not None and row.covers(unit, pages=rules.page_stats):
-                    if rules.refresh_from is None or unit.end < rules.refresh_from:
-                        counts.already_done += 1
-                        continue
-                elif row is not None and row.status == "done":
-                    if (row.start, row.end) != (unit.start, unit.end):
+                if row is not None and row.status == DONE:
+                    same = row.start == unit.start and row.end == unit.end
+                    if same and row.final and (row.pages or not pages):
+                        if refresh_from is None or unit.end < refresh_from:
+                            done += 1
+                            continue
+                    elif not same:
                         counts.changed += 1
                     elif not row.final:
                         counts.provisional += 1
                 counts.to_fetch += 1
-                self._outstanding[unit.start] += 1
+                outstanding[unit.start] += 1
                 yield unit
+            counts.already_done += done
             self._close({unit.start for unit in batch})
 
     def _close(self, starts: Iterable[date]) -> None:
