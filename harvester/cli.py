@@ -58,7 +58,8 @@ def _seconds(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harvester",
-        description="Harvest Flipsnack collection statistics into Hive-partitioned Parquet.",
+        description="Harvest Flipsnack collection statistics into Hive-partitioned Parquet or"
+        " Delta tables, on local disk or object storage.",
         epilog="exit codes:\n" + "\n".join(f"  {c:>3}  {m}" for c, m in EXIT_CODES.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,  # one exit code a line
     )
