@@ -37,7 +37,7 @@ from typing import Protocol
 
 from harvester.errors import BudgetUnavailable
 from harvester.model import RateLimit
-from harvester.ratelimit import DISTINCT_PAUSE_SECONDS, RateLimiter, window_margin
+from harvester.ratelimit import DISTINCT_PAUSE_SECONDS, PacerState, RateLimiter, window_margin
 
 __all__ = [
     "BUDGET_DIR_ENV",
@@ -172,7 +172,7 @@ class SharedSlot:
             await self._budget._free(self._lease)
 
 
-class SharedBudget:
+class SharedBudget(PacerState):
     """A key's budget in a store shared with every process that spends the key.
 
     Within the process, waiters are served first come, first served (one asyncio lock); between
@@ -188,39 +188,11 @@ class SharedBudget:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
+        super().__init__(limits, clock, sleep)  # _paused_until: this process's view
         self._store = store
-        self._limits = tuple(limits)
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = asyncio.Lock()
-        self._paused_until = -math.inf  # this process's view; the store has the key's
-        self._holding = False
-        self._holds = 0
-        self._unsent = 0
-        self._queued = 0
         self._ready_at = -math.inf  # when the store last said a call may fit
         self._failure: BudgetUnavailable | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.calls = 0
-        self.waits = 0
-        self.waited_seconds = 0.0
-        self.held_seconds = 0.0
-        self.pauses = 0
-
-    @property
-    def enabled(self) -> bool:
-        """True: a shared budget always has windows (no limits need no store)."""
-        return bool(self._limits)
-
-    @property
-    def longest_window(self) -> float:
-        """The longest configured window in seconds."""
-        return max((limit.seconds for limit in self._limits), default=0.0)
-
-    @property
-    def unsent(self) -> int:
-        """This process's leases neither stamped nor freed yet."""
-        return self._unsent
 
     async def reserve(self) -> SharedSlot:
         """Wait until the store admits a call; raise BudgetUnavailable if it cannot be asked."""

@@ -30,8 +30,15 @@ from typing import Any
 
 from harvester.model import RateLimit
 
-__all__ = ["RateLimiter", "Slot", "window_margin"]
-__all__ = ["RateLimiter", "Slot", "format_duration", "shortest_duration", "window_margin"]
+__all__ = [
+    "PacerState",
+    "RateLimiter",
+    "Slot",
+    "format_duration",
+    "shortest_duration",
+    "window_margin",
+]
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -124,29 +131,21 @@ class Slot:
         self.free()
 
 
-class RateLimiter:
-    """Admit calls so that every window holds; share one instance between a key's workers.
+class PacerState:
+    """What every pacer keeps: its windows, its waiters' bookkeeping and its counters.
 
+    Shared by :class:`RateLimiter` (one process) and the shared budget (:mod:`harvester.budget`).
     Counters: ``calls`` (stamped: sent on the wire), ``waits`` and ``waited_seconds`` (calls
     held back and their waits, summed over the calls: several workers wait at once),
     ``held_seconds`` (wall-clock time during which at least one call was held back),
     ``pauses`` (31/32 and 429 answers that paused the key).
     """
 
-    def __init__(
-        self,
-        limits: Sequence[RateLimit],
-        *,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-        margin: Callable[[float], float] = window_margin,
-    ) -> None:
+    def __init__(self, limits: Sequence[RateLimit], clock: Clock, sleep: Sleep) -> None:
         self._limits = tuple(limits)
-        self._windows = [_Window(limit, margin(limit.seconds)) for limit in self._limits]
         self._clock = clock
         self._sleep = sleep
         self._lock = asyncio.Lock()  # FIFO: the first waiter is served first
-        self._changed = asyncio.Event()  # a slot was stamped or freed
         self._paused_until = -math.inf
         self._unsent = 0
         self._holding = False  # the first waiter is waiting: everyone behind it is held too
@@ -161,7 +160,7 @@ class RateLimiter:
     @property
     def enabled(self) -> bool:
         """False when no window is configured (limits off)."""
-        return bool(self._windows)
+        return bool(self._limits)
 
     @property
     def longest_window(self) -> float:
@@ -170,8 +169,27 @@ class RateLimiter:
 
     @property
     def unsent(self) -> int:
-        """Slots reserved and neither stamped nor freed yet."""
+        """Calls reserved and neither stamped nor freed yet (this process's)."""
         return self._unsent
+
+
+class RateLimiter(PacerState):
+    """Admit calls so that every window holds; share one instance between a key's workers.
+
+    Counters: see :class:`PacerState`.
+    """
+
+    def __init__(
+        self,
+        limits: Sequence[RateLimit],
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        margin: Callable[[float], float] = window_margin,
+    ) -> None:
+        super().__init__(limits, clock, sleep)
+        self._windows = [_Window(limit, margin(limit.seconds)) for limit in self._limits]
+        self._changed = asyncio.Event()  # a slot was stamped or freed
 
     async def acquire(self) -> None:
         """Wait until a call fits every window, then count it as sent now."""
