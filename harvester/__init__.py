@@ -1,7 +1,7 @@
 """harvester: an async batch statistics harvester for the Flipsnack API.
 
 The library surface is small: load a job, harvest it, read what it wrote. The pipeline is
-imported on first use, so ``harvester.config`` or the simulator load without aiohttp's client.
+imported on first use, so the job's parser or the simulator load without aiohttp's client.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 from harvester.errors import EXIT_CODES, HarvesterError, JobError, UnitsFailed
 
 if TYPE_CHECKING:
-    from harvester.config import load_job
-    from harvester.pipeline import RunOptions, harvest, harvest_async
-    from harvester.report import RunReport
-    from harvester.sink import read_dataset
+    from harvester.job.parse import load_job
+    from harvester.lake.parquet import read_dataset
+    from harvester.run.options import RunOptions
+    from harvester.run.pipeline import harvest, harvest_async
+    from harvester.run.report import RunReport
 
 __version__ = "0.1.0"
 
@@ -31,12 +32,12 @@ __all__ = [
 ]
 
 _LAZY = {
-    "RunOptions": "harvester.pipeline",
-    "RunReport": "harvester.report",
-    "harvest": "harvester.pipeline",
-    "harvest_async": "harvester.pipeline",
-    "load_job": "harvester.config",
-    "read_dataset": "harvester.sink",
+    "RunOptions": "harvester.run.options",
+    "RunReport": "harvester.run.report",
+    "harvest": "harvester.run.pipeline",
+    "harvest_async": "harvester.run.pipeline",
+    "load_job": "harvester.job.parse",
+    "read_dataset": "harvester.lake.parquet",
 }
 
 

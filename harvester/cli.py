@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _date(text: str) -> date:
     """An argument date: ISO, today, yesterday or -Nd, as in a job file."""
-    from harvester.fields import Context, calendar_date
+    from harvester.job.fields import Context, calendar_date
 
     ctx = Context("arguments", datetime.now(UTC).date())
     value = calendar_date(ctx, text, "date")
@@ -194,9 +194,10 @@ def _positive(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from harvester import metrics
-    from harvester.config import load_job
-    from harvester.pipeline import RunOptions, harvest
+    from harvester.job.parse import load_job
+    from harvester.ops import metrics
+    from harvester.run.options import RunOptions
+    from harvester.run.pipeline import harvest
 
     job = load_job(args.job)
     export = args.metrics_file is not None or args.pushgateway is not None
@@ -225,8 +226,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from harvester.config import load_job
-    from harvester.pipeline import RunOptions
+    from harvester.job.parse import load_job
+    from harvester.run.options import RunOptions
 
     options = RunOptions(state_path=args.state, refresh=args.refresh, retry_gone=args.retry_gone)
     return _print_plan(load_job(args.job), options, as_json=args.json)
@@ -234,7 +235,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _print_plan(job: Any, options: Any, *, as_json: bool) -> int:
     """What a run of ``job`` would do now, and the least time it takes; no request."""
-    from harvester.estimate import plan_job
+    from harvester.ops.estimate import plan_job
 
     plan = plan_job(job, options)
     print(plan.to_json() if as_json else "\n".join(plan.lines()))
@@ -242,7 +243,7 @@ def _print_plan(job: Any, options: Any, *, as_json: bool) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from harvester.validate import describe
+    from harvester.ops.validate import describe
 
     print(describe(args.job))
     return 0
@@ -261,18 +262,18 @@ _json_logs = False
 
 
 def _status(args: argparse.Namespace) -> int:
-    from harvester.config import load_job
-    from harvester.pipeline import RunOptions
-    from harvester.status import status
+    from harvester.job.parse import load_job
+    from harvester.ops.status import status
+    from harvester.run.options import RunOptions
 
     print(redact(status(load_job(args.job), RunOptions(state_path=args.state))))
     return 0
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from harvester import chart
-    from harvester.display import stdout_console
-    from harvester.summary import render, summarize
+    from harvester.ops import chart
+    from harvester.ops.display import stdout_console
+    from harvester.ops.summary import render, summarize
 
     if args.png is not None:
         chart.check_target(args.png)  # before the tables: the extra, the folder
@@ -290,9 +291,8 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from harvester.display import stdout_console
-    from harvester.runs import print_runs, read_runs, runs_json
-    from harvester.storage import report_folders_of
+    from harvester.ops.display import stdout_console
+    from harvester.ops.runs import print_runs, read_runs, report_folders_of, runs_json
 
     with report_folders_of(args.output) as folders:
         history = read_runs(folders)
@@ -306,7 +306,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from harvester.record import verify_output
+    from harvester.ops.verify import verify_output
 
     found, state = verify_output(args.output, args.state)
     print(redact(found.text(args.output, state)))
@@ -314,7 +314,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _maintain(args: argparse.Namespace) -> int:
-    from harvester.delta import maintain_output
+    from harvester.ops.maintain import maintain_output
 
     for line in maintain_output(args.output, args.retention_hours):
         print(redact(line))

@@ -14,12 +14,15 @@ import pytest
 import yaml
 from hypothesis import settings
 
-from harvester.budget import BUDGET_DIR_ENV
-from harvester.config import Job, RateLimit, load_job
-from harvester.location import Location
-from harvester.plan import iter_units
+from harvester.job.location import Location
+from harvester.job.model import Job
+from harvester.job.parse import load_job
+from harvester.lake.parquet import read_dataset
+from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
+from harvester.model import RateLimit
+from harvester.pacing.protocol import BUDGET_DIR_ENV
+from harvester.plan.windows import iter_units
 from harvester.simulator import SimulatorConfig, SimulatorThread, expected_stats
-from harvester.sink import COLLECTION_STATS, PAGE_STATS, read_dataset
 from tests.redis_server import RedisServer, redis_server
 
 # In CI the property tests replay the same examples every run: a failure there is reproducible,

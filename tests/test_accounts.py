@@ -14,13 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from harvester.config import load_job
 from harvester.errors import JobError
+from harvester.job.parse import load_job
+from harvester.lake.parquet import read_dataset
+from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
 from harvester.model import RateLimit, Unit
-from harvester.plan import iter_units
-from harvester.schedule import Scheduler
+from harvester.plan.schedule import Scheduler
+from harvester.plan.windows import iter_units
 from harvester.simulator import SimulatorConfig, SimulatorThread
-from harvester.sink import COLLECTION_STATS, PAGE_STATS, read_dataset
 from tests.conftest import END, START, actual_rows, expected_rows, run_cli
 from tests.redis_server import free_port
 
@@ -121,7 +122,7 @@ def test_a_collection_under_two_accounts_is_a_job_file_error(tmp_path: Path) -> 
 
 
 def test_the_accounts_example_is_valid_and_says_what_it_holds() -> None:
-    from harvester.validate import describe
+    from harvester.ops.validate import describe
 
     line = describe(Path(__file__).parent.parent / "configs" / "accounts.yaml")
     assert "3 accounts (north, south, west), each with its own key" in line
@@ -129,7 +130,7 @@ def test_the_accounts_example_is_valid_and_says_what_it_holds() -> None:
 
 
 def test_the_one_account_format_is_the_default_account(tmp_path: Path) -> None:
-    from harvester.config import accounts_of
+    from harvester.job.model import accounts_of
 
     path = tmp_path / "one.yaml"
     path.write_text(

@@ -16,8 +16,7 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from harvester.api import Fetched, StatsClient, classify, parse_stats, sign
-from harvester.config import Credentials
+from harvester.api import sign
 from harvester.errors import (
     ApiBusy,
     ApiRejected,
@@ -29,7 +28,9 @@ from harvester.errors import (
     RateLimited,
     RequestTimeout,
 )
-from harvester.plan import Unit
+from harvester.fetch.client import StatsClient, classify, parse_stats
+from harvester.job.credentials import Credentials
+from harvester.model import Fetched, Unit
 
 BASE = "https://api.example.test/v1/"
 ANY_URL = re.compile(r"^https://api\.example\.test/v1/.*$")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harvester.config import RateLimit
+from harvester.model import RateLimit
 from tests.benchmarks.budget import measure
 
 LIMITS = (RateLimit(20, 0.5), RateLimit(60, 2.0))

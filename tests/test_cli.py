@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from harvester.config import load_job
-from harvester.plan import count_units
-from harvester.report import FailedEntry, RunReport
+from harvester.job.parse import load_job
+from harvester.plan.windows import count_units
+from harvester.run.report import FailedEntry, RunReport
 from harvester.simulator import SimulatorConfig, SimulatorThread
 from tests.conftest import HASHES, assert_complete, job_dict, run_cli
 
@@ -405,7 +405,7 @@ def test_bad_arguments_exit_2(
 
 def test_the_demo_job_harvests_from_the_bundled_simulator(tmp_path: Path) -> None:
     """What `make harvest` runs, on a fresh folder: no credentials, exact rows, exit 0."""
-    from harvester.config import load_job
+    from harvester.job.parse import load_job
     from harvester.simulator import SimulatorConfig
     from tests.conftest import actual_rows, expected_rows
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harvester.commit import Ledger, Rules
 from harvester.model import Fetched, Unit
-from harvester.state import StateStore
+from harvester.run.commit import Ledger, Rules
+from harvester.state.store import StateStore
 
 D1, D2, D3 = date(2026, 1, 1), date(2026, 1, 2), date(2026, 1, 3)
 TODAY = date(2026, 2, 1)

@@ -9,20 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from harvester.config import (
-    DEFAULT_RATE_LIMITS,
-    ApiSettings,
-    Collection,
-    Credentials,
-    Job,
-    RateLimit,
-    load_credentials,
-    load_job,
-    parse_job,
-)
+from harvester.api import DEFAULT_RATE_LIMITS
 from harvester.errors import JobError, Problem
-from harvester.location import Location
-from harvester.plan import count_units
+from harvester.job.credentials import Credentials, load_credentials
+from harvester.job.location import Location
+from harvester.job.model import ApiSettings, Collection, Job
+from harvester.job.parse import load_job, parse_job
+from harvester.model import RateLimit
+from harvester.plan.windows import count_units
 
 TODAY = date(2026, 4, 10)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

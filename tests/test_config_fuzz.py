@@ -11,9 +11,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harvester.config import Job, parse_job
 from harvester.errors import JobError
-from harvester.plan import count_units, iter_units
+from harvester.job.model import Job
+from harvester.job.parse import parse_job
+from harvester.plan.windows import count_units, iter_units
 
 TODAY = date(2026, 4, 10)
 FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

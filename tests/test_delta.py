@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from deltalake import DeltaTable
 
-from harvester.config import Job, load_job
-from harvester.delta import delta_storage_options
-from harvester.location import Location
+from harvester.job.location import Location
+from harvester.job.model import Job
+from harvester.job.parse import load_job
+from harvester.lake.delta import delta_storage_options
+from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
 from harvester.simulator import SimulatorConfig, SimulatorThread
-from harvester.sink import COLLECTION_STATS, PAGE_STATS
 from tests.conftest import API_KEY, API_SECRET, expected_rows, run_cli
 from tests.test_lake import bucket, cached_state, lake_job, report_of, s3_env, s3_server
 from tests.test_resume import LIMITS, Runs, served_at_least, successes, wait_until

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harvester.config import load_job
-from harvester.estimate import format_duration, plan_job, shortest_duration
+from harvester.job.parse import load_job
 from harvester.model import RateLimit
-from harvester.pipeline import RunOptions, harvest
-from harvester.plan import iter_units
+from harvester.ops.estimate import plan_job
+from harvester.pacing.limiter import format_duration, shortest_duration
+from harvester.plan.windows import iter_units
+from harvester.run.options import RunOptions
+from harvester.run.pipeline import harvest
 from harvester.simulator import SimulatorThread
 from tests.conftest import run_cli
 

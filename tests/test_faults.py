@@ -18,13 +18,15 @@ from typing import Any
 
 import pytest
 
-from harvester.config import load_job
-from harvester.pipeline import RunOptions, harvest
-from harvester.plan import Unit, iter_units
-from harvester.report import FailedEntry, RunReport
+from harvester.job.parse import load_job
+from harvester.model import Unit
+from harvester.plan.windows import iter_units
+from harvester.run.options import RunOptions
+from harvester.run.pipeline import harvest
+from harvester.run.report import FailedEntry, RunReport
 from harvester.simulator import FAULT_KINDS, SimulatorConfig, SimulatorThread, expected_stats
 from harvester.simulator.answers import Answer
-from harvester.state import StateStore, default_state_path
+from harvester.state.store import StateStore, default_state_path
 from tests.conftest import (
     API_KEY,
     API_SECRET,

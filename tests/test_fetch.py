@@ -13,12 +13,12 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from harvester.config import RetrySettings
 from harvester.errors import CircuitOpen, HttpError, NetworkError
-from harvester.fetch import UnitFetcher
+from harvester.fetch.fetcher import UnitFetcher
+from harvester.fetch.retry import CircuitBreaker, build_retrying
+from harvester.job.model import RetrySettings
 from harvester.model import Fetched, RateLimit, Unit
-from harvester.ratelimit import RateLimiter
-from harvester.retry import CircuitBreaker, build_retrying
+from harvester.pacing.limiter import RateLimiter
 from tests.test_ratelimit import FakeTime, ManualTime
 
 UNITS = [Unit("d3m0h45h", date(2026, 3, day), date(2026, 3, day)) for day in range(1, 6)]

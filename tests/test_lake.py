@@ -23,12 +23,13 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 
-from harvester.config import load_job
 from harvester.errors import LockedError
-from harvester.location import Location
-from harvester.objlock import ObjectLock
+from harvester.job.location import Location
+from harvester.job.parse import load_job
+from harvester.lake.objlock import ObjectLock
+from harvester.lake.parquet import ParquetSink
+from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
 from harvester.simulator import SimulatorConfig, SimulatorThread
-from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
 from tests.conftest import API_KEY, API_SECRET, actual_rows, expected_rows, job_dict, run_cli
 from tests.test_resume import LIMITS, Runs, served_at_least, successes, wait_until
 
@@ -498,7 +499,7 @@ if _N:
     import signal
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from harvester import sink
+    from harvester.lake import parquet as sink
 
     _calls = [0]
     _real = sink.ParquetSink._upload
@@ -605,7 +606,7 @@ def test_summary_reads_an_s3_or_delta_output(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from harvester.summary import summarize
+    from harvester.ops.summary import summarize
 
     output = str(tmp_path / "lake") if where == "local" else f"s3://{bucket}/{fmt}"
     path = lake_job(output, format=fmt)

@@ -26,7 +26,7 @@ from harvester import (
     load_job,
 )
 from harvester.errors import CircuitOpen, CredentialsRejected, LockedError
-from harvester.plan import iter_units
+from harvester.plan.windows import iter_units
 from harvester.simulator import SimulatorConfig, SimulatorThread
 from tests.conftest import actual_rows, expected_rows, job_dict
 

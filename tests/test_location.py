@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from harvester.config import load_job
 from harvester.errors import JobError
-from harvester.location import Location, StorageOptions, storage_env
-from harvester.state import default_state_path
+from harvester.job.location import Location, StorageOptions, storage_env
+from harvester.job.parse import load_job
+from harvester.state.store import default_state_path
 
 
 def test_a_path_stays_a_local_folder() -> None:

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harvester.config import load_job
 from harvester.errors import UsageError
-from harvester.metrics import METRICS, check_target, export, newest_period_end
-from harvester.pipeline import RunOptions, harvest
-from harvester.report import RunReport
+from harvester.job.parse import load_job
+from harvester.ops.metrics import METRICS, check_target, export, newest_period_end
+from harvester.run.options import RunOptions
+from harvester.run.pipeline import harvest
+from harvester.run.report import RunReport
 from harvester.simulator import SimulatorThread
 from tests.conftest import HASHES, run_cli
 

@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from harvester.api import make_session, paced, sent_trace
+from harvester.fetch.session import make_session, paced, sent_trace
 from harvester.model import RateLimit
-from harvester.ratelimit import RateLimiter
+from harvester.pacing.limiter import RateLimiter
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 

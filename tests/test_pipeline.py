@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from harvester.config import load_job
-from harvester.pipeline import RunOptions, harvest
-from harvester.plan import iter_units
+from harvester.job.parse import load_job
+from harvester.plan.windows import iter_units
+from harvester.run.options import RunOptions
+from harvester.run.pipeline import harvest
 from harvester.simulator import SimulatorConfig, SimulatorProcess, SimulatorThread
-from harvester.state import StateStore, default_state_path
+from harvester.state.store import StateStore, default_state_path
 from tests.conftest import HASHES, actual_rows, assert_complete, expected_rows
 
 JobFile = Callable[..., Path]
@@ -104,7 +105,7 @@ def test_refresh_days_replaces_recent_rows(
 def test_rate_limits_hold_at_concurrency_16(
     tmp_path: Path, output_dir: Path, env: dict[str, str]
 ) -> None:
-    from harvester.config import RateLimit
+    from harvester.model import RateLimit
     from tests.conftest import API_KEY, API_SECRET, job_dict
 
     limits = (RateLimit(8, 0.5), RateLimit(30, 3.0))
@@ -244,7 +245,7 @@ def test_discover_adds_every_collection_of_the_account(
     assert [c[1] for c in listed] == [date(2026, 2, 27), date(2026, 2, 28)]  # its own range
     assert {c[0] for c in collections} == set(catalog)
     assert len(collections) == 57 * 2
-    from harvester.config import with_discovered
+    from harvester.job.model import with_discovered
 
     assert_rows = expected_rows(with_discovered(job, catalog), sim_config)
     assert (pages, collections) == assert_rows

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harvester.config import Collection, Job
-from harvester.plan import Unit, count_units, iter_units, iter_windows
+from harvester.job.model import Collection, Job
+from harvester.model import Unit
+from harvester.plan.windows import count_units, iter_units, iter_windows
 
 D = date.fromisoformat
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harvester.pool import Stopped, StopToken, WorkerPool
+from harvester.fetch.pool import Stopped, StopToken, WorkerPool
 
 
 class Counting:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harvester.model import RateLimit
-from harvester.progress import Snapshot, describe, eta_seconds
+from harvester.run.progress import Snapshot, describe, eta_seconds
 from harvester.simulator import SimulatorThread
 from tests.conftest import run_cli
 

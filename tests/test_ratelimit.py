@@ -9,8 +9,8 @@ from typing import TypeVar
 
 import pytest
 
-from harvester.config import RateLimit
-from harvester.ratelimit import RateLimiter, window_margin
+from harvester.model import RateLimit
+from harvester.pacing.limiter import RateLimiter, window_margin
 
 T = TypeVar("T")
 

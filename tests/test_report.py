@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harvester.report import RunReport
+from harvester.run.report import RunReport
 
 
 def _report(**fields: object) -> RunReport:

@@ -29,22 +29,16 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from harvester.api import Fetched
-from harvester.commit import Committer, Ledger, Quarantine, Rules
-from harvester.config import Job, RateLimit, load_job
-from harvester.lock import LOCK_FILE
-from harvester.plan import Unit, count_units, iter_units
+from harvester.job.model import Job
+from harvester.job.parse import load_job
+from harvester.lake.parquet import ParquetSink, read_dataset
+from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS, PART_FILE, WriteResult, partitioning
+from harvester.layout import LOCK_FILE, STATE_DIR
+from harvester.model import Fetched, RateLimit, Unit
+from harvester.plan.windows import count_units, iter_units
+from harvester.run.commit import Committer, Ledger, Quarantine, Rules
 from harvester.simulator import SimulatorConfig, SimulatorThread
-from harvester.sink import (
-    COLLECTION_STATS,
-    PAGE_STATS,
-    PART_FILE,
-    ParquetSink,
-    WriteResult,
-    partitioning,
-    read_dataset,
-)
-from harvester.state import STATE_DIR, StateStore, default_state_path
+from harvester.state.store import StateStore, default_state_path
 from tests.conftest import API_KEY, API_SECRET, actual_rows, expected_rows, job_dict, run_cli
 
 POLL_SECONDS = 0.005

@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import pytest
 
-from harvester.config import RetrySettings
 from harvester.errors import (
     ApiBusy,
     ApiRejected,
@@ -19,7 +18,8 @@ from harvester.errors import (
     RequestTimeout,
     UnitError,
 )
-from harvester.retry import CircuitBreaker, build_retrying, is_transient
+from harvester.fetch.retry import CircuitBreaker, build_retrying, is_transient
+from harvester.job.model import RetrySettings
 
 
 class Recorder:

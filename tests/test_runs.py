@@ -10,10 +10,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harvester.config import load_job
-from harvester.pipeline import RunOptions, harvest
-from harvester.report import RunReport, write_report
-from harvester.runs import (
+from harvester.job.parse import load_job
+from harvester.ops.runs import (
     RunHistory,
     last_success,
     print_runs,
@@ -21,6 +19,9 @@ from harvester.runs import (
     report_folders,
     runs_json,
 )
+from harvester.run.options import RunOptions
+from harvester.run.pipeline import harvest
+from harvester.run.report import RunReport, write_report
 from harvester.simulator import SimulatorThread
 from tests.conftest import HASHES
 

@@ -400,12 +400,12 @@ ESCAPED_SECRET = 'S3c"ret\\back-\u00e4-7d1e-harvest'
 def test_reports_the_state_and_the_quarantine_redact_before_encoding(tmp_path: Path) -> None:
     from datetime import date
 
-    from harvester.commit import Quarantine
     from harvester.errors import InvalidPayload
     from harvester.model import Unit
     from harvester.redact import forget_secrets, register_secrets
-    from harvester.report import FailedEntry, RunReport, report_dict, write_report
-    from harvester.state import StateStore
+    from harvester.run.commit import Quarantine
+    from harvester.run.report import FailedEntry, RunReport, report_dict, write_report
+    from harvester.state.store import StateStore
 
     state_dir = tmp_path / "_state"
     register_secrets([ESCAPED_SECRET])

@@ -14,17 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from harvester.budget import (
-    BUDGET_DIR_ENV,
-    SharedBudget,
-    budget_digest,
-    budget_dir,
-    windows_of,
-)
-from harvester.budget_file import FileStore
-from harvester.budget_redis import RedisStore
-from harvester.config import RateLimit
 from harvester.errors import BudgetUnavailable
+from harvester.model import RateLimit
+from harvester.pacing.file_store import FileStore
+from harvester.pacing.protocol import BUDGET_DIR_ENV, budget_digest, budget_dir, windows_of
+from harvester.pacing.redis_store import RedisStore
+from harvester.pacing.shared import SharedBudget
 from tests.benchmarks.budget import binding, steady_use, units_for
 from tests.benchmarks.common import (
     API_KEY,

@@ -20,7 +20,7 @@ import pytest
 
 import harvester.simulator as simulator_package
 from harvester.api import GET_LIST, GET_STATS, sign
-from harvester.config import RateLimit
+from harvester.model import RateLimit
 from harvester.simulator import (
     FAULT_KINDS,
     Simulator,

@@ -13,18 +13,16 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from harvester.api import Fetched
-from harvester.plan import Unit
-from harvester.sink import (
+from harvester.lake.parquet import ParquetSink, read_dataset
+from harvester.lake.schema import (
     COLLECTION_SCHEMA,
     COLLECTION_STATS,
     PAGE_SCHEMA,
     PAGE_STATS,
-    ParquetSink,
     WriteResult,
     partitioning,
-    read_dataset,
 )
+from harvester.model import Fetched, Unit
 
 JAN1, FEB1 = date(2026, 1, 1), date(2026, 2, 1)
 AT = datetime(2026, 2, 3, 4, 5, 6, 123456, tzinfo=UTC)

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from harvester.api import Fetched
 from harvester.errors import HarvesterError, JobError, LockedError
-from harvester.plan import Unit
-from harvester.state import (
+from harvester.lake.lock import OutputLock
+from harvester.model import Fetched, Unit
+from harvester.state.store import (
     CHUNK_UNITS,
     FailedUnit,
-    OutputLock,
     StateStore,
     _lookup_sql,
     default_state_path,
@@ -161,7 +160,7 @@ def test_done_among_searches_the_primary_key(store: StateStore) -> None:
 
 
 def test_a_shared_window_is_read_by_a_primary_key_range(store: StateStore) -> None:
-    from harvester.state import _IN_PERIOD
+    from harvester.state.store import _IN_PERIOD
 
     rows = store._db.execute(f"EXPLAIN QUERY PLAN {_IN_PERIOD}", ["2026-01-01"])
     plan = " ".join(row[3] for row in rows)
@@ -169,7 +168,7 @@ def test_a_shared_window_is_read_by_a_primary_key_range(store: StateStore) -> No
 
 
 def test_done_among_reads_shared_windows_and_scattered_units_alike(store: StateStore) -> None:
-    from harvester.state import SHARED_PERIOD_UNITS
+    from harvester.state.store import SHARED_PERIOD_UNITS
 
     day = date(2026, 2, 1)
     shared = [Unit(f"h{i}", day, day) for i in range(SHARED_PERIOD_UNITS + 3)]
@@ -386,7 +385,7 @@ def test_readonly_refuses_a_missing_or_foreign_or_newer_file(tmp_path: Path) -> 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from harvester.state import OutputLock
+from harvester.lake.lock import OutputLock
 lock = OutputLock(Path(sys.argv[1]))
 lock.acquire()
 print("locked", flush=True)

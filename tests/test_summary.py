@@ -17,14 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from harvester.chart import write_chart
-from harvester.config import load_job
 from harvester.errors import UsageError
+from harvester.job.parse import load_job
+from harvester.lake.parquet import ParquetSink
 from harvester.model import Fetched, Unit
-from harvester.pipeline import RunOptions, harvest
-from harvester.simulator import SimulatorThread
-from harvester.sink import ParquetSink
-from harvester.summary import (
+from harvester.ops.chart import write_chart
+from harvester.ops.summary import (
     Coverage,
     Gap,
     PageTotals,
@@ -34,6 +32,9 @@ from harvester.summary import (
     render,
     summarize,
 )
+from harvester.run.options import RunOptions
+from harvester.run.pipeline import harvest
+from harvester.simulator import SimulatorThread
 from tests.conftest import HASHES
 
 JobFile = Callable[..., Path]

@@ -14,14 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from harvester.config import load_job
+from harvester.job.parse import load_job
+from harvester.lake.output import meta_path
+from harvester.lake.parquet import ParquetSink
 from harvester.model import Clock, Fetched, Unit
-from harvester.output import meta_path
-from harvester.pipeline import RunOptions, harvest
-from harvester.plan import iter_units
+from harvester.plan.windows import iter_units
+from harvester.run.options import RunOptions
+from harvester.run.pipeline import harvest
 from harvester.simulator import SimulatorConfig, SimulatorThread, expected_stats
-from harvester.sink import ParquetSink
-from harvester.state import StateStore, default_state_path
+from harvester.state.store import StateStore, default_state_path
 from tests.conftest import HASHES, actual_rows, expected_rows, job_dict, run_cli
 
 JobFile = Callable[..., Path]

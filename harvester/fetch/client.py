@@ -1,9 +1,4 @@
-"""Signing, one request, response parsing and classification; the paced session.
-
-:func:`make_session` builds the one aiohttp session of a run: a middleware reserves a slot of
-the rate limiter for every send (aiohttp's own re-sends included), a trace stamps it when the
-request's headers go out on an open connection, after any TCP and TLS set-up, and a send that
-never happened frees it (see :mod:`harvester.ratelimit`).
+"""One request, its answer parsed and classified: ``collection.getStats`` and ``getList``.
 
 This is the one place where aiohttp, asyncio and JSON exceptions become the harvester's own
 (:mod:`harvester.errors`), raised ``from`` the original. Messages name codes and reasons, never
@@ -12,25 +7,18 @@ URLs: the query string carries the API key and the signature.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote_plus
 
 import aiohttp
 import orjson
-from aiohttp import ClientRequest, ClientResponse
-from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 from yarl import URL
 
-from harvester.budget import Pacer, Ticket
-from harvester.config import Credentials
+from harvester.api import CODE_MEANINGS, GET_LIST, GET_STATS, sign
 from harvester.errors import (
     ApiBusy,
     ApiRejected,
@@ -42,38 +30,16 @@ from harvester.errors import (
     RateLimited,
     RequestTimeout,
 )
+from harvester.job.credentials import Credentials
 from harvester.model import Fetched, Unit
 from harvester.redact import redact
 
 __all__ = [
-    "GET_LIST",
-    "GET_STATS",
     "Fetched",
     "StatsClient",
     "classify",
-    "make_session",
-    "paced",
     "parse_stats",
-    "sent_trace",
-    "sign",
 ]
-
-GET_STATS = "collection.getStats"
-GET_LIST = "collection.getList"
-
-
-def sign(params: Mapping[str, str], secret: str) -> str:
-    """Lowercase hex MD5 of the secret followed by every ``name+value``, sorted by name.
-
-    ``signature`` (and ``file``, for uploads) never take part.
-    """
-    parts = [secret]
-    for name in sorted(params):
-        if name not in ("signature", "file"):
-            parts.append(name)
-            parts.append(params[name])
-    return hashlib.md5("".join(parts).encode("utf-8")).hexdigest()
-
 
 # --- the payload --------------------------------------------------------------------------------
 
@@ -159,17 +125,6 @@ def parse_stats(unit: Unit, data: Any, *, page_stats: bool, fetched_at: datetime
 
 TRANSIENT_CODES = {22: ApiBusy, 38: ApiBusy, 31: RateLimited, 32: RateLimited}
 CREDENTIAL_CODES = frozenset({41, 44})
-CODE_MEANINGS = {
-    22: "maintenance mode",
-    30: "missing mandatory parameter",
-    31: "requests per second limit exceeded",
-    32: "requests per minute limit exceeded",
-    38: "collection is in processing state",
-    40: "bad request",
-    42: "invalid action",
-    43: "forbidden (collection deleted or owned by another user)",
-    46: "invalid collection hash",
-}
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -217,100 +172,6 @@ def classify(status: int, body: bytes, retry_after: str | None) -> Any:
     if code in TRANSIENT_CODES:
         raise TRANSIENT_CODES[code](f"code {code}: {meaning}", code=code)
     raise ApiRejected(f"code {code}: {meaning}", code=code)
-
-
-# --- pacing at the wire ---------------------------------------------------------------------
-
-# The slot of the request this task is sending. The middleware sets it around the handler; the
-# trace signal fires inside that same await chain (ClientRequest.send → write_headers), so it
-# reads the slot of its own request, whichever other requests are in flight.
-_SENDING: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar("sending", default=None)
-
-KEEPALIVE_SLACK_SECONDS = 5.0  # past the longest window: a burst after a full wait reuses
-MIN_KEEPALIVE_SECONDS = 15.0  # aiohttp's own default; limits off need no longer
-
-
-def paced(limiter: Pacer, timeout_seconds: float) -> ClientMiddlewareType:
-    """A client middleware: every request on the wire waits for a slot of the limiter, then has
-    ``timeout_seconds`` to get its answer's headers. Use it with :func:`sent_trace` (or
-    :func:`make_session`, which wires both): the trace stamps the slot when the request goes out.
-
-    A middleware, not a call before ``session.get``: aiohttp silently sends an idempotent
-    request a second time when a reused connection drops, calling the middleware again, and
-    that send must count too. A request that never went out (refused, timed out or cancelled
-    before its headers were written) frees its slot. The timeout starts after the limiter
-    admits the request (a session-wide ``total`` timeout would also count the wait for a
-    slot); the body is bounded by the session's ``sock_read``.
-    """
-
-    async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        slot = await limiter.reserve()
-        token = _SENDING.set(slot)
-        try:
-            async with asyncio.timeout(timeout_seconds):
-                response = await handler(request)
-            await slot.astamp()  # a no-op after the trace's; without the trace, an answer came
-        finally:
-            _SENDING.reset(token)
-            await slot.afree()  # does nothing when the trace stamped it: the request went out
-        return response
-
-    return middleware
-
-
-async def _on_headers_sent(
-    session: aiohttp.ClientSession,
-    context: SimpleNamespace,
-    params: aiohttp.TraceRequestHeadersSentParams,
-) -> None:
-    """The request's headers are being written to an open connection: stamp its slot."""
-    slot = _SENDING.get()
-    if slot is not None:
-        await slot.astamp()  # a shared budget records it before the headers leave
-
-
-def sent_trace() -> aiohttp.TraceConfig:
-    """A trace config that stamps a :func:`paced` request's slot when its headers go out.
-
-    aiohttp fires ``on_request_headers_sent`` once per send, after the connection (TCP and TLS)
-    is up, just before the headers reach the socket; a re-send on a new connection fires it
-    again, for the new slot.
-    """
-    trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(_on_headers_sent)
-    return trace
-
-
-def make_session(
-    limiter: Pacer,
-    *,
-    timeout_seconds: float,
-    concurrency: int,
-    keepalive_seconds: float | None = None,
-) -> aiohttp.ClientSession:
-    """One pooled session: every send paced and counted from when it goes out, each request
-    timed from its admission, connections kept alive past the longest window.
-
-    A connection idle for a whole window (the minute window leaves long gaps) would otherwise
-    close, and the next burst pay a handshake for it. ``keepalive_seconds`` defaults to the
-    longest window plus a few seconds; the server may still close sooner.
-    """
-    if keepalive_seconds is None:
-        keepalive_seconds = max(
-            MIN_KEEPALIVE_SECONDS, limiter.longest_window + KEEPALIVE_SLACK_SECONDS
-        )
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(
-            total=None, sock_connect=timeout_seconds, sock_read=timeout_seconds
-        ),
-        connector=aiohttp.TCPConnector(
-            limit=concurrency,
-            limit_per_host=concurrency,
-            keepalive_timeout=keepalive_seconds,
-        ),
-        middlewares=[paced(limiter, timeout_seconds)],
-        trace_configs=[sent_trace()],
-    )
 
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")

@@ -15,9 +15,6 @@ from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying
 
-from harvester.api import StatsClient
-from harvester.budget import Pacer
-from harvester.config import Discovery
 from harvester.errors import (
     CircuitOpen,
     CredentialsRejected,
@@ -26,8 +23,11 @@ from harvester.errors import (
     RateLimited,
     UnitError,
 )
+from harvester.fetch.client import StatsClient
+from harvester.fetch.retry import CircuitBreaker
+from harvester.job.model import Discovery
 from harvester.model import Fetched, Unit
-from harvester.retry import CircuitBreaker
+from harvester.pacing.protocol import Pacer
 
 __all__ = ["FetchStats", "UnitFetcher"]
 

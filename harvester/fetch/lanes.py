@@ -13,19 +13,20 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 
-from harvester.api import StatsClient, make_session
-from harvester.budget import Pacer, open_budget
-from harvester.config import Account, Credentials, Job, accounts_of, load_credentials
 from harvester.errors import HarvesterError, JobError, PermanentError, Problem
-from harvester.fetch import UnitFetcher
+from harvester.fetch.client import StatsClient
+from harvester.fetch.fetcher import UnitFetcher
+from harvester.fetch.pool import StopToken
+from harvester.fetch.retry import CircuitBreaker, build_retrying
+from harvester.fetch.session import make_session
+from harvester.job.credentials import Credentials, load_credentials
+from harvester.job.model import Account, Job, accounts_of
 from harvester.model import Clock
-from harvester.pool import StopToken
-from harvester.report import RunReport
-from harvester.retry import CircuitBreaker, build_retrying
+from harvester.pacing.protocol import Pacer
+from harvester.pacing.shared import open_budget
 
 __all__ = [
     "AccountStopped",
@@ -33,7 +34,6 @@ __all__ = [
     "close_lanes",
     "load_account_credentials",
     "open_lanes",
-    "report_accounts",
 ]
 
 log = logging.getLogger("harvester")
@@ -156,34 +156,3 @@ async def close_lanes(lanes: Sequence[Lane]) -> None:
         if lane.session is not None:
             await lane.session.close()
         await lane.pacer.aclose()
-
-
-def report_accounts(report: RunReport, lanes: Sequence[Lane]) -> None:
-    """The lanes' counters, summed into the report, and broken down by account."""
-    pacers = [lane.pacer for lane in lanes]
-    stats = [lane.fetcher.stats for lane in lanes if lane.fetcher is not None]
-    report.requests = sum(p.calls for p in pacers)
-    report.rate_limit_waits = sum(p.waits for p in pacers)
-    report.rate_limit_wait_seconds = round(sum(p.waited_seconds for p in pacers), 3)
-    report.rate_limit_held_seconds = round(sum(p.held_seconds for p in pacers), 3)
-    report.rate_limit_pauses = sum(p.pauses for p in pacers)
-    report.retries = sum(s.retries for s in stats)
-    report.rate_limit_answers = sum(s.rate_limit_answers for s in stats)
-    report.answers_by_code = dict(sorted(sum((s.answers for s in stats), Counter()).items()))
-    report.errors_by_kind = dict(sum((s.errors for s in stats), Counter()))
-    report.by_account = {lane.name: _figures(lane) for lane in lanes}
-
-
-def _figures(lane: Lane) -> dict[str, Any]:
-    """One account's line of the report."""
-    stats = lane.fetcher.stats if lane.fetcher is not None else None
-    return {
-        "units_fetched": lane.counts["fetched"],
-        "units_failed": lane.counts["failed"],
-        "units_not_attempted": lane.counts["abandoned"],
-        "requests": lane.pacer.calls,
-        "rate_limit_answers": stats.rate_limit_answers if stats is not None else 0,
-        "answers_by_code": dict(sorted(stats.answers.items())) if stats is not None else {},
-        "stopped_by": type(lane.stopped).__name__ if lane.stopped else None,
-        "message": str(lane.stopped) if lane.stopped else None,
-    }

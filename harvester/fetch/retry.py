@@ -24,8 +24,8 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from harvester.config import RetrySettings
 from harvester.errors import HttpError, RateLimited, UnitError
+from harvester.job.model import RetrySettings
 
 __all__ = ["CircuitBreaker", "backoff", "build_retrying", "is_transient"]
 

@@ -27,11 +27,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from harvester.errors import UsageError
-from harvester.location import Location, storage_env
+from harvester.job.location import Location, storage_env
+from harvester.lake.parquet import ParquetSink
+from harvester.lake.schema import FILE_SCHEMAS, PARTITION_KEY, SCHEMAS, SORT_KEYS, UNIT_KEY
 from harvester.model import Fingerprint
-from harvester.sink import _FILE_SCHEMAS, _SCHEMAS, _SORT_KEYS, PARTITION_KEY, UNIT_KEY, ParquetSink
 
-__all__ = ["DEFAULT_RETENTION_HOURS", "DeltaSink", "maintain_output"]
+__all__ = ["DEFAULT_RETENTION_HOURS", "DeltaSink"]
 
 DEFAULT_RETENTION_HOURS = 168  # Delta's own default: a week of old versions stays readable
 
@@ -116,7 +117,7 @@ class DeltaSink(ParquetSink):
         starts: Sequence[date] | None = None,
     ) -> pa.Table:
         """A table's rows at its latest version (``columns``; partitions in ``starts`` only)."""
-        schema = _SCHEMAS[name]
+        schema = SCHEMAS[name]
         columns = columns or schema.names
         table = self.table(name)
         if table is None or (starts is not None and not starts):
@@ -129,7 +130,7 @@ class DeltaSink(ParquetSink):
 
     def _upsert(self, name: str, period_start: date, rows: pa.Table, keys: pa.Table) -> int:
         """Replace the units in ``keys`` with ``rows`` in one partition: one Delta commit."""
-        file_schema = _FILE_SCHEMAS[name]
+        file_schema = FILE_SCHEMAS[name]
         old = self.read(name, starts=[period_start]).drop([PARTITION_KEY]).cast(file_schema)
         had_rows = old.num_rows > 0
         old = old.join(keys, keys=UNIT_KEY, join_type="left anti")
@@ -140,9 +141,9 @@ class DeltaSink(ParquetSink):
                 self.table(name).delete(predicate)
                 self._touched[(name, period_start)] = None
             return 0
-        rows = rows.sort_by([(k, "ascending") for k in _SORT_KEYS[name]])
+        rows = rows.sort_by([(k, "ascending") for k in SORT_KEYS[name]])
         column = pa.array([period_start] * rows.num_rows, pa.date32())
-        full = rows.add_column(1, PARTITION_KEY, column).select(_SCHEMAS[name].names)
+        full = rows.add_column(1, PARTITION_KEY, column).select(SCHEMAS[name].names)
         table = self._tables.get(name)
         self._delta.write_deltalake(
             table if table is not None else self.uri(name),
@@ -158,7 +159,7 @@ class DeltaSink(ParquetSink):
     def maintain(self, retention_hours: int = DEFAULT_RETENTION_HOURS) -> list[str]:
         """Compact small files, then vacuum files no version younger than the retention needs."""
         lines = []
-        for name in _SCHEMAS:
+        for name in SCHEMAS:
             table = self.table(name)
             if table is None:
                 continue
@@ -189,29 +190,3 @@ def delta_storage_options(location: Location) -> dict[str, str]:
     if "region" in found:
         options["AWS_REGION"] = found["region"]
     return options
-
-
-def maintain_output(output: str, retention_hours: int) -> list[str]:
-    """``harvester maintain OUTPUT``: compact and vacuum a Delta output, under its lock."""
-    from harvester.errors import UsageError
-    from harvester.location import Location
-    from harvester.objlock import output_lock
-    from harvester.output import read_meta
-    from harvester.storage import check_reachable
-
-    try:
-        location = Location.parse(output)
-    except ValueError as exc:
-        raise UsageError(f"maintain: {exc}") from None
-    check_reachable(location, output)
-    meta = read_meta(location)
-    if meta is None:
-        raise UsageError(f"{location}: not a harvester output (no _harvester/output.json)")
-    if meta.format != "delta":
-        return [f"{location}: a Parquet output keeps one file per partition: nothing to compact"]
-    lock = output_lock(location)
-    lock.acquire()
-    try:
-        return DeltaSink(location).maintain(retention_hours)
-    finally:
-        lock.release()

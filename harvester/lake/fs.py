@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from harvester.errors import JobError, Problem, StorageError
-from harvester.location import SECRET_VARS, Location
+from harvester.job.location import SECRET_VARS, Location
+from harvester.lake.parquet import ParquetSink
+from harvester.layout import RUNS_DIR, STATE_DIR
 from harvester.redact import redact, register_secrets
-from harvester.sink import ParquetSink
 
 __all__ = [
     "check_reachable",
@@ -31,11 +31,8 @@ __all__ = [
     "publish_report",
     "put_text",
     "register_storage_secrets",
-    "report_folders_of",
     "storage_errors",
 ]
-
-RUNS_DIR = "_harvester/runs"
 
 
 def location_fs(location: Location) -> Any:
@@ -85,7 +82,7 @@ def publish_report(location: Location, state_dir: Path, run_id: str, text: str) 
     A local output with its state inside already holds it (``_state/reports/``); an object
     store, or a state kept elsewhere, gets a copy, so run history survives a new machine.
     """
-    if location.is_local and state_dir.resolve() == (location.path / "_state").resolve():
+    if location.is_local and state_dir.resolve() == (location.path / STATE_DIR).resolve():
         return
     path = location.join(*RUNS_DIR.split("/"), f"run-{run_id}.json")
     if location.is_local:
@@ -101,46 +98,10 @@ def open_sink(
     ``owners`` maps each collection hash to its account (the ``account`` column).
     """
     if fmt == "delta":
-        from harvester.delta import DeltaSink
+        from harvester.lake.delta import DeltaSink
 
         return DeltaSink(location, owners)
     return ParquetSink(location, owners)
-
-
-@contextlib.contextmanager
-def report_folders_of(output: str) -> Iterator[list[Path]]:
-    """The folders holding an output's run reports (``harvester runs OUTPUT``).
-
-    A local output's own folders; an object store's ``_harvester/runs/`` copied into a
-    temporary folder for the time of the ``with`` block (reports are small).
-    """
-    from harvester.errors import UsageError
-    from harvester.runs import check_output, report_folders
-
-    try:
-        location = Location.parse(output)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if location.is_local:
-        check_output(location.path)
-        yield report_folders(location.path)
-        return
-    import pyarrow.fs as pafs
-
-    check_reachable(location, output)
-    fs = location_fs(location)
-    selector = pafs.FileSelector(location.join(*RUNS_DIR.split("/")), allow_not_found=True)
-    with tempfile.TemporaryDirectory(prefix="harvester-runs-") as folder:
-        try:
-            for info in fs.get_file_info(selector):
-                name = info.path.rpartition("/")[2]
-                if info.type == pafs.FileType.File and name.endswith(".json"):
-                    with fs.open_input_stream(info.path) as fh:
-                        (Path(folder) / name).write_bytes(fh.read())
-        except OSError as exc:
-            msg = f"{location}: cannot read the run reports: {redact(str(exc))}"
-            raise StorageError(msg) from None
-        yield [Path(folder)]
 
 
 @contextlib.contextmanager

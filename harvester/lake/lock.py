@@ -14,11 +14,9 @@ from types import TracebackType
 from typing import Self
 
 from harvester.errors import LockedError
+from harvester.layout import LOCK_FILE, STATE_DIR
 
 __all__ = ["LOCK_FILE", "OutputLock"]
-
-LOCK_DIR = "_state"
-LOCK_FILE = "harvester.lock"
 
 
 class OutputLock:
@@ -30,7 +28,7 @@ class OutputLock:
 
     def __init__(self, output: Path) -> None:
         self.output = output
-        self.path = output / LOCK_DIR / LOCK_FILE
+        self.path = output / STATE_DIR / LOCK_FILE
         self._fd: int | None = None
 
     def acquire(self, *, wait: bool = False) -> None:

@@ -36,15 +36,15 @@ from types import TracebackType
 from typing import Any, Self
 
 from harvester.errors import LockedError, StorageError, UsageError
-from harvester.location import Location, storage_env
-from harvester.lock import OutputLock
+from harvester.job.location import Location, storage_env
+from harvester.lake.lock import OutputLock
+from harvester.layout import LOCK_KEY
 from harvester.redact import redact
 
 __all__ = ["LEASE_SECONDS", "ObjectLock", "output_lock"]
 
 log = logging.getLogger("harvester.lock")
 
-LOCK_KEY = "_harvester/lock.json"
 LEASE_SECONDS = 60.0
 RENEW_SECONDS = 20.0
 POLL_SECONDS = 2.0

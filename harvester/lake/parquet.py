@@ -27,92 +27,37 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
-from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from harvester.location import Location
+from harvester.job.location import Location
+from harvester.lake.schema import (
+    ACCOUNT,
+    COLLECTION_STATS,
+    COMPRESSION,
+    FILE_SCHEMAS,
+    PAGE_STATS,
+    PART_FILE,
+    PARTITION_KEY,
+    ROW_GROUP_SIZE,
+    SCHEMAS,
+    SORT_KEYS,
+    TEMP_FILE,
+    UNIT_KEY,
+    WriteResult,
+    collection_rows,
+    page_rows,
+    partition_of,
+    partitioning,
+    unit_keys,
+)
+from harvester.layout import DEFAULT_ACCOUNT
 from harvester.model import Fetched, Fingerprint, Unit
 
-__all__ = [
-    "COLLECTION_SCHEMA",
-    "COLLECTION_STATS",
-    "DATASETS",
-    "PAGE_SCHEMA",
-    "PAGE_STATS",
-    "Fingerprint",
-    "ParquetSink",
-    "WriteResult",
-    "partitioning",
-    "read_dataset",
-]
-
-PAGE_STATS = "page_stats"
-COLLECTION_STATS = "collection_stats"
-PARTITION_KEY = "period_start"
-PART_FILE = "part-0.parquet"
-TEMP_FILE = ".part-0.parquet.tmp"  # hidden from dataset discovery, not matched by *.parquet
-COMPRESSION = "zstd"
-ROW_GROUP_SIZE = 128 * 1024
-UNIT_KEY = ["collection_hash", "period_end"]  # a unit, within one partition
-
-_FETCHED_AT = pa.timestamp("us", tz="UTC")
-
-PAGE_SCHEMA = pa.schema(
-    [
-        ("collection_hash", pa.string()),
-        ("period_start", pa.date32()),
-        ("period_end", pa.date32()),
-        ("page", pa.int32()),
-        ("views", pa.int64()),
-        ("clicks", pa.int64()),
-        ("time_spent", pa.int64()),
-        ("fetched_at", _FETCHED_AT),
-        ("account", pa.string()),
-    ]
-)
-COLLECTION_SCHEMA = pa.schema(
-    [
-        ("collection_hash", pa.string()),
-        ("period_start", pa.date32()),
-        ("period_end", pa.date32()),
-        ("impressions", pa.int64()),
-        ("views", pa.int64()),
-        ("time_spent", pa.int64()),
-        ("downloads", pa.int64()),
-        ("fetched_at", _FETCHED_AT),
-        ("account", pa.string()),
-    ]
-)
-ACCOUNT = "account"  # the account's name; outputs written before it are migrated to "default"
-DEFAULT_ACCOUNT = "default"
-# What a file holds: everything but the partition column.
-PAGE_FILE_SCHEMA = PAGE_SCHEMA.remove(PAGE_SCHEMA.get_field_index(PARTITION_KEY))
-COLLECTION_FILE_SCHEMA = COLLECTION_SCHEMA.remove(COLLECTION_SCHEMA.get_field_index(PARTITION_KEY))
-
-_SCHEMAS = {PAGE_STATS: PAGE_SCHEMA, COLLECTION_STATS: COLLECTION_SCHEMA}
-DATASETS = tuple(_SCHEMAS)
-_FILE_SCHEMAS = {PAGE_STATS: PAGE_FILE_SCHEMA, COLLECTION_STATS: COLLECTION_FILE_SCHEMA}
-_SORT_KEYS = {
-    PAGE_STATS: ["collection_hash", "period_end", "page"],
-    COLLECTION_STATS: ["collection_hash", "period_end"],
-}
-
-
-class WriteResult(NamedTuple):
-    """What one write_partition call wrote: rows of its units, and files written."""
-
-    page_rows: int
-    collection_rows: int
-    files: int
-
-
-def partitioning() -> ds.Partitioning:
-    """The datasets' Hive partitioning: ``period_start=YYYY-MM-DD`` as date32."""
-    return ds.partitioning(pa.schema([(PARTITION_KEY, pa.date32())]), flavor="hive")
+__all__ = ["ParquetSink", "WriteResult", "read_dataset"]
 
 
 def read_dataset(output: str | os.PathLike[str] | Location, name: str) -> pa.Table:
@@ -121,74 +66,12 @@ def read_dataset(output: str | os.PathLike[str] | Location, name: str) -> pa.Tab
     ``output`` is the output (a folder as a string or a path, or a :class:`Location`);
     ``name`` is ``page_stats`` or ``collection_stats``.
     """
-    if name not in _SCHEMAS:
-        raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(_SCHEMAS)}")
+    if name not in SCHEMAS:
+        raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(SCHEMAS)}")
     location = output if isinstance(output, Location) else Location.local(output)
     table = ParquetSink(location).read(name)
-    keys = ["collection_hash", PARTITION_KEY, *_SORT_KEYS[name][1:]]
+    keys = ["collection_hash", PARTITION_KEY, *SORT_KEYS[name][1:]]
     return table.sort_by([(k, "ascending") for k in keys])
-
-
-def _page_rows(results: Sequence[Fetched], owners: Mapping[str, str]) -> pa.Table:
-    """One row per returned page (all-zero pages included), built column-wise."""
-    owner = [i for i, r in enumerate(results) for _ in r.pages]
-    pages = [p for r in results for p in r.pages]
-    page, views, clicks, time_spent = zip(*pages, strict=True) if pages else ((),) * 4
-    units = _unit_columns(results, owners).take(pa.array(owner, pa.int64()))
-    return pa.Table.from_arrays(
-        [
-            units["collection_hash"],
-            units["period_end"],
-            pa.array(page, pa.int32()),
-            pa.array(views, pa.int64()),
-            pa.array(clicks, pa.int64()),
-            pa.array(time_spent, pa.int64()),
-            units["fetched_at"],
-            units[ACCOUNT],
-        ],
-        schema=PAGE_FILE_SCHEMA,
-    )
-
-
-def _collection_rows(results: Sequence[Fetched], owners: Mapping[str, str]) -> pa.Table:
-    """One row per unit, also when it has no pages or no traffic."""
-    units = _unit_columns(results, owners)
-    return pa.Table.from_arrays(
-        [
-            units["collection_hash"],
-            units["period_end"],
-            pa.array([r.impressions for r in results], pa.int64()),
-            pa.array([r.views for r in results], pa.int64()),
-            pa.array([r.time_spent for r in results], pa.int64()),
-            pa.array([r.downloads for r in results], pa.int64()),
-            units["fetched_at"],
-            units[ACCOUNT],
-        ],
-        schema=COLLECTION_FILE_SCHEMA,
-    )
-
-
-def _unit_columns(results: Sequence[Fetched], owners: Mapping[str, str]) -> pa.Table:
-    """The per-unit columns both datasets share."""
-    hashes = [r.unit.collection_hash for r in results]
-    return pa.table(
-        {
-            "collection_hash": pa.array(hashes, pa.string()),
-            "period_end": pa.array([r.unit.end for r in results], pa.date32()),
-            "fetched_at": pa.array([r.fetched_at for r in results], _FETCHED_AT),
-            ACCOUNT: pa.array([owners.get(h, DEFAULT_ACCOUNT) for h in hashes], pa.string()),
-        }
-    )
-
-
-def _keys(units: Sequence[Unit]) -> pa.Table:
-    """The (collection_hash, period_end) keys of ``units``, as the anti-join takes them."""
-    return pa.table(
-        {
-            "collection_hash": pa.array([u.collection_hash for u in units], pa.string()),
-            "period_end": pa.array([u.end for u in units], pa.date32()),
-        }
-    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -207,18 +90,6 @@ def _make_dirs(folder: Path) -> None:
     _make_dirs(folder.parent)
     folder.mkdir(exist_ok=True)
     _fsync_dir(folder.parent)
-
-
-def partition_of(path: str) -> date | None:
-    """The ``period_start`` of a part file's path, None when it is not one."""
-    folder, _, file = path.rpartition("/")
-    value = folder.rpartition("/")[2].removeprefix(f"{PARTITION_KEY}=")
-    if file != PART_FILE or value == folder.rpartition("/")[2]:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        return None
 
 
 class ParquetSink:
@@ -246,7 +117,7 @@ class ParquetSink:
         output had one account); return the files rewritten. A reader that takes its schema
         from the first file would otherwise drop the column from every file."""
         migrated = 0
-        for name, schema in _FILE_SCHEMAS.items():
+        for name, schema in FILE_SCHEMAS.items():
             for start in sorted(self.list_parts(name)):
                 target = self._part(name, start)
                 if ACCOUNT in pq.read_schema(target, filesystem=self.fs).names:
@@ -269,7 +140,7 @@ class ParquetSink:
         if not self.location.is_local:
             return 0
         removed = 0
-        for name in _SCHEMAS:
+        for name in SCHEMAS:
             for temp in (self.output / name).glob(f"{PARTITION_KEY}=*/{TEMP_FILE}"):
                 temp.unlink(missing_ok=True)
                 removed += 1
@@ -297,7 +168,7 @@ class ParquetSink:
         starts: Sequence[date] | None = None,
     ) -> pa.Table:
         """A dataset's rows (``columns`` only; the partitions in ``starts`` only), unsorted."""
-        schema = _SCHEMAS[name]
+        schema = SCHEMAS[name]
         columns = columns or schema.names
         empty = pa.schema([schema.field(c) for c in columns]).empty_table()
         if starts is not None:
@@ -339,10 +210,10 @@ class ParquetSink:
         latest = list({r.unit: r for r in results}.values())
         if not latest:
             return WriteResult(0, 0, 0)
-        pages = _page_rows(latest, self.owners)
-        collections = _collection_rows(latest, self.owners)
+        pages = page_rows(latest, self.owners)
+        collections = collection_rows(latest, self.owners)
         here = [u for u in replaced if u.start == period_start]
-        keys = pa.concat_tables([collections.select(UNIT_KEY), _keys(here)])
+        keys = pa.concat_tables([collections.select(UNIT_KEY), unit_keys(here)])
         files = self._upsert(PAGE_STATS, period_start, pages, keys)
         files += self._upsert(COLLECTION_STATS, period_start, collections, keys)
         files += self.remove([u for u in replaced if u.start != period_start])
@@ -353,8 +224,8 @@ class ParquetSink:
         self.guard()
         files = 0
         for start in sorted({u.start for u in units}):
-            keys = _keys([u for u in units if u.start == start])
-            for name, schema in _FILE_SCHEMAS.items():
+            keys = unit_keys([u for u in units if u.start == start])
+            for name, schema in FILE_SCHEMAS.items():
                 files += self._upsert(name, start, schema.empty_table(), keys)
         return files
 
@@ -384,7 +255,7 @@ class ParquetSink:
                     _fsync_dir(Path(target).parent)
                 self._touched[(name, period_start)] = None
             return 0
-        rows = rows.sort_by([(k, "ascending") for k in _SORT_KEYS[name]])
+        rows = rows.sort_by([(k, "ascending") for k in SORT_KEYS[name]])
         if self.location.is_local:
             self._replace(Path(target).parent, rows)
         else:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harvester.errors import UsageError
-from harvester.summary import CollectionSummary, Summary, calendar_periods
+from harvester.ops.summary import CollectionSummary, Summary, calendar_periods
 
 if TYPE_CHECKING:
     import numpy as np

@@ -13,17 +13,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harvester.config import Job, account_discovered, accounts_of
-from harvester.fetch import LIST_PAGE_SIZE
+from harvester.fetch.fetcher import LIST_PAGE_SIZE
+from harvester.job.model import Job, account_discovered, accounts_of
+from harvester.lake.output import read_discovered
 from harvester.model import RateLimit
-from harvester.output import read_discovered
-from harvester.pipeline import RunOptions
-from harvester.ratelimit import format_duration, shortest_duration
-from harvester.status import PlanSummary, plan_by_account
+from harvester.ops.status import PlanSummary, plan_by_account
+from harvester.pacing.limiter import format_duration, shortest_duration
+from harvester.run.options import RunOptions
 
 __all__ = ["AccountPlan", "JobPlan", "format_duration", "plan_job", "shortest_duration"]
 
-DEFAULT_ACCOUNT = "default"
 A_DAY = 86_400.0
 
 

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from harvester.errors import UsageError
-from harvester.location import Location
-from harvester.report import RunReport
-from harvester.runs import last_success, read_runs, report_folders
-from harvester.sink import COLLECTION_STATS, PAGE_STATS
+from harvester.job.location import Location
+from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
+from harvester.layout import DEFAULT_ACCOUNT, REPORTS_DIR
+from harvester.ops.runs import last_success, read_runs, report_folders
+from harvester.run.report import RunReport
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -51,7 +52,6 @@ log = logging.getLogger("harvester.metrics")
 PREFIX = "harvester_"
 PUSH_JOB = "harvester"
 PUSH_TIMEOUT_SECONDS = 10.0
-DEFAULT_ACCOUNT = "default"
 INSTALL_HINT = "pip install 'harvester[metrics]'"
 
 
@@ -112,9 +112,9 @@ class AccountMetrics:
 def collect(report: RunReport, output: Path | Location) -> RunMetrics:
     """The metrics of ``report``'s run on ``output``, with the history its reports keep."""
     finished = _timestamp(report.finished_at)
-    beside_state = Path(report.state).parent / "reports"
+    beside_state = Path(report.state).parent / REPORTS_DIR
     if isinstance(output, Location) and not output.is_local:
-        from harvester.storage import report_folders_of
+        from harvester.ops.runs import report_folders_of
 
         with report_folders_of(str(output)) as folders:  # the lake's copies: a new machine's too
             history = read_runs([*folders, beside_state])
@@ -171,8 +171,8 @@ def newest_period_end(output: Path | Location) -> float | None:
     """Midnight UTC after the newest ``period_end`` in collection_stats (None: no rows)."""
     import pyarrow.compute as pc
 
-    from harvester.output import read_meta
-    from harvester.storage import open_sink
+    from harvester.lake.fs import open_sink
+    from harvester.lake.output import read_meta
 
     meta = read_meta(output)
     if meta is None:

@@ -9,8 +9,10 @@ others.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +21,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from harvester.display import print_table
-from harvester.errors import UsageError
+from harvester.errors import StorageError, UsageError
+from harvester.job.location import Location
+from harvester.lake.fs import check_reachable, location_fs
+from harvester.layout import REPORT_FOLDERS, RUNS_DIR
+from harvester.ops.display import print_table
+from harvester.redact import redact
 
 __all__ = [
     "REPORT_FOLDERS",
@@ -35,7 +41,6 @@ __all__ = [
 ]
 
 # Where runs leave their reports, relative to the output; the first holding a run wins.
-REPORT_FOLDERS = ("_harvester/runs", "_state/reports")
 REPORT_GLOB = "run-*.json"
 DEFAULT_LIMIT = 20
 
@@ -217,3 +222,39 @@ def _clock(moment: datetime | None) -> str:
     if moment is None:
         return "?"
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@contextlib.contextmanager
+def report_folders_of(output: str) -> Iterator[list[Path]]:
+    """The folders holding an output's run reports (``harvester runs OUTPUT``).
+
+    A local output's own folders; an object store's ``_harvester/runs/`` copied into a
+    temporary folder for the time of the ``with`` block (reports are small).
+    """
+    from harvester.errors import UsageError
+    from harvester.ops.runs import check_output, report_folders
+
+    try:
+        location = Location.parse(output)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if location.is_local:
+        check_output(location.path)
+        yield report_folders(location.path)
+        return
+    import pyarrow.fs as pafs
+
+    check_reachable(location, output)
+    fs = location_fs(location)
+    selector = pafs.FileSelector(location.join(*RUNS_DIR.split("/")), allow_not_found=True)
+    with tempfile.TemporaryDirectory(prefix="harvester-runs-") as folder:
+        try:
+            for info in fs.get_file_info(selector):
+                name = info.path.rpartition("/")[2]
+                if info.type == pafs.FileType.File and name.endswith(".json"):
+                    with fs.open_input_stream(info.path) as fh:
+                        (Path(folder) / name).write_bytes(fh.read())
+        except OSError as exc:
+            msg = f"{location}: cannot read the run reports: {redact(str(exc))}"
+            raise StorageError(msg) from None
+        yield [Path(folder)]

@@ -11,15 +11,16 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from harvester.commit import Ledger, PlanCounts
-from harvester.config import Job, accounts_of
+from harvester.job.model import Job, accounts_of
+from harvester.lake.fs import check_reachable, open_sink
+from harvester.lake.output import read_meta
+from harvester.layout import LAST_RUN_FILE
 from harvester.model import system_clock
-from harvester.output import read_meta
-from harvester.pipeline import RunOptions, rules_of, state_path_of
-from harvester.plan import count_units, iter_windows
-from harvester.record import DatasetView, job_window, open_state
-from harvester.state import StateStore
-from harvester.storage import check_reachable, open_sink
+from harvester.plan.windows import count_units, iter_windows
+from harvester.run.commit import Ledger, PlanCounts
+from harvester.run.options import RunOptions, rules_of, state_path_of
+from harvester.state.record import DatasetView, job_window, open_state
+from harvester.state.store import StateStore
 
 __all__ = ["PlanSummary", "plan_by_account", "plan_pending", "status"]
 
@@ -109,7 +110,7 @@ def status(job: Job, options: RunOptions, *, limit: int = 20) -> str:
         f"gone: {h}: {g.reason} (since {g.failed_at}); later runs skip it, --retry-gone tries again"
         for h, g in by_collection.items()
     ]
-    lines.append(_last_run(path.parent / "last-run.json"))
+    lines.append(_last_run(path.parent / LAST_RUN_FILE))
     return "\n".join(line for line in lines if line)
 
 
@@ -131,8 +132,7 @@ def _last_run(path: Path) -> str:
 
 def _without_state(job: Job, path: Path) -> str:
     """An output seen from a machine without its state: what the output's reports say."""
-    from harvester.runs import last_success, read_runs
-    from harvester.storage import report_folders_of
+    from harvester.ops.runs import last_success, read_runs, report_folders_of
 
     with report_folders_of(str(job.output)) as folders:
         history = read_runs(folders)

@@ -30,19 +30,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harvester.display import print_table
 from harvester.errors import JobError, UsageError
-from harvester.location import Location
+from harvester.job.location import Location
+from harvester.lake.fs import check_reachable, open_sink
+from harvester.lake.output import OutputMeta, read_meta
+from harvester.lake.parquet import ParquetSink
+from harvester.lake.schema import COLLECTION_SCHEMA, COLLECTION_STATS, PAGE_SCHEMA, PAGE_STATS
+from harvester.layout import DEFAULT_ACCOUNT, META_DIR, META_FILE
 from harvester.model import GRANULARITIES, period_end, period_of
-from harvester.output import OutputMeta, read_meta
-from harvester.sink import (
-    COLLECTION_SCHEMA,
-    COLLECTION_STATS,
-    PAGE_SCHEMA,
-    PAGE_STATS,
-    ParquetSink,
-)
-from harvester.storage import check_reachable, open_sink
+from harvester.ops.display import print_table
 
 __all__ = [
     "DEFAULT_TOP",
@@ -59,9 +55,8 @@ __all__ = [
     "summarize",
 ]
 
-OUTPUT_RECORD = Path("_harvester") / "output.json"
+OUTPUT_RECORD = Path(META_DIR) / META_FILE
 ACCOUNT = "account"
-DEFAULT_ACCOUNT = "default"
 TOP_PAGES = 3
 DEFAULT_TOP = 10
 _PLURAL = {"day": "days", "week": "weeks", "month": "months", "range": "ranges"}

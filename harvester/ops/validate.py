@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harvester.config import Job, load_job
-from harvester.plan import count_units
+from harvester.job.model import Job
+from harvester.job.parse import load_job
+from harvester.plan.windows import count_units
 
 __all__ = ["describe"]
 

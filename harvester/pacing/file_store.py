@@ -10,8 +10,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from harvester.budget import BUDGET_DIR_ENV, Admission, Clock
 from harvester.errors import BudgetUnavailable
+from harvester.pacing.protocol import BUDGET_DIR_ENV, Admission, Clock
 
 __all__ = ["FileStore"]
 

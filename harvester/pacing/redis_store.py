@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from harvester.budget import Admission
-from harvester.config import REDIS_PASSWORD_ENV
 from harvester.errors import BudgetUnavailable, UsageError
+from harvester.job.model import REDIS_PASSWORD_ENV
+from harvester.pacing.protocol import Admission
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

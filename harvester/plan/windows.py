@@ -18,7 +18,7 @@ from datetime import date
 from itertools import chain, groupby
 from typing import NamedTuple
 
-from harvester.config import Job
+from harvester.job.model import Job
 from harvester.model import Unit
 
 __all__ = ["Unit", "count_units", "iter_units", "iter_windows"]

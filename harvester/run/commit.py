@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from harvester.errors import ApiRejected, InvalidPayload, UnitError
+from harvester.lake.parquet import ParquetSink
 from harvester.model import Fetched, Unit, period_end, period_of
 from harvester.redact import redact, redact_data
-from harvester.report import FailedEntry
-from harvester.sink import ParquetSink
-from harvester.state import DONE, GONE, StateStore, Stored
+from harvester.run.report import FailedEntry
+from harvester.state.store import DONE, GONE, StateStore, Stored
 
 __all__ = [
     "CommitCounts",

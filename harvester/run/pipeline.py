@@ -15,21 +15,9 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
-from harvester.accounts import (
-    AccountStopped,
-    Lane,
-    close_lanes,
-    load_account_credentials,
-    open_lanes,
-    report_accounts,
-    start_lane,
-)
-from harvester.commit import Committer, Gone, Ledger, Quarantine, Rules
-from harvester.config import Credentials, Job, account_discovered, accounts_of
 from harvester.errors import (
     EXIT_CREDENTIALS,
     EXIT_OK,
@@ -42,73 +30,41 @@ from harvester.errors import (
     DiscoveryFailed,
     UnitError,
 )
+from harvester.fetch.lanes import (
+    AccountStopped,
+    Lane,
+    close_lanes,
+    load_account_credentials,
+    open_lanes,
+    start_lane,
+)
+from harvester.fetch.pool import Stopped, StopToken, WorkerPool
+from harvester.fetch.retry import CircuitBreaker
+from harvester.job.credentials import Credentials
+from harvester.job.model import Job, account_discovered, accounts_of
+from harvester.lake.fs import check_reachable, open_sink, publish_report, storage_errors
+from harvester.lake.objlock import ObjectLock, output_lock
+from harvester.lake.output import write_discovered
+from harvester.lake.parquet import ParquetSink
+from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
+from harvester.layout import QUARANTINE_DIR
 from harvester.model import Clock, Unit, system_clock
-from harvester.objlock import ObjectLock, output_lock
-from harvester.output import bind_output, check_output, write_discovered
-from harvester.plan import count_units, iter_windows
-from harvester.pool import Stopped, StopToken, WorkerPool
-from harvester.progress import Progress, Snapshot
-from harvester.record import DatasetView, job_window
+from harvester.plan.schedule import Scheduler, Splitter
+from harvester.plan.windows import count_units, iter_windows
 from harvester.redact import register_secrets
-from harvester.report import RunReport, report_dict, write_report
-from harvester.retry import CircuitBreaker
-from harvester.schedule import Scheduler, Splitter
-from harvester.sink import COLLECTION_STATS, PAGE_STATS, ParquetSink
-from harvester.state import StateStore, default_state_path
-from harvester.storage import check_reachable, open_sink, publish_report, storage_errors
+from harvester.run.commit import Committer, Gone, Ledger, Quarantine, Rules
+from harvester.run.options import PROGRESS_EVERY_SECONDS, RunOptions, rules_of, state_path_of
+from harvester.run.progress import Progress, Snapshot
+from harvester.run.report import RunReport, report_accounts, report_dict, write_report
+from harvester.state.binding import bind_output, check_output
+from harvester.state.record import DatasetView, job_window
+from harvester.state.store import StateStore
 
 __all__ = ["RunOptions", "harvest", "harvest_async", "rules_of", "state_path_of"]
 
 log = logging.getLogger("harvester")
 
-DEFAULT_GRACE_SECONDS = 10.0
-PROGRESS_EVERY_SECONDS = 30.0
 SIGNAL_EXIT = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run a job, beyond what the job file says."""
-
-    state_path: Path | None = None
-    refresh: bool = False
-    wait_for_lock: bool = False
-    grace_seconds: float = DEFAULT_GRACE_SECONDS
-    today: date | None = None  # UTC; default: the clock's date, read once per run
-    clock: Clock | None = None  # wall time, monotonic time and sleep; default: the real ones
-    retry_gone: bool = False  # fetch collections recorded as gone (43/46) again
-    # Narrow the job to the units whose calendar window meets [start, end] (an orchestrator's
-    # data interval); windows are selected whole, never clipped.
-    start: date | None = None
-    end: date | None = None
-    # Stop gracefully on SIGINT/SIGTERM (the CLI asks for it); a library call never installs
-    # handlers, which only the main thread may do.
-    handle_signals: bool = False
-    progress_every: float | None = PROGRESS_EVERY_SECONDS  # a log line every N s; None: off
-    live_progress: bool = False  # a live display on stderr instead (the CLI, on a terminal)
-
-
-def state_path_of(job: Job, options: RunOptions) -> Path:
-    """The state database a run of ``job`` uses."""
-    return options.state_path or default_state_path(job.output)
-
-
-def rules_of(job: Job, options: RunOptions, today: date) -> Rules:
-    """The plan filter's rules for one run."""
-    refresh_from = None
-    if options.refresh:
-        refresh_from = date.min
-    elif job.refresh_days > 0:
-        refresh_from = today - timedelta(days=job.refresh_days)
-    return Rules(
-        today,
-        job.page_stats,
-        refresh_from,
-        options.retry_gone,
-        granularity=job.granularity,
-        start=options.start,
-        end=options.end,
-    )
 
 
 def harvest(
@@ -198,7 +154,7 @@ async def _run(
         datasets=[str(job.output / PAGE_STATS), str(job.output / COLLECTION_STATS)],
     )
     report.units_in_job = count_units(job)
-    quarantine = Quarantine(state_path.parent / "quarantine" / f"run-{report.run_id}.jsonl")
+    quarantine = Quarantine(state_path.parent / QUARANTINE_DIR / f"run-{report.run_id}.jsonl")
     sink = open_sink(job.output, job.format, _owners(job))
     if guard is not None:
         sink.guard = guard  # a lease lost to another run: stop writing at once

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from harvester.model import RateLimit
-from harvester.ratelimit import format_duration, shortest_duration
+from harvester.pacing.limiter import format_duration, shortest_duration
 
 __all__ = ["Progress", "Snapshot", "describe"]
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harvester.errors import EXIT_CODES, UnitError, UnitsFailed
+from harvester.fetch.lanes import Lane
+from harvester.layout import LAST_RUN_FILE, REPORTS_DIR
 from harvester.redact import redact, redact_data
 
 __all__ = ["FailedEntry", "RunReport", "write_report"]
@@ -195,15 +199,46 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def write_report(report: RunReport, state_dir: Path) -> Path:
     """Write ``reports/run-<id>.json`` and ``last-run.json`` in ``state_dir``; return the first."""
-    reports = state_dir / "reports"
+    reports = state_dir / REPORTS_DIR
     reports.mkdir(parents=True, exist_ok=True)
     text = report.to_json() + "\n"
     path = reports / f"run-{report.run_id}.json"
     _write_atomic(path, text)
-    _write_atomic(state_dir / "last-run.json", text)
+    _write_atomic(state_dir / LAST_RUN_FILE, text)
     return path
 
 
 def report_dict(report: RunReport) -> dict[str, Any]:
     """The report as a plain dict (for the state's runs table)."""
     return asdict(report)
+
+
+def report_accounts(report: RunReport, lanes: Sequence[Lane]) -> None:
+    """The lanes' counters, summed into the report, and broken down by account."""
+    pacers = [lane.pacer for lane in lanes]
+    stats = [lane.fetcher.stats for lane in lanes if lane.fetcher is not None]
+    report.requests = sum(p.calls for p in pacers)
+    report.rate_limit_waits = sum(p.waits for p in pacers)
+    report.rate_limit_wait_seconds = round(sum(p.waited_seconds for p in pacers), 3)
+    report.rate_limit_held_seconds = round(sum(p.held_seconds for p in pacers), 3)
+    report.rate_limit_pauses = sum(p.pauses for p in pacers)
+    report.retries = sum(s.retries for s in stats)
+    report.rate_limit_answers = sum(s.rate_limit_answers for s in stats)
+    report.answers_by_code = dict(sorted(sum((s.answers for s in stats), Counter()).items()))
+    report.errors_by_kind = dict(sum((s.errors for s in stats), Counter()))
+    report.by_account = {lane.name: _figures(lane) for lane in lanes}
+
+
+def _figures(lane: Lane) -> dict[str, Any]:
+    """One account's line of the report."""
+    stats = lane.fetcher.stats if lane.fetcher is not None else None
+    return {
+        "units_fetched": lane.counts["fetched"],
+        "units_failed": lane.counts["failed"],
+        "units_not_attempted": lane.counts["abandoned"],
+        "requests": lane.pacer.calls,
+        "rate_limit_answers": stats.rate_limit_answers if stats is not None else 0,
+        "answers_by_code": dict(sorted(stats.answers.items())) if stats is not None else {},
+        "stopped_by": type(lane.stopped).__name__ if lane.stopped else None,
+        "message": str(lane.stopped) if lane.stopped else None,
+    }

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from datetime import date
 from typing import Any
 
-from harvester.config import DEFAULT_RATE_LIMITS
+from harvester.api import DEFAULT_RATE_LIMITS
 from harvester.model import RateLimit
 
 FAULT_KINDS = frozenset(

@@ -27,12 +27,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from harvester.config import Job
+from harvester.job.model import Job
+from harvester.lake.parquet import ParquetSink
+from harvester.lake.schema import COLLECTION_STATS, DATASETS, PAGE_STATS
 from harvester.model import Fingerprint, Unit, period_of
-from harvester.sink import COLLECTION_STATS, DATASETS, PAGE_STATS, ParquetSink
-from harvester.state import DONE, StateStore, Stored
+from harvester.state.store import DONE, StateStore, Stored
 
-__all__ = ["DatasetView", "Reconciled", "Verified", "job_window", "reconcile", "verify"]
+__all__ = ["DatasetView", "Reconciled", "job_window", "open_state", "reconcile"]
 
 log = logging.getLogger("harvester.record")
 
@@ -208,60 +209,6 @@ def _log(found: Reconciled, sink: ParquetSink) -> None:
             found.partitions_read,
             found.partitions_listed,
         )
-
-
-@dataclass
-class Verified:
-    """What ``harvester verify`` found: the state's done units against the dataset's rows."""
-
-    in_dataset: int
-    missing: list[Unit]  # done in the state, no rows in the dataset: the next run fetches them
-    unknown: int  # rows the state does not hold as done (it learns them at the next run)
-
-    def text(self, output: object, state: Path) -> str:
-        """The lines ``harvester verify`` prints."""
-        lines = [
-            f"{output}: {self.in_dataset} units in the dataset; state {state}:"
-            f" {len(self.missing)} done there but missing from the dataset,"
-            f" {self.unknown} in the dataset it does not know"
-        ]
-        lines += [f"missing: {u}" for u in self.missing[:20]]
-        if len(self.missing) > 20:
-            lines.append(f"... and {len(self.missing) - 20} more missing units")
-        if self.missing:
-            lines.append("the next run fetches the missing units again")
-        elif not self.unknown:
-            lines.append("the dataset and the state agree")
-        return "\n".join(lines)
-
-
-def verify(sink: ParquetSink, store: StateStore) -> Verified:
-    """Compare every partition's keys with the state; read only, no request."""
-    found = reconcile(sink, store, (date.min, date.max), store.granularity, trust_files=False)
-    in_dataset = sum(1 for v in found.overlay.values() if v is not None)
-    return Verified(in_dataset, sorted(found.dropped), found.learnt)
-
-
-def verify_output(output: str, state_path: Path | None = None) -> tuple[Verified, Path]:
-    """``harvester verify OUTPUT``: the output's dataset against its state; no request."""
-    from harvester.errors import UsageError
-    from harvester.location import Location
-    from harvester.output import read_meta
-    from harvester.state import default_state_path
-    from harvester.storage import check_reachable, open_sink
-
-    try:
-        location = Location.parse(output)
-    except ValueError as exc:
-        raise UsageError(f"verify: {exc}") from None
-    check_reachable(location, output)
-    meta = read_meta(location)
-    if meta is None:
-        raise UsageError(f"{location}: not a harvester output (no _harvester/output.json)")
-    path = state_path or default_state_path(location)
-    sink = open_sink(location, meta.format)
-    with open_state(path, meta.granularity) as store:
-        return verify(sink, store), path
 
 
 def open_state(path: Path, granularity: str) -> StateStore:

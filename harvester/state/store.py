@@ -29,8 +29,9 @@ from typing import Any, NamedTuple, Self
 import orjson
 
 from harvester.errors import HarvesterError, JobError, Problem
-from harvester.location import Location, user_cache_dir
-from harvester.lock import OutputLock
+from harvester.job.location import Location, user_cache_dir
+from harvester.lake.lock import OutputLock
+from harvester.layout import STATE_DIR, STATE_FILE
 from harvester.model import GRANULARITIES, Fetched, Fingerprint, Unit, period_of
 from harvester.redact import redact, redact_data
 
@@ -42,8 +43,6 @@ __all__ = [
     "default_state_path",
 ]
 
-STATE_DIR = "_state"
-STATE_FILE = "state.sqlite"
 SCHEMA_VERSION = 2
 # 300 units x 2 values stays well under SQLite's historical limit of 999 bound parameters.
 CHUNK_UNITS = 300

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from harvester.budget import BUDGET_DIR_ENV
-from harvester.config import RateLimit
+from harvester.model import RateLimit
+from harvester.pacing.protocol import BUDGET_DIR_ENV
 from tests.benchmarks.budget import binding, steady_use, units_for
 from tests.benchmarks.common import (
     START,

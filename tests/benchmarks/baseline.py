@@ -29,8 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harvester.api import GET_STATS, sign
-from harvester.config import RateLimit, load_job
-from harvester.plan import iter_units
+from harvester.job.parse import load_job
+from harvester.model import RateLimit
+from harvester.plan.windows import iter_units
 from tests.benchmarks.common import (
     API_KEY,
     API_SECRET,

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harvester.config import RateLimit
-from harvester.ratelimit import window_margin
+from harvester.model import RateLimit
+from harvester.pacing.limiter import window_margin
 from tests.benchmarks.common import Figure, RecordingSimulator, run_harvester, sim_config, write_job
 
 SCALED_LIMITS = (RateLimit(50, 1.0), RateLimit(300, 10.0))  # the real 5/s, 60/min, in ~1/6 time

@@ -30,7 +30,7 @@ from typing import Any, Self
 import yaml
 from aiohttp import web
 
-from harvester.config import RateLimit
+from harvester.model import RateLimit
 from harvester.simulator import Simulator, SimulatorConfig
 
 API_KEY = "KEY-bench-5f1c"

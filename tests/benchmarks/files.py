@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harvester.sink import COLLECTION_STATS, PAGE_STATS
+from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
 from tests.benchmarks.common import Figure
 
 GOAL = 1.0

@@ -19,12 +19,12 @@ import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from harvester.config import RateLimit, load_job
-from harvester.model import Fetched
-from harvester.output import OutputMeta, write_meta
-from harvester.plan import iter_windows
-from harvester.sink import ParquetSink
-from harvester.state import StateStore, default_state_path
+from harvester.job.parse import load_job
+from harvester.lake.output import OutputMeta, write_meta
+from harvester.lake.parquet import ParquetSink
+from harvester.model import Fetched, RateLimit
+from harvester.plan.windows import iter_windows
+from harvester.state.store import StateStore, default_state_path
 from tests.benchmarks.common import Child, run_harvester, write_job
 
 COLLECTIONS, DAYS, ROUNDS = 1000, 1000, 3

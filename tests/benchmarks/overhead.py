@@ -25,9 +25,11 @@ from typing import Any
 
 import aiohttp
 
-from harvester.api import StatsClient
-from harvester.config import Credentials, RateLimit, load_job
-from harvester.plan import iter_units
+from harvester.fetch.client import StatsClient
+from harvester.job.credentials import Credentials
+from harvester.job.parse import load_job
+from harvester.model import RateLimit
+from harvester.plan.windows import iter_units
 from tests.benchmarks.common import (
     API_KEY,
     API_SECRET,

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harvester.config import RateLimit
-from harvester.state import default_state_path
+from harvester.model import RateLimit
+from harvester.state.store import default_state_path
 from tests.benchmarks.common import Child, Figure, run_harvester, write_job
 from tests.benchmarks.lake_planning import write_lake
 

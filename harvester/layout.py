@@ -1,0 +1,59 @@
+"""Every name the harvester gives to something on disk or in a bucket, in one place.
+
+An output holds the two datasets and the harvester's own folder::
+
+    OUTPUT/page_stats/period_start=YYYY-MM-DD/part-0.parquet
+    OUTPUT/collection_stats/period_start=YYYY-MM-DD/part-0.parquet
+    OUTPUT/_harvester/output.json        what the output holds (id, granularity, format)
+    OUTPUT/_harvester/discovered.json    the collections each account listed last
+    OUTPUT/_harvester/lock.json          the object-store lock (object storage only)
+    OUTPUT/_harvester/runs/run-ID.json   every run's report
+
+and, for a local output, the state beside the data::
+
+    OUTPUT/_state/state.sqlite           what is staged, done, failed, gone
+    OUTPUT/_state/harvester.lock         the local lock (``flock``)
+    OUTPUT/_state/last-run.json          the last run's report
+    OUTPUT/_state/reports/run-ID.json    every run's report
+    OUTPUT/_state/quarantine/run-ID.jsonl  answers that failed validation (redacted)
+
+An object store's state lives in the user's cache (``$XDG_CACHE_HOME/harvester/<hash>/``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_ACCOUNT",
+    "DISCOVERED_FILE",
+    "LAST_RUN_FILE",
+    "LOCK_FILE",
+    "LOCK_KEY",
+    "META_DIR",
+    "META_FILE",
+    "QUARANTINE_DIR",
+    "REPORTS_DIR",
+    "REPORT_FOLDERS",
+    "RUNS_DIR",
+    "STATE_DIR",
+    "STATE_FILE",
+]
+
+DEFAULT_ACCOUNT = "default"  # the one account of a job without ``accounts``
+
+# The harvester's own folder inside an output (local or object storage).
+META_DIR = "_harvester"
+META_FILE = "output.json"
+DISCOVERED_FILE = "discovered.json"
+LOCK_KEY = f"{META_DIR}/lock.json"
+RUNS_DIR = f"{META_DIR}/runs"
+
+# The state's folder: inside a local output, or in the cache for an object store.
+STATE_DIR = "_state"
+STATE_FILE = "state.sqlite"
+LOCK_FILE = "harvester.lock"
+LAST_RUN_FILE = "last-run.json"
+REPORTS_DIR = "reports"
+QUARANTINE_DIR = "quarantine"
+
+# Where ``harvester runs OUTPUT`` looks for reports, relative to the output.
+REPORT_FOLDERS = (RUNS_DIR, f"{STATE_DIR}/{REPORTS_DIR}")
