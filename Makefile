@@ -6,7 +6,7 @@ JOB    ?= configs/demo.yaml
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install harvest test bench bench-long lint format format-check typecheck check clean
+.PHONY: help install harvest test bench bench-long lint format format-check typecheck imports check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -43,7 +43,10 @@ format-check: $(STAMP) ## fail when a file is not formatted as ruff format would
 typecheck: $(STAMP) ## mypy --strict over the package
 	$(BIN)/mypy
 
-check: lint format-check typecheck ## lint, format check and type check (what CI runs before the tests)
+imports: $(STAMP) ## import-linter: each stage imports only from the stages below it
+	$(BIN)/lint-imports
+
+check: lint format-check typecheck imports ## lint, format and type checks, import layers (CI runs them first)
 
 clean: ## remove the venv, caches and what runs wrote under output/
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -19,10 +19,11 @@ from harvester.job.model import Job
 from harvester.job.parse import load_job
 from harvester.lake.parquet import read_dataset
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
-from harvester.model import RateLimit
+from harvester.model import RateLimit, Unit
 from harvester.pacing.protocol import BUDGET_DIR_ENV
 from harvester.plan.windows import iter_units
 from harvester.simulator import SimulatorConfig, SimulatorThread, expected_stats
+from harvester.state.store import DONE, StateStore
 from tests.redis_server import RedisServer, redis_server
 
 # In CI the property tests replay the same examples every run: a failure there is reproducible,
@@ -168,3 +169,12 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def done_among(store: StateStore, units: list[Unit]) -> set[Unit]:
+    """Which of ``units`` the state holds as done for exactly their window."""
+    return {
+        u
+        for u, s in store.lookup(units).items()
+        if s.status == DONE and (s.start, s.end) == (u.start, u.end)
+    }

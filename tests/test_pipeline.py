@@ -245,9 +245,11 @@ def test_discover_adds_every_collection_of_the_account(
     assert [c[1] for c in listed] == [date(2026, 2, 27), date(2026, 2, 28)]  # its own range
     assert {c[0] for c in collections} == set(catalog)
     assert len(collections) == 57 * 2
-    from harvester.job.model import with_discovered
+    from harvester.job.model import account_discovered, accounts_of
 
-    assert_rows = expected_rows(with_discovered(job, catalog), sim_config)
+    assert_rows = expected_rows(
+        account_discovered(job, accounts_of(job)[0], catalog)[0], sim_config
+    )
     assert (pages, collections) == assert_rows
 
 

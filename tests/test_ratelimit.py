@@ -99,7 +99,8 @@ async def test_pause_holds_every_worker_back() -> None:
     time = FakeTime()
     limiter = _limiter(time, RateLimit(100, 1.0))
     await limiter.acquire()
-    assert limiter.pause_for_code(31) == 1.0
+    assert limiter.window_for_code(31) == 1.0
+    limiter.pause(1.0)
     starts = await _acquire_all(limiter, time, calls=3, workers=3)
     assert min(starts) >= 1.0
     assert limiter.pauses == 1
@@ -108,7 +109,8 @@ async def test_pause_holds_every_worker_back() -> None:
 async def test_pause_for_32_waits_the_longest_window() -> None:
     time = FakeTime()
     limiter = _limiter(time, RateLimit(5, 1.0), RateLimit(60, 60.0))
-    assert limiter.pause_for_code(32) == 60.0
+    assert limiter.window_for_code(32) == 60.0
+    limiter.pause(60.0)
     await limiter.acquire()
     assert time.now == pytest.approx(60.0)
 

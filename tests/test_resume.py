@@ -39,7 +39,15 @@ from harvester.plan.windows import count_units, iter_units
 from harvester.run.commit import Committer, Ledger, Quarantine, Rules
 from harvester.simulator import SimulatorConfig, SimulatorThread
 from harvester.state.store import StateStore, default_state_path
-from tests.conftest import API_KEY, API_SECRET, actual_rows, expected_rows, job_dict, run_cli
+from tests.conftest import (
+    API_KEY,
+    API_SECRET,
+    actual_rows,
+    done_among,
+    expected_rows,
+    job_dict,
+    run_cli,
+)
 
 POLL_SECONDS = 0.005
 WAIT_SECONDS = 30.0
@@ -459,7 +467,7 @@ def test_a_signal_stops_gracefully_and_keeps_everything_fetched(
     report = last_run(job)
     assert report["stopped_by"] == signum.name and report["exit_code"] == exit_code
     with StateStore(default_state_path(job.output)) as store:
-        done = store.done_among(list(units))
+        done = done_among(store, list(units))
         counts = store.counts()
     assert before_signal <= done  # served before the signal: written and marked done
     assert done == served_units(simulator)  # in-flight answers too; nothing claimed unfetched
@@ -505,7 +513,7 @@ def test_a_second_signal_stops_at_once_and_the_next_run_loses_nothing(
     assert last_run(job)["stopped_by"] == signum.name
 
     with StateStore(default_state_path(job.output)) as store:
-        done = store.done_among(list(iter_units(job)))
+        done = done_among(store, list(iter_units(job)))
         staged = {r.unit for start in store.staged_periods() for r in store.staged(start)}
     assert served <= done | staged  # every answer received is kept, written or staged
 

@@ -26,6 +26,7 @@ from harvester.state.store import (
     _lookup_sql,
     default_state_path,
 )
+from tests.conftest import done_among
 
 JAN1 = date(2026, 1, 1)
 AT = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -134,7 +135,7 @@ def test_staging_a_done_unit_refreshes_it(store: StateStore) -> None:
     store.mark_done([u])
     store.stage([fetched(u, views=99)])
     assert store.staged(JAN1) == [fetched(u, views=99)]
-    assert store.done_among([u]) == set()
+    assert done_among(store, [u]) == set()
     assert three(store.counts()) == (0, 1, 0)
 
 
@@ -145,11 +146,11 @@ def test_done_among(store: StateStore) -> None:
     store.mark_failed(units[2], kind="network", reason="reset", attempts=6)
     mark_done(store, done)
     assert len(units) > 3 * CHUNK_UNITS  # several chunks, the last one short
-    assert store.done_among(units) == set(done)
-    assert store.done_among(units[1:2]) == set()
-    assert store.done_among([]) == set()
-    assert store.done_among([unit("never-seen")]) == set()
-    assert store.done_among([units[0], units[0]]) == {units[0]}
+    assert done_among(store, units) == set(done)
+    assert done_among(store, units[1:2]) == set()
+    assert done_among(store, []) == set()
+    assert done_among(store, [unit("never-seen")]) == set()
+    assert done_among(store, [units[0], units[0]]) == {units[0]}
 
 
 def test_done_among_searches_the_primary_key(store: StateStore) -> None:
@@ -175,7 +176,7 @@ def test_done_among_reads_shared_windows_and_scattered_units_alike(store: StateS
     scattered = [Unit("lone", date(2026, 2, d), date(2026, 2, d)) for d in (2, 3)]
     done = shared[::2] + scattered[:1]
     mark_done(store, done)
-    assert store.done_among(shared + scattered) == set(done)
+    assert done_among(store, shared + scattered) == set(done)
 
 
 def test_mark_failed_records_a_new_unit(store: StateStore) -> None:
@@ -193,7 +194,7 @@ def test_failure_does_not_downgrade_done_or_staged(store: StateStore) -> None:
     for u in (done, staged):
         store.mark_failed(u, kind="timeout", reason="no answer", attempts=6)
     assert store.failed() == []
-    assert store.done_among([done]) == {done}
+    assert done_among(store, [done]) == {done}
     assert store.staged(JAN1) == [fetched(staged)]
     db = sqlite3.connect(store.path)
     errors = db.execute("SELECT status, error_kind FROM units ORDER BY collection_hash")
@@ -217,7 +218,7 @@ def test_reopening_keeps_everything(tmp_path: Path) -> None:
         s.mark_failed(unit("failed"), kind="http", reason="HTTP 503", attempts=6)
     with StateStore(path) as s:
         assert s.staged(JAN1) == [fetched(unit("staged"))]
-        assert s.done_among([unit("done"), unit("staged")]) == {unit("done")}
+        assert done_among(s, [unit("done"), unit("staged")]) == {unit("done")}
         assert [f.unit for f in s.failed()] == [unit("failed")]
         assert three(s.counts()) == (1, 1, 1)
 
@@ -232,7 +233,7 @@ def test_a_grown_window_replaces_its_period_and_remembers_what_to_remove(tmp_pat
         assert s.staged(monday) == [fetched(grown)]
         s.mark_done([grown])
         assert s.replaced([grown]) == []
-        assert s.done_among([short, grown]) == {grown}
+        assert done_among(s, [short, grown]) == {grown}
         assert three(s.counts()) == (1, 0, 0)
 
 
@@ -281,7 +282,7 @@ def test_a_version_1_state_is_carried_over_keeping_the_newest_window_per_period(
     with StateStore(path, granularity="week") as s:
         newest = Unit("a", date(2026, 3, 2), date(2026, 3, 5))
         b = Unit("b", date(2026, 3, 9), date(2026, 3, 15))
-        assert s.done_among([newest, b]) == {newest, b}
+        assert done_among(s, [newest, b]) == {newest, b}
         assert three(s.counts()) == (2, 0, 0)
         assert s.lookup([b])[b].final  # written the day after its end
     assert sqlite3.connect(path).execute("SELECT count(*) FROM runs").fetchone() == (1,)

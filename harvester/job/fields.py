@@ -2,7 +2,7 @@
 
 Each reader takes the raw value and its dotted path, records a :class:`~harvester.errors.Problem`
 in the :class:`Context` when the value is wrong, and returns a usable value either way, so that
-one pass reports every problem of a file. :mod:`harvester.config` assembles the job from them.
+one pass reports every problem of a file. :mod:`harvester.job.model` assembles the job from them.
 """
 
 from __future__ import annotations

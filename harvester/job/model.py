@@ -33,7 +33,6 @@ __all__ = [
     "RetrySettings",
     "account_discovered",
     "accounts_of",
-    "with_discovered",
 ]
 
 SIMULATOR_BASE_URL = "simulator"  # start the bundled simulator in-process (the demo)
@@ -169,19 +168,3 @@ def account_discovered(job: Job, account: Account, hashes: Iterable[str]) -> tup
         return replace(job, collections=job.collections + added), grown
     accounts = tuple(grown if a.name == account.name else a for a in job.accounts)
     return replace(job, collections=job.collections + added, accounts=accounts), grown
-
-
-def with_discovered(job: Job, hashes: Iterable[str]) -> Job:
-    """``job`` plus every discovered hash it does not list, over the discovery's range.
-
-    Listed collections keep their own ranges; hashes that are not well-formed are left out.
-    """
-    if job.discover is None:
-        return job
-    listed = {c.hash for c in job.collections}
-    added = [
-        Collection(h, job.discover.start, job.discover.end)
-        for h in dict.fromkeys(hashes)
-        if h not in listed and HASH.fullmatch(h)
-    ]
-    return replace(job, collections=job.collections + tuple(added))

@@ -1,1 +1,7 @@
-"""TODO."""
+"""The lake: what the harvester writes where readers read it.
+
+``schema`` is the datasets' shape; ``parquet`` and ``delta`` are the two writers behind one
+interface; ``fs`` reaches an output's filesystem (local or object storage); ``output`` is the
+output's own record (what it holds, the collections each account listed); ``lock`` and
+``objlock`` keep one writer per output.
+"""

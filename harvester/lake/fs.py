@@ -20,6 +20,7 @@ from typing import Any
 
 from harvester.errors import JobError, Problem, StorageError
 from harvester.job.location import SECRET_VARS, Location
+from harvester.lake.delta import DeltaSink
 from harvester.lake.parquet import ParquetSink
 from harvester.layout import RUNS_DIR, STATE_DIR
 from harvester.redact import redact, register_secrets
@@ -98,8 +99,6 @@ def open_sink(
     ``owners`` maps each collection hash to its account (the ``account`` column).
     """
     if fmt == "delta":
-        from harvester.lake.delta import DeltaSink
-
         return DeltaSink(location, owners)
     return ParquetSink(location, owners)
 

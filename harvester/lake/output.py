@@ -1,18 +1,10 @@
-"""What an output holds, recorded in the output itself, and the state store bound to it.
+"""What an output holds, recorded in the output itself.
 
 ``OUTPUT/_harvester/output.json`` is written with the first data: an id, the granularity,
-whether page statistics are kept, and the schema version. A state store records the id of the
-output it describes. A run checks both before it requests or writes anything, so that:
-
-- a state pointed at another output is refused (ids are compared, not paths);
-- a job with another granularity is refused (a daily and a weekly dataset in one folder would
-  each count the same traffic);
-- ``page_stats: false`` on an output that holds pages is refused; turning pages on is allowed
-  (units written without pages are fetched again).
-
-An output written before the record existed is adopted by its first run, which also repairs
-it: where a calendar period holds several windows (a clipped week fetched on three nights),
-the newest stays and the others go.
+whether page statistics are kept, the format and the schema version; a state records the id of
+the output it describes (:mod:`harvester.state.binding` checks the two before a run writes).
+``OUTPUT/_harvester/discovered.json`` keeps the collections each account listed last, for
+``harvester plan``, which makes no request.
 """
 
 from __future__ import annotations

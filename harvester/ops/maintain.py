@@ -1,19 +1,19 @@
-"""TODO."""
+"""``harvester maintain OUTPUT``: compact and vacuum a Delta output, under the output's lock."""
 
 from __future__ import annotations
 
+from harvester.errors import UsageError
+from harvester.job.location import Location
 from harvester.lake.delta import DeltaSink
+from harvester.lake.fs import check_reachable
+from harvester.lake.objlock import output_lock
+from harvester.lake.output import read_meta
 
-__all__: list[str] = []
+__all__ = ["maintain_output"]
 
 
 def maintain_output(output: str, retention_hours: int) -> list[str]:
     """``harvester maintain OUTPUT``: compact and vacuum a Delta output, under its lock."""
-    from harvester.errors import UsageError
-    from harvester.job.location import Location
-    from harvester.lake.fs import check_reachable
-    from harvester.lake.objlock import output_lock
-    from harvester.lake.output import read_meta
 
     try:
         location = Location.parse(output)

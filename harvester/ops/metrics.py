@@ -27,9 +27,11 @@ from urllib.parse import urlsplit
 
 from harvester.errors import UsageError
 from harvester.job.location import Location
+from harvester.lake.fs import open_sink
+from harvester.lake.output import read_meta
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
 from harvester.layout import DEFAULT_ACCOUNT, REPORTS_DIR
-from harvester.ops.runs import last_success, read_runs, report_folders
+from harvester.ops.runs import last_success, read_runs, report_folders, report_folders_of
 from harvester.run.report import RunReport
 
 if TYPE_CHECKING:
@@ -114,8 +116,6 @@ def collect(report: RunReport, output: Path | Location) -> RunMetrics:
     finished = _timestamp(report.finished_at)
     beside_state = Path(report.state).parent / REPORTS_DIR
     if isinstance(output, Location) and not output.is_local:
-        from harvester.ops.runs import report_folders_of
-
         with report_folders_of(str(output)) as folders:  # the lake's copies: a new machine's too
             history = read_runs([*folders, beside_state])
     else:
@@ -170,9 +170,6 @@ def collect(report: RunReport, output: Path | Location) -> RunMetrics:
 def newest_period_end(output: Path | Location) -> float | None:
     """Midnight UTC after the newest ``period_end`` in collection_stats (None: no rows)."""
     import pyarrow.compute as pc
-
-    from harvester.lake.fs import open_sink
-    from harvester.lake.output import read_meta
 
     meta = read_meta(output)
     if meta is None:

@@ -29,7 +29,6 @@ from harvester.ops.display import print_table
 from harvester.redact import redact
 
 __all__ = [
-    "REPORT_FOLDERS",
     "RunHistory",
     "RunRecord",
     "check_output",
@@ -37,6 +36,7 @@ __all__ = [
     "print_runs",
     "read_runs",
     "report_folders",
+    "report_folders_of",
     "runs_json",
 ]
 
@@ -231,8 +231,6 @@ def report_folders_of(output: str) -> Iterator[list[Path]]:
     A local output's own folders; an object store's ``_harvester/runs/`` copied into a
     temporary folder for the time of the ``with`` block (reports are small).
     """
-    from harvester.errors import UsageError
-    from harvester.ops.runs import check_output, report_folders
 
     try:
         location = Location.parse(output)

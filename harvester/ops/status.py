@@ -16,6 +16,7 @@ from harvester.lake.fs import check_reachable, open_sink
 from harvester.lake.output import read_meta
 from harvester.layout import LAST_RUN_FILE
 from harvester.model import system_clock
+from harvester.ops.runs import last_success, read_runs, report_folders_of
 from harvester.plan.windows import count_units, iter_windows
 from harvester.run.commit import Ledger, PlanCounts
 from harvester.run.options import RunOptions, rules_of, state_path_of
@@ -132,7 +133,6 @@ def _last_run(path: Path) -> str:
 
 def _without_state(job: Job, path: Path) -> str:
     """An output seen from a machine without its state: what the output's reports say."""
-    from harvester.ops.runs import last_success, read_runs, report_folders_of
 
     with report_folders_of(str(job.output)) as folders:
         history = read_runs(folders)

@@ -13,7 +13,6 @@ ISO week, a month's one calendar month, and anything longer is a ``range``. Data
 
 from __future__ import annotations
 
-import json
 import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -50,7 +49,6 @@ __all__ = [
     "calendar_periods",
     "coverage",
     "infer_granularity",
-    "read_granularity",
     "render",
     "summarize",
 ]
@@ -261,16 +259,6 @@ def _of_account(table: pa.Table, account: str | None) -> pa.Table:
     if account is None:
         return table
     return table.filter(pc.equal(table[ACCOUNT], account))
-
-
-def read_granularity(output: Path) -> str | None:
-    """The granularity the output's metadata record names, if it has a valid one."""
-    try:
-        record = json.loads((output / OUTPUT_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    value = record.get("granularity") if isinstance(record, dict) else None
-    return value if value in GRANULARITIES else None
 
 
 def infer_granularity(starts: Sequence[date], ends: Sequence[date]) -> str:

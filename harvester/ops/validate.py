@@ -1,7 +1,7 @@
 """``harvester validate JOB``: the job file's checks alone, and one line saying what it holds.
 
 No credentials are read, no request is made and nothing is written: the same validation a run
-starts with (:func:`harvester.config.load_job`), which raises JobError listing every problem.
+starts with (:func:`harvester.job.parse.load_job`), which raises JobError listing every problem.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TODO."""
+"""``harvester verify OUTPUT``: the state's done units against the dataset's rows, no request."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from harvester.errors import UsageError
+from harvester.job.location import Location
+from harvester.lake.fs import check_reachable, open_sink
+from harvester.lake.output import read_meta
 from harvester.lake.parquet import ParquetSink
 from harvester.model import Unit
 from harvester.state.record import open_state, reconcile
-from harvester.state.store import StateStore
+from harvester.state.store import StateStore, default_state_path
 
-__all__: list[str] = []
+__all__ = ["Verified", "verify", "verify_output"]
 
 
 @dataclass
@@ -48,11 +52,6 @@ def verify(sink: ParquetSink, store: StateStore) -> Verified:
 
 def verify_output(output: str, state_path: Path | None = None) -> tuple[Verified, Path]:
     """``harvester verify OUTPUT``: the output's dataset against its state; no request."""
-    from harvester.errors import UsageError
-    from harvester.job.location import Location
-    from harvester.lake.fs import check_reachable, open_sink
-    from harvester.lake.output import read_meta
-    from harvester.state.store import default_state_path
 
     try:
         location = Location.parse(output)

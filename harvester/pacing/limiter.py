@@ -134,7 +134,8 @@ class Slot:
 class PacerState:
     """What every pacer keeps: its windows, its waiters' bookkeeping and its counters.
 
-    Shared by :class:`RateLimiter` (one process) and the shared budget (:mod:`harvester.budget`).
+    Shared by :class:`RateLimiter` (one process) and the shared budget
+    (:mod:`harvester.pacing.shared`).
     Counters: ``calls`` (stamped: sent on the wire), ``waits`` and ``waited_seconds`` (calls
     held back and their waits, summed over the calls: several workers wait at once),
     ``held_seconds`` (wall-clock time during which at least one call was held back),
@@ -297,12 +298,6 @@ class RateLimiter(PacerState):
         if code == 32:
             return self.longest_window
         return min(limit.seconds for limit in self._limits)
-
-    def pause_for_code(self, code: int | None) -> float:
-        """Pause for the window a 31/32 answer says was exceeded; return its seconds."""
-        seconds = self.window_for_code(code)
-        self.pause(seconds)
-        return seconds
 
 
 def shortest_duration(calls: int, limits: Sequence[RateLimit]) -> tuple[float, RateLimit | None]:

@@ -3,7 +3,7 @@
 The API counts calls per key, not per process: a nightly run and a backfill on the same key
 share its budget whether they know it or not. :class:`SharedBudget` keeps that budget in a
 store every process using the key reads and writes atomically, behind the same interface the
-paced session talks to as the in-process :class:`~harvester.ratelimit.RateLimiter` (the
+paced session talks to as the in-process :class:`~harvester.pacing.limiter.RateLimiter` (the
 :class:`Pacer` protocol): ``reserve`` at admission, ``astamp`` when the request goes out,
 ``afree`` when it never did, and ``pause`` after a 31/32 or 429 answer, for the whole key.
 
@@ -11,9 +11,9 @@ Two stores:
 
 - on one host, with no setting at all, a small SQLite file in the user's runtime directory
   (``$XDG_RUNTIME_DIR``, else the cache directory; ``HARVESTER_BUDGET_DIR`` points elsewhere),
-  named by a hash of base URL and key: never the key itself (:mod:`harvester.budget_file`);
+  named by a hash of base URL and key: never the key itself (:mod:`harvester.pacing.file_store`);
 - across hosts, ``api.rate_budget: redis://…``: a sorted-set sliding log in Redis, stamped with
-  Redis's own clock (:mod:`harvester.budget_redis`).
+  Redis's own clock (:mod:`harvester.pacing.redis_store`).
 
 A store keeps the send times of the last calls (the *starts*) and the *leases* of calls
 admitted but not sent yet. A lease holds a place in every window, exactly as an unsent slot
@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 from harvester.errors import BudgetUnavailable
 from harvester.model import RateLimit
+from harvester.pacing.file_store import FileStore
 from harvester.pacing.limiter import DISTINCT_PAUSE_SECONDS, PacerState, RateLimiter
 from harvester.pacing.protocol import (
     LEASE_SLACK_SECONDS,
@@ -45,6 +46,7 @@ from harvester.pacing.protocol import (
     budget_dir,
     windows_of,
 )
+from harvester.pacing.redis_store import RedisStore
 
 __all__ = ["SharedBudget", "SharedSlot", "open_budget"]
 
@@ -77,7 +79,7 @@ class SharedBudget(PacerState):
 
     Within the process, waiters are served first come, first served (one asyncio lock); between
     processes, whoever asks the store first once a place frees. Counters as in
-    :class:`~harvester.ratelimit.RateLimiter`, for this process's calls.
+    :class:`~harvester.pacing.limiter.RateLimiter`, for this process's calls.
     """
 
     def __init__(
@@ -181,12 +183,6 @@ class SharedBudget(PacerState):
             return self.longest_window
         return min((limit.seconds for limit in self._limits), default=1.0)
 
-    def pause_for_code(self, code: int | None) -> float:
-        """Pause for the window a 31/32 answer says was exceeded; return its seconds."""
-        seconds = self.window_for_code(code)
-        self.pause(seconds)
-        return seconds
-
     async def aclose(self) -> None:
         """Let pending pause writes land, then release the store."""
         if self._tasks:
@@ -212,12 +208,8 @@ async def open_budget(
     lease = timeout_seconds + LEASE_SLACK_SECONDS
     store: BudgetStore
     if rate_budget is not None:
-        from harvester.pacing.redis_store import RedisStore
-
         store = await RedisStore.connect(rate_budget, digest, windows_of(limits), lease)
     else:
-        from harvester.pacing.file_store import FileStore
-
         store = FileStore(
             budget_dir() / f"{digest}.sqlite", windows_of(limits), lease_seconds=lease, clock=clock
         )

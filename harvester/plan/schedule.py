@@ -1,6 +1,6 @@
 """Which account's unit a free worker takes next.
 
-The plan is one window-major stream for the whole job (:func:`harvester.plan.iter_windows`);
+The plan is one window-major stream for the whole job (:func:`harvester.plan.windows.iter_windows`);
 :class:`Splitter` splits each of its batches by account, so every account has its own stream
 of batches and the ledger closes a partition only once every account that had units in it has
 handed them all out. :class:`Scheduler` is the iterator the worker pool pulls from: a free

@@ -11,7 +11,7 @@ partition is complete, it is rewritten in Parquet from the staged answers (repla
 windows of the same calendar periods, wherever they sit) and its units are marked done. A
 crash between the two is repaired by :meth:`Committer.flush_all` at the next start.
 
-Both return their counts; :mod:`harvester.pipeline` builds the report from them.
+Both return their counts; :mod:`harvester.run.pipeline` builds the report from them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TODO."""
+"""How to run a job, beyond what the job file says: state, refresh, lock, clock, window, signals."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from harvester.model import Clock
 from harvester.run.commit import Rules
 from harvester.state.store import default_state_path
 
-__all__: list[str] = []
+__all__ = [
+    "DEFAULT_GRACE_SECONDS",
+    "PROGRESS_EVERY_SECONDS",
+    "RunOptions",
+    "rules_of",
+    "state_path_of",
+]
 
 
 DEFAULT_GRACE_SECONDS = 10.0

@@ -219,7 +219,7 @@ class _Harvest:
         self.token = StopToken(sleep=clock.sleep)
         # Collections the API said are gone: the ledger skips them, workers too, mid-run.
         self.gone = store.gone_collections() if not rules.retry_gone else set()
-        # What is done: the state, checked against the dataset's files (see harvester.record).
+        # What is done: the state, checked against the dataset's files (see harvester.state.record).
         view = DatasetView(store, sink, job_window(job), write=True)
         self.ledger = Ledger(view, rules, self.gone)
         self.committer = Committer(store, sink, self.ledger, quarantine, rules, self.gone)

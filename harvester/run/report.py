@@ -19,7 +19,7 @@ from harvester.fetch.lanes import Lane
 from harvester.layout import LAST_RUN_FILE, REPORTS_DIR
 from harvester.redact import redact, redact_data
 
-__all__ = ["FailedEntry", "RunReport", "write_report"]
+__all__ = ["FailedEntry", "RunReport", "report_accounts", "write_report"]
 
 
 @dataclass

@@ -1,15 +1,14 @@
 """The simulator's settings: one mutable dataclass, validated on construction and replace.
 
 :func:`config_from_mapping` turns JSON/YAML (``harvester simulate --config file``, the admin
-endpoint ``POST /_sim/config``) into typed values; :func:`config_to_mapping` goes back, without
-the secrets, so a config can cross a process boundary as JSON.
+endpoint ``POST /_sim/config``) into typed values.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -286,12 +285,3 @@ def to_jsonable(name: str, value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
     return value
-
-
-def config_to_mapping(config: SimulatorConfig, *, with_keys: bool = False) -> dict[str, Any]:
-    """The config as JSON-able data; the key → secret table only when asked for."""
-    return {
-        f.name: to_jsonable(f.name, getattr(config, f.name))
-        for f in fields(config)
-        if with_keys or f.name != "keys"
-    }

@@ -1,4 +1,10 @@
-"""TODO."""
+"""A state describes one output: the binding between them, checked before anything is written.
+
+A run refuses (exit 2) a job whose granularity, format or page statistics do not fit what the
+output holds, and a state bound to another output. An output written before the record
+existed is adopted by its first run, which repairs it: where a calendar period holds several
+windows, the newest stays and the others go.
+"""
 
 from __future__ import annotations
 

@@ -158,16 +158,6 @@ class Stored(NamedTuple):
     final: bool
     pages: bool
 
-    def covers(self, unit: Unit, *, pages: bool) -> bool:
-        """Done, for this very window, final, and with pages when pages are wanted."""
-        return (
-            self.status == DONE
-            and self.final
-            and self.start == unit.start
-            and self.end == unit.end
-            and (self.pages or not pages)
-        )
-
 
 class FailedUnit(NamedTuple):
     """A unit whose last outcome is a failure (or *gone*), with the error recorded for it."""
@@ -447,14 +437,6 @@ class StateStore:
             for h, period, *row in self._db.execute(_lookup_sql(len(keys)), params):
                 found[by_period[period][h]] = _stored(*row)
         return found
-
-    def done_among(self, units: Sequence[Unit]) -> set[Unit]:
-        """Which of ``units`` are done for exactly their window (final or not)."""
-        return {
-            u
-            for u, s in self.lookup(units).items()
-            if s.status == DONE and (s.start, s.end) == (u.start, u.end)
-        }
 
     # --- staging and commits -----------------------------------------------------------------
 
