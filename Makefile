@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 JOB    ?= configs/demo.yaml
+EXTRAS := metrics,plot,redis,s3,delta
+RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
@@ -11,15 +13,20 @@ STAMP  := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# What running needs (the package and its runtime extras); `make install` adds the dev tools.
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,metrics,plot,redis,s3,delta]'
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	@touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
+	$(BIN)/pip install --quiet -e '.[dev,$(EXTRAS)]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the package with every extra (editable)
+install: $(STAMP) ## create .venv with every extra and the dev tools (editable)
 
-harvest: $(STAMP) ## harvest JOB (default: the demo job, from the bundled simulator)
+harvest: $(RUNTIME) ## harvest JOB (default: the demo job, from the bundled simulator)
 	$(BIN)/harvester run $(JOB)
 
 test: $(STAMP) ## run the whole test suite
