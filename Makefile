@@ -8,7 +8,7 @@ RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install harvest test bench bench-long lint format format-check typecheck imports check clean
+.PHONY: help install harvest test bench bench-long lint format format-check typecheck imports check docs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ $(RUNTIME): pyproject.toml
 	@touch $(RUNTIME)
 
 $(STAMP): $(RUNTIME)
-	$(BIN)/pip install --quiet -e '.[dev,$(EXTRAS)]'
+	$(BIN)/pip install --quiet -e '.[dev,docs,$(EXTRAS)]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv with every extra and the dev tools (editable)
@@ -55,6 +55,9 @@ imports: $(STAMP) ## import-linter: each stage imports only from the stages belo
 
 check: lint format-check typecheck imports ## lint, format and type checks, import layers (CI runs them first)
 
+docs: $(STAMP) ## build the docs site into docs/site with --strict (the reference is generated)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -f docs/mkdocs.yml
+
 clean: ## remove the venv, caches and what runs wrote under output/
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis docs/site
 	find output -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
