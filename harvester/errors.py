@@ -5,7 +5,10 @@ The tree::
     HarvesterError                      root; carries an exit code
     ├── JobError                        bad job file, arguments or credentials setup (exit 2)
     ├── UsageError                      a command's arguments, or a missing optional extra (exit 2)
+    │   └── UnfencedStore               the object store ignores conditional writes (exit 2)
     ├── LockedError                     another run holds the output's lock (exit 4)
+    │   ├── LeaseLost                   this run's object-store lease ended or was taken over
+    │   └── WriteConflict               another writer changed an object this run would replace
     ├── StorageError                    the object store refused or failed a read or write (74)
     ├── CredentialsRejected             the API answered 41/44: no call can succeed (exit 3)
     ├── CircuitOpen                     the API failed, or asked us to wait, too long (exit 1)
@@ -53,6 +56,7 @@ __all__ = [
     "HttpError",
     "InvalidPayload",
     "JobError",
+    "LeaseLost",
     "LockedError",
     "NetworkError",
     "PermanentError",
@@ -61,8 +65,10 @@ __all__ = [
     "RequestTimeout",
     "StorageError",
     "TransientError",
+    "UnfencedStore",
     "UnitError",
     "UsageError",
+    "WriteConflict",
 ]
 
 EXIT_OK = 0
@@ -137,10 +143,60 @@ class LockedError(HarvesterError):
     retryable = True
 
 
+class UnfencedStore(UsageError):
+    """The object store accepted a write its condition should have refused: it ignores
+    ``If-Match``/``If-None-Match``, so nothing can keep a second writer from overwriting."""
+
+    def __init__(self, uri: str, what: str, flag: str) -> None:
+        self.uri = uri
+        self.what = what  # which condition was ignored
+        super().__init__(
+            f"{uri}: the object store ignores conditional writes ({what}): a second writer"
+            " (another host, or this one after its lease ended) could overwrite partitions"
+            f" unseen. Nothing was written. Use a store that honours If-Match and"
+            f" If-None-Match, or accept the risk with {flag}"
+        )
+
+
+class LeaseLost(LockedError):
+    """This run's lease on an object-store output ended or was taken over: it writes no more."""
+
+    def __init__(self, location: str, reason: str) -> None:
+        self.location = location
+        self.reason = reason
+        super().__init__(
+            f"{location}: {reason}; this run stops writing (exit 4); what it fetched and did"
+            " not write stays in its state for the next run"
+        )
+
+
+class WriteConflict(LockedError):
+    """An object changed since this run read it (or appeared where this run meant to create
+    one): another writer got there first, so this run stops writing before it overwrites."""
+
+    def __init__(self, uri: str, expected: str, found: str = "") -> None:
+        self.uri = uri
+        self.expected = expected  # what this run read: "no object" or a version
+        self.found = found  # what the store said, when it said
+        said = f" ({found})" if found else ""
+        super().__init__(
+            f"{uri}: another writer changed this object after this run read it (this run"
+            f" expected {expected}; the store refused the write{said}); this run stops"
+            " writing (exit 4); what it fetched and did not write stays in its state"
+        )
+
+
 class StorageError(HarvesterError):
-    """The output's object store refused a request (credentials, permissions) or failed."""
+    """The output's object store refused a request (credentials, permissions) or failed.
+
+    ``uri`` names the object (or the output) the failed request was for, when known.
+    """
 
     exit_code = EXIT_LOCAL_IO
+
+    def __init__(self, message: str, *, uri: str | None = None) -> None:
+        super().__init__(message)
+        self.uri = uri
 
 
 class CircuitOpen(HarvesterError):

@@ -7,6 +7,7 @@ An output holds the two datasets and the harvester's own folder::
     OUTPUT/_harvester/output.json        what the output holds (id, granularity, format)
     OUTPUT/_harvester/discovered.json    the collections each account listed last
     OUTPUT/_harvester/lock.json          the object-store lock (object storage only)
+    OUTPUT/_harvester/probe/TOKEN        a scratch object: does the store honour conditions?
     OUTPUT/_harvester/runs/run-ID.json   every run's report
 
 and, for a local output, the state beside the data::
@@ -30,6 +31,7 @@ __all__ = [
     "LOCK_KEY",
     "META_DIR",
     "META_FILE",
+    "PROBE_DIR",
     "QUARANTINE_DIR",
     "REPORTS_DIR",
     "REPORT_FOLDERS",
@@ -46,6 +48,7 @@ META_FILE = "output.json"
 DISCOVERED_FILE = "discovered.json"
 LOCK_KEY = f"{META_DIR}/lock.json"
 RUNS_DIR = f"{META_DIR}/runs"
+PROBE_DIR = f"{META_DIR}/probe"  # written and deleted by each run's first lock acquire
 
 # The state's folder: inside a local output, or in the cache for an object store.
 STATE_DIR = "_state"

@@ -26,6 +26,7 @@ from moto.server import ThreadedMotoServer
 from harvester.errors import LockedError
 from harvester.job.location import Location
 from harvester.job.parse import load_job
+from harvester.lake.holder import Holder
 from harvester.lake.objlock import ObjectLock
 from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
@@ -436,11 +437,24 @@ def test_another_hosts_lock_is_taken_over_only_after_its_lease(
     lock.acquire()
     assert _lock_body(client, bucket)["host"] == socket.gethostname()
     lock.release()
-    # A dead process of this host: taken over at once, lease or not.
-    _plant(client, bucket, host=socket.gethostname(), pid=2**22 + 7, expires_at=later)
+    # A dead process of this machine and PID namespace: taken over at once, lease or not.
+    here = Holder.here().fields()
+    dead = {**here, "pid": 2**22 + 7, "started": 1}
+    _plant(client, bucket, **dead, expires_at=later)
     lock = ObjectLock(location)
     lock.acquire()
     lock.release()
+    # The same hostname alone proves nothing: another machine (boot id), another PID namespace,
+    # a pid alive with its own start time, or a lock that does not say: the lease decides.
+    for other in (
+        {"boot_id": "another-machine"},
+        {"pid_ns": 1},
+        {"pid": os.getpid(), "started": here["started"]},
+        {"boot_id": None, "pid_ns": None, "started": None},
+    ):
+        _plant(client, bucket, **{**dead, **other}, expires_at=later)
+        with pytest.raises(LockedError, match="being written by another harvester run"):
+            ObjectLock(location).acquire()
 
 
 def test_a_renewal_refused_means_the_lock_was_lost(bucket: str, s3_env: dict[str, str]) -> None:
@@ -491,32 +505,35 @@ def test_the_readme_duckdb_query_over_the_s3_lake(
     ]
 
 
-# Put on PYTHONPATH: the Nth upload of a part file sends half its bytes, then SIGKILLs the run.
+# Put on PYTHONPATH: the Nth upload of a part file sends half its bytes (a PUT whose body is cut
+# short, as a kill mid-request leaves it), then SIGKILLs the run.
 KILL_ON_UPLOAD = """
 import os
 _N = int(os.environ.get("HARVESTER_TEST_KILL_ON_UPLOAD", "0"))
 if _N:
+    import http.client
     import signal
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from harvester.lake import parquet as sink
+    import urllib.parse
+    from harvester.lake import objects
 
     _calls = [0]
-    _real = sink.ParquetSink._upload
+    _real = objects.StoreObjects._put
 
-    def _upload(self, target, rows):
+    def _put(self, path, data, expect):
+        if not path.endswith(".parquet"):
+            return _real(self, path, data, expect)
         _calls[0] += 1
         if _calls[0] < _N:
-            return _real(self, target, rows)
-        buffer = pa.BufferOutputStream()
-        pq.write_table(rows, buffer)
-        data = buffer.getvalue().to_pybytes()
-        out = self.fs.open_output_stream(target)
-        out.write(data[: len(data) // 2])
-        out.flush()
+            return _real(self, path, data, expect)
+        url = urllib.parse.urlsplit(os.environ["AWS_ENDPOINT_URL"])
+        conn = http.client.HTTPConnection(url.hostname, url.port)
+        conn.putrequest("PUT", "/" + urllib.parse.quote(path))
+        conn.putheader("Content-Length", str(len(data)))
+        conn.endheaders()
+        conn.send(data[: len(data) // 2])
         os.kill(os.getpid(), signal.SIGKILL)
 
-    sink.ParquetSink._upload = _upload
+    objects.StoreObjects._put = _put
 """
 
 

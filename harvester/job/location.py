@@ -34,10 +34,12 @@ CACHE_DIR = "harvester"
 
 @dataclass(frozen=True)
 class StorageOptions:
-    """The job's ``storage:`` block: where an S3-compatible store answers, in which region."""
+    """The job's ``storage:`` block: where an S3-compatible store answers, in which region,
+    and whether to write to a store that ignores conditional writes (unfenced)."""
 
     endpoint: str | None = None
     region: str | None = None
+    allow_unfenced: bool = False
 
 
 @dataclass(frozen=True)

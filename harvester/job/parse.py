@@ -174,7 +174,7 @@ _API_KEYS = (
 )
 _RETRY_KEYS = ("attempts", "max_backoff_seconds", "circuit_breaker_seconds")
 _COLLECTION_KEYS = ("hash", "start", "end")
-_STORAGE_KEYS = ("endpoint", "region")
+_STORAGE_KEYS = ("endpoint", "region", "allow_unfenced")
 
 
 def _job(ctx: Context, data: Any) -> Job | None:
@@ -340,14 +340,15 @@ def _output(ctx: Context, raw: Any, storage: StorageOptions) -> Location:
 
 
 def _storage(ctx: Context, raw: Any) -> StorageOptions:
-    """``storage: {endpoint, region}``: an S3-compatible store's address, instead of the env."""
+    """``storage: {endpoint, region, allow_unfenced}``: an S3-compatible store's address, instead
+    of the environment, and whether a store that ignores conditional writes may be written."""
     if raw is None:
         return StorageOptions()
     block = mapping(ctx, raw, "storage", _STORAGE_KEYS)
     if block is None:
         return StorageOptions()
     values: dict[str, str | None] = {}
-    for key in _STORAGE_KEYS:
+    for key in ("endpoint", "region"):
         value = block.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip()):
             ctx.fail(f"storage.{key}", f"expected a non-empty text, found {show(value)}")
@@ -357,7 +358,10 @@ def _storage(ctx: Context, raw: Any) -> StorageOptions:
     if endpoint is not None and not endpoint.startswith(("http://", "https://")):
         ctx.fail("storage.endpoint", f"expected an http:// or https:// URL, found {endpoint!r}")
         endpoint = None
-    return StorageOptions(endpoint=endpoint, region=values["region"])
+    unfenced = block.get("allow_unfenced", False)
+    if not isinstance(unfenced, bool):
+        ctx.fail("storage.allow_unfenced", f"expected true or false, found {show(unfenced)}")
+    return StorageOptions(endpoint, values["region"], allow_unfenced=unfenced is True)
 
 
 def _discover(

@@ -138,6 +138,7 @@ class DeltaSink(ParquetSink):
         predicate = f"{PARTITION_KEY} = '{period_start.isoformat()}'"
         if rows.num_rows == 0:
             if had_rows:
+                self.guard()  # right before the commit: no commit once the lease is gone
                 self.table(name).delete(predicate)
                 self._touched[(name, period_start)] = None
             return 0
@@ -145,6 +146,7 @@ class DeltaSink(ParquetSink):
         column = pa.array([period_start] * rows.num_rows, pa.date32())
         full = rows.add_column(1, PARTITION_KEY, column).select(SCHEMAS[name].names)
         table = self._tables.get(name)
+        self.guard()  # right before the commit: no commit once the lease is gone
         self._delta.write_deltalake(
             table if table is not None else self.uri(name),
             full,

@@ -1,10 +1,10 @@
-"""Object storage, the few operations beyond the sink's: reach the bucket, put small files.
+"""Object storage, the few operations beyond the sink's: reach the bucket, publish reports.
 
 Everything that talks to an output's filesystem outside the datasets goes through here: the
 check that the bucket exists and the credentials are accepted (pyarrow reports a missing bucket
-only when writing, so it is asked explicitly, before any request to the API), the output record
-and the run reports (small JSON objects), and the one translation of the store's ``OSError`` into
-:class:`~harvester.errors.StorageError` for an object store.
+only when writing, so it is asked explicitly, before any request to the API), the run reports'
+copy in the output (written through :mod:`harvester.lake.objects`, as a new key), and the one
+translation of the store's ``OSError`` into :class:`~harvester.errors.StorageError`.
 
 Storage credentials are secrets like the API's: they are registered for redaction before the
 first request, so no message, log line or report can show them.
@@ -21,6 +21,7 @@ from typing import Any
 from harvester.errors import JobError, Problem, StorageError
 from harvester.job.location import SECRET_VARS, Location
 from harvester.lake.delta import DeltaSink
+from harvester.lake.objects import NEW, Objects
 from harvester.lake.parquet import ParquetSink
 from harvester.layout import RUNS_DIR, STATE_DIR
 from harvester.redact import redact, register_secrets
@@ -30,7 +31,6 @@ __all__ = [
     "location_fs",
     "open_sink",
     "publish_report",
-    "put_text",
     "register_storage_secrets",
     "storage_errors",
 ]
@@ -67,28 +67,19 @@ def check_reachable(location: Location, source: str = "output") -> None:
         raise JobError([Problem(source, "output", f"{msg}: create it first (nothing written)")])
 
 
-def put_text(location: Location, path: str, text: str) -> None:
-    """One small object written whole (a single upload: readers see old or new)."""
-    try:
-        out = location_fs(location).open_output_stream(path)
-        out.write(text.encode("utf-8"))
-        out.close()
-    except OSError as exc:
-        raise StorageError(f"cannot write {location.scheme}://{path}: {redact(str(exc))}") from None
-
-
-def publish_report(location: Location, state_dir: Path, run_id: str, text: str) -> None:
+def publish_report(
+    objects: Objects, location: Location, state_dir: Path, run_id: str, text: str
+) -> None:
     """Put a run's report into the output itself (``_harvester/runs/``), unless it is there.
 
     A local output with its state inside already holds it (``_state/reports/``); an object
-    store, or a state kept elsewhere, gets a copy, so run history survives a new machine.
+    store, or a state kept elsewhere, gets a copy, so run history survives a new machine. The
+    key is new (``If-None-Match: *``): a report never replaces another.
     """
     if location.is_local and state_dir.resolve() == (location.path / STATE_DIR).resolve():
         return
     path = location.join(*RUNS_DIR.split("/"), f"run-{run_id}.json")
-    if location.is_local:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    put_text(location, path, text)
+    objects.put(path, text.encode("utf-8"), expect=NEW)
 
 
 def open_sink(

@@ -1,23 +1,28 @@
 """One writer per lake across hosts: a lease held in the object store itself.
 
 The lock is one small JSON object, ``PREFIX/_harvester/lock.json``, naming its holder (host,
-process, a random token) and when its lease ends. Every change is a conditional write, so two
-runs can never both believe they hold it:
+process, boot id, PID namespace, process start, a random token) and when its lease ends. Every
+change is a conditional write, so two runs can never both believe they hold it:
 
+- **probe**: the first acquire checks, on a scratch object, that the store refuses a second
+  create-if-absent and an update over a stale version; a store that ignores them is refused
+  (:class:`~harvester.errors.UnfencedStore`, exit 2) unless the risk is accepted
+  (``--allow-unfenced``, ``storage: {allow_unfenced: true}``);
 - **take**: create the object only if there is none (``If-None-Match: *``);
-- **take over**: replace it only if it is still the very version read (``If-Match: ETag``), and
-  only when it was released, its lease has ended (another host: 60 s after the holder's last
-  renewal), or its holder is a process of this host that is no longer alive (a kill -9: taken at
-  once, as the local lock is);
-- **renew**: every 20 s, the holder rewrites it with ``If-Match`` on its own last version; a
-  renewal refused means another run took the lock over: the holder says so, and
-  :meth:`ObjectLock.check` (which the sink calls before every write) stops it with exit 4;
-- **release**: a last conditional write marking it released. The object is never deleted
-  (delete-then-create would let two runs in).
+- **take over**: replace it only if it is still the very version read (``If-Match``), and only
+  when it was released, its lease has ended, or its holder is certainly dead
+  (:meth:`Holder.is_dead`: same machine, same PID namespace, its process gone);
+- **renew**: every ``lease / 3``, ``If-Match`` on the holder's own last version;
+- **a refused write is read back**: when the lock holds our token, the write had landed and
+  only its answer was lost (an SDK retry then meets its own write): the lock is adopted;
+- **release**: a last conditional write marking it released; the object is never deleted
+  (delete-then-create would let two runs in). A refused release is logged, never raised.
 
-Hosts compare lease ends with their own clocks: keep them in step (NTP); the lease is far
-longer than any skew worth the name. ``pyarrow.fs`` has no conditional writes, so this module
-uses boto3 (the ``s3`` extra).
+The holder keeps a deadline on its own monotonic clock: the start of its last confirmed write
+plus the lease minus a margin. :meth:`ObjectLock.check`, called right before every write to
+the lake, refuses once the deadline has passed (a process stopped or frozen past its lease), or
+once a renewal was refused (another run took over: exit 4) or failed (exit 74); the run stops
+writing at once. Hosts compare lease ends with their own clocks: keep them in step (NTP).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -35,34 +39,37 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from harvester.errors import LockedError, StorageError, UsageError
-from harvester.job.location import Location, storage_env
+from harvester.errors import (
+    HarvesterError,
+    LeaseLost,
+    LockedError,
+    StorageError,
+    UnfencedStore,
+    WriteConflict,
+)
+from harvester.job.location import Location
+from harvester.lake.holder import Holder
 from harvester.lake.lock import OutputLock
-from harvester.layout import LOCK_KEY
-from harvester.redact import redact
+from harvester.lake.objects import NEW, StoreObjects, Version, s3_store
+from harvester.layout import LOCK_KEY, PROBE_DIR
 
-__all__ = ["LEASE_SECONDS", "ObjectLock", "output_lock"]
+__all__ = ["LEASE_ENV", "LEASE_SECONDS", "UNFENCED_FLAG", "ObjectLock", "output_lock"]
 
 log = logging.getLogger("harvester.lock")
 
 LEASE_SECONDS = 60.0
-RENEW_SECONDS = 20.0
+LEASE_ENV = "HARVESTER_LOCK_LEASE_SECONDS"  # a shorter lease (tests), or a longer one
+MARGIN = 1 / 6  # of the lease: stop writing this long before others may take over
 POLL_SECONDS = 2.0
-_REFUSED = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+UNFENCED_FLAG = "--allow-unfenced (or storage: {allow_unfenced: true} in the job)"
 
 
-def s3_client(location: Location) -> Any:
-    """A boto3 S3 client with the location's endpoint and region (credentials: boto3's own)."""
+def _lease_from_env() -> float:
     try:
-        import boto3
-    except ImportError:
-        raise UsageError(
-            "writing to s3:// needs the s3 extra (pip install 'harvester[s3]') for its lock"
-        ) from None
-    options = storage_env(location)
-    return boto3.client(
-        "s3", endpoint_url=options.get("endpoint"), region_name=options.get("region")
-    )
+        value = float(os.environ.get(LEASE_ENV, ""))
+    except ValueError:
+        return LEASE_SECONDS
+    return value if value > 0 else LEASE_SECONDS
 
 
 class ObjectLock:
@@ -72,31 +79,46 @@ class ObjectLock:
         self,
         location: Location,
         *,
-        lease_seconds: float = LEASE_SECONDS,
-        renew_seconds: float = RENEW_SECONDS,
+        lease_seconds: float | None = None,
+        renew_seconds: float | None = None,
+        allow_unfenced: bool = False,
+        objects: StoreObjects | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        client: Any = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.location = location
-        self.key = "/".join(p for p in (location.prefix, LOCK_KEY) if p)
-        self.lease = lease_seconds
-        self.renew_every = renew_seconds
-        self._now = now
-        self._client = client
-        self._etag: str | None = None
+        self.path = location.join(LOCK_KEY)
+        self.lease = lease_seconds or _lease_from_env()
+        self.renew_every = renew_seconds or self.lease / 3
+        self.allow_unfenced = allow_unfenced
+        self._objects = objects
+        self._now, self._monotonic = now, monotonic
         self._token = uuid.uuid4().hex
+        self._mutex = threading.Lock()  # the renewal thread and the writer share what follows
+        self._held: Version | None = None
+        self._deadline = float("-inf")
+        self._since: float | None = None  # start of the oldest write not yet confirmed
+        self._failure: HarvesterError | None = None
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
-        self.lost = False  # a renewal was refused: another run took the lock over
+        self._probed = False
+        self.on_lost: Callable[[], None] | None = None  # called (renewal thread) on a loss
 
     @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = s3_client(self.location)
-        return self._client
+    def objects(self) -> StoreObjects:
+        """The lock's own view of the store (unguarded: the lock checks itself)."""
+        if self._objects is None:
+            self._objects = StoreObjects(self.location, s3_store(self.location))
+        return self._objects
+
+    @property
+    def lost(self) -> bool:
+        """Whether a renewal was refused or failed: this run may write no more."""
+        return self._failure is not None
 
     def acquire(self, *, wait: bool = False) -> None:
         """Take the lock; LockedError (exit 4) while another live run holds it, unless ``wait``."""
+        self._probe()
         while True:
             holder = self._try_take()
             if holder is None:
@@ -107,30 +129,47 @@ class ObjectLock:
                     " this run exits 4; wait for it to finish, or use --wait to wait"
                 )
             time.sleep(POLL_SECONDS)
+        self._stop.clear()
         self._renewer = threading.Thread(target=self._renew_loop, name="lock-lease", daemon=True)
         self._renewer.start()
 
     def check(self) -> None:
-        """Raise LockedError (exit 4) once the lock was taken over: no more writes."""
-        if self.lost:
-            raise LockedError(
-                f"{self.location}: another run took the lock over (this run's lease had ended);"
-                " this run stops before writing again; what it fetched is kept in its state"
+        """Raise unless this run may write now: its lease is live by its own clock and no
+        renewal was refused (LeaseLost, exit 4) or failed (StorageError, exit 74)."""
+        with self._mutex:
+            if self._failure is not None:
+                raise self._failure
+            now, deadline = self._monotonic(), self._deadline
+        if now >= deadline:
+            renewed = now - (deadline - self.lease * (1 - MARGIN))
+            raise LeaseLost(
+                str(self.location),
+                f"this run's lock was last renewed {renewed:.1f} s ago by its own clock, past"
+                f" its {self.lease:g} s lease less a {self.lease * MARGIN:g} s margin (was the"
+                " process paused or stopped?): another run may have taken it over",
             )
 
     def release(self) -> None:
-        """Stop renewing and mark the lock released (a conditional write on our version)."""
-        if self._etag is None:
+        """Stop renewing and mark the lock released; never raises (a refusal is logged)."""
+        if self._held is None:
             return
         self._stop.set()
-        if self._renewer is not None:
+        if self._renewer is not None and self._renewer is not threading.current_thread():
             self._renewer.join()
         try:
-            self._put(self._body(released=True), if_match=self._etag)
-        except _Refused:
-            pass  # taken over meanwhile: it is not ours to release
+            self._put(self._body(released=True), self._held)
+        except WriteConflict:
+            log.info("%s: the lock is no longer this run's: left as it is", self.location)
+        except StorageError as exc:
+            log.warning(
+                "%s: could not mark the lock released (%s); the next run takes it over once"
+                " its lease has ended (%.0f s)",
+                self.location,
+                exc,
+                self.lease,
+            )
         finally:
-            self._etag = None
+            self._held = None
 
     def __enter__(self) -> Self:
         self.acquire()
@@ -146,27 +185,48 @@ class ObjectLock:
 
     # --- the protocol --------------------------------------------------------------------------
 
+    def _probe(self) -> None:
+        """Refuse a store that ignores conditional writes (once per lock), unless allowed."""
+        if self._probed:
+            return
+        ignored = self.objects.ignored_conditions(self.location.join(PROBE_DIR))
+        self._probed = True
+        if ignored is None:
+            return
+        if not self.allow_unfenced:
+            raise UnfencedStore(str(self.location), ignored, UNFENCED_FLAG)
+        log.warning(
+            "%s: the object store ignores conditional writes (%s); running unfenced as allowed:"
+            " two writers can overwrite each other's partitions unseen",
+            self.location,
+            ignored,
+        )
+
     def _try_take(self) -> str | None:
         """One attempt: None when the lock is now ours, else who holds it."""
         try:
-            self._etag = self._put(self._body(), if_none_match=True)
+            self._put(self._body(), NEW)
             return None
-        except _Refused:
+        except WriteConflict:
             pass
-        current, etag = self._get()
-        if current is None:
+        found = self._read()
+        if found is None:
+            self._since = None  # nothing of ours landed
             return "a holder that just let go"  # deleted meanwhile: the next attempt creates it
+        if self._reclaimed(found):  # our create landed; only its answer was lost
+            return None
+        current, version = found
         if not self._may_take_over(current):
             return _describe(current)
         try:
-            self._etag = self._put(self._body(), if_match=etag)
-        except _Refused:
+            self._put(self._body(), version)
+        except WriteConflict:
             return "another run taking it at the same moment"
         log.warning("%s: took the lock over from %s", self.location, _describe(current))
         return None
 
     def _may_take_over(self, current: dict[str, Any]) -> bool:
-        """Released, expired, or held by a dead process of this host."""
+        """Released, expired, or held by a process certainly dead."""
         if current.get("released"):
             return True
         try:
@@ -175,100 +235,95 @@ class ObjectLock:
             return True  # not a lock we can read: nobody can renew it either
         if self._now() >= expires:
             return True
-        if current.get("host") == socket.gethostname():
-            return not _alive(int(current.get("pid", 0)))
-        return False
+        return Holder.of(current).is_dead()
 
     def _renew_loop(self) -> None:
-        """Renew the lease until released; a refused renewal means the lock was lost."""
+        """Renew until released; stop at the first renewal refused or failed."""
         while not self._stop.wait(self.renew_every):
-            try:
-                assert self._etag is not None
-                self._etag = self._put(self._body(), if_match=self._etag)
-            except _Refused:
-                self.lost = True
-                log.error(
-                    "%s: the lock was taken over by another run (its lease had ended?):"
-                    " two runs may now write the same lake",
-                    self.location,
-                )
+            failure = self._renew()
+            if failure is not None:
+                with self._mutex:
+                    self._failure = failure
+                log.error("%s", failure)
+                if self.on_lost is not None:
+                    self.on_lost()
                 return
-            except StorageError as exc:  # a blip: the lease outlives a few missed renewals
-                log.warning("%s: could not renew the lock: %s", self.location, exc)
+
+    def _renew(self) -> HarvesterError | None:
+        """One renewal; the reason to stop writing when it was refused or failed."""
+        held = self._held
+        if held is None:
+            return None
+        try:
+            self._put(self._body(), held)
+            return None
+        except WriteConflict:
+            pass
+        except StorageError as exc:
+            try:
+                if self._reclaimed(self._read()):
+                    return None
+            except StorageError:
+                pass
+            return StorageError(
+                f"{self.location}: the lock could not be renewed ({exc}); this run stops"
+                " writing before its lease ends",
+                uri=self.objects.uri(self.path),
+            )
+        found = self._read()
+        if found is not None and self._reclaimed(found):
+            return None
+        who = _describe(found[0]) if found is not None else "nobody (the lock was deleted)"
+        return LeaseLost(str(self.location), f"another run took the lock over ({who})")
+
+    def _reclaimed(self, found: tuple[dict[str, Any], Version] | None) -> bool:
+        """Whether the lock as read holds our token: a write of ours landed though its answer
+        was lost (an SDK retry then met its own write). Then it is adopted, its lease counted
+        from the oldest write not confirmed; else none of those writes counts any more."""
+        if found is None or found[0].get("token") != self._token or found[0].get("released"):
+            with self._mutex:
+                self._since = None
+            return False
+        self._confirm(found[1])
+        log.info("%s: a write's answer was lost; the lock is this run's", self.location)
+        return True
+
+    def _put(self, body: bytes, expect: Version) -> None:
+        """A conditional write of the lock; confirmed (the deadline moves) on success."""
+        with self._mutex:
+            if self._since is None:
+                self._since = self._monotonic()
+        self._confirm(self.objects.put(self.path, body, expect=expect))
+
+    def _confirm(self, version: Version) -> None:
+        """The lock is ours at ``version``: its lease counts from the oldest unconfirmed write."""
+        with self._mutex:
+            since = self._since if self._since is not None else self._monotonic()
+            self._held, self._since = version, None
+            self._deadline = since + self.lease * (1 - MARGIN)
+
+    def _read(self) -> tuple[dict[str, Any], Version] | None:
+        """The lock's body and version (None when there is no lock object)."""
+        found = self.objects.get(self.path)
+        if found is None:
+            return None
+        try:
+            data = json.loads(found[0])
+        except ValueError:
+            data = {}
+        return (data if isinstance(data, dict) else {}), found[1]
 
     def _body(self, *, released: bool = False) -> bytes:
         now = self._now()
         return json.dumps(
             {
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
+                **Holder.here().fields(),
                 "token": self._token,
                 "renewed_at": now.isoformat(timespec="seconds"),
                 "expires_at": (now + timedelta(seconds=self.lease)).isoformat(),
                 "released": released,
             }
         ).encode()
-
-    def _put(self, body: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
-        """A conditional PUT; return the new ETag; _Refused when the condition failed."""
-        conditions: dict[str, str] = {}
-        if if_none_match:
-            conditions["IfNoneMatch"] = "*"
-        if if_match is not None:
-            conditions["IfMatch"] = if_match
-        try:
-            answer = self.client.put_object(
-                Bucket=self.location.bucket, Key=self.key, Body=body, **conditions
-            )
-        except Exception as exc:
-            _raise_translated(exc, self.location)
-        return str(answer["ETag"])
-
-    def _get(self) -> tuple[dict[str, Any] | None, str]:
-        """The lock's body and ETag (None when there is no lock object)."""
-        try:
-            answer = self.client.get_object(Bucket=self.location.bucket, Key=self.key)
-            body = answer["Body"].read()
-        except Exception as exc:
-            if _code(exc) in ("NoSuchKey", "404"):
-                return None, ""
-            _raise_translated(exc, self.location)
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = {}
-        return (data if isinstance(data, dict) else {}), str(answer["ETag"])
-
-
-class _Refused(Exception):
-    """A conditional write's condition did not hold."""
-
-
-def _code(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def _raise_translated(exc: Exception, location: Location) -> Any:
-    """Our error for a boto3 one: _Refused for a failed condition, else StorageError."""
-    if _code(exc) in _REFUSED:
-        raise _Refused from None
-    raise StorageError(f"{location}: the lock could not be read or written: {redact(str(exc))}")
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process of this host with this pid exists."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _describe(current: dict[str, Any]) -> str:
@@ -278,7 +333,9 @@ def _describe(current: dict[str, Any]) -> str:
     )
 
 
-def output_lock(location: Location, state_dir: Path | None = None) -> OutputLock | ObjectLock:
+def output_lock(
+    location: Location, state_dir: Path | None = None, *, allow_unfenced: bool = False
+) -> OutputLock | ObjectLock:
     """The lock that keeps one writer on ``location``: a flock locally, a lease in a bucket.
 
     ``gs://`` and ``abfs://`` have no lease here yet: a flock beside the state keeps one writer
@@ -287,7 +344,7 @@ def output_lock(location: Location, state_dir: Path | None = None) -> OutputLock
     if location.is_local:
         return OutputLock(location.path)
     if location.scheme == "s3":
-        return ObjectLock(location)
+        return ObjectLock(location, allow_unfenced=allow_unfenced)
     log.warning(
         "%s: no lock in the object store for %s:// outputs: one writer per lake is kept on this"
         " host only; do not run the same job from two hosts at once",

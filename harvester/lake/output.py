@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,15 +18,18 @@ from typing import Any
 
 from harvester.errors import JobError, Problem
 from harvester.job.location import Location
-from harvester.lake.fs import location_fs, put_text
+from harvester.lake.fs import location_fs
+from harvester.lake.objects import NEW, Objects, Version
 from harvester.layout import DISCOVERED_FILE, META_DIR, META_FILE
 
 __all__ = [
     "META_FILE",
     "OutputMeta",
+    "load_meta",
     "read_discovered",
     "read_meta",
     "write_discovered",
+    "write_meta",
 ]
 
 log = logging.getLogger("harvester.output")
@@ -66,9 +68,28 @@ def read_meta(output: Path | Location) -> OutputMeta | None:
         else:
             with location_fs(location).open_input_stream(path) as fh:
                 text = fh.read().decode("utf-8")
-        data: Any = json.loads(text)
     except FileNotFoundError:
         return None
+    return _parse_meta(text, path)
+
+
+def load_meta(objects: Objects, output: Location) -> tuple[OutputMeta | None, Version]:
+    """The record as a writer reads it: with the version a rewrite of it must replace."""
+    path = output.join(META_DIR, META_FILE)
+    found = objects.get(path)
+    if found is None:
+        return None, NEW
+    try:
+        text = found[0].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobError([Problem(path, "<file>", f"unreadable output record: {exc}")]) from None
+    return _parse_meta(text, path), found[1]
+
+
+def _parse_meta(text: str, path: str) -> OutputMeta:
+    """The record from its JSON text; JobError naming ``path`` when it is not one."""
+    try:
+        data: Any = json.loads(text)
     except ValueError as exc:  # OSError (not a folder, denied) is the disk's: exit 74
         raise JobError([Problem(str(path), "<file>", f"unreadable output record: {exc}")]) from None
     try:
@@ -89,38 +110,21 @@ def read_meta(output: Path | Location) -> OutputMeta | None:
     return meta
 
 
-def write_meta(output: Path | Location, meta: OutputMeta) -> None:
-    """Write the record beside, fsync, rename (on an object store: one upload)."""
-    location = _as_location(output)
+def write_meta(objects: Objects, output: Location, meta: OutputMeta, *, expect: Version) -> None:
+    """Write the record over the version read (NEW: only if there is none)."""
     text = json.dumps(asdict(meta), indent=2) + "\n"
-    if not location.is_local:
-        put_text(location, location.join(META_DIR, META_FILE), text)
-        return
-    path = meta_path(location)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    objects.put(output.join(META_DIR, META_FILE), text.encode("utf-8"), expect=expect)
 
 
 def write_discovered(
-    output: Path | Location, listed: dict[str, list[str]], *, now: datetime
+    objects: Objects, output: Location, listed: dict[str, list[str]], *, now: datetime
 ) -> None:
     """Record the collections ``discover`` listed, by account, for ``harvester plan``."""
-    location = _as_location(output)
     data = {"listed_at": now.isoformat(timespec="seconds"), "accounts": listed}
-    text = json.dumps(data) + "\n"
-    if not location.is_local:
-        put_text(location, location.join(META_DIR, DISCOVERED_FILE), text)
-        return
-    path = Path(location.join(META_DIR, DISCOVERED_FILE))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    path = output.join(META_DIR, DISCOVERED_FILE)
+    found = objects.get(path)
+    expect = NEW if found is None else found[1]
+    objects.put(path, (json.dumps(data) + "\n").encode("utf-8"), expect=expect)
 
 
 def read_discovered(output: Path | Location) -> tuple[dict[str, list[str]], str] | None:

@@ -6,15 +6,17 @@ Two Hive-partitioned datasets under the output folder, one file per partition::
     output/collection_stats/period_start=2026-01-01/part-0.parquet
 
 The partition value lives in the folder name only: the files hold every other column.
-A partition is rewritten whole (an upsert by unit). On local disk it goes into a hidden temp
-file in the same folder, fsynced, then renamed over ``part-0.parquet``: readers and crashes see
-the old file or the new one, never a mix. Temp names start with ``.`` and do not end in
-``.parquet``, so neither pyarrow's dataset discovery nor a ``*.parquet`` glob ever picks one up.
-
-An object store has no rename, but it makes each object's upload atomic: the whole file is
-encoded in memory first and then uploaded straight to its final key, so a reader (or the next
-run after a crash) finds the old object or the new one, never part of one. The same code talks
-to both through a pyarrow filesystem.
+A partition is rewritten whole (an upsert by unit): its file is read with its version, merged,
+encoded in memory and written through :mod:`harvester.lake.objects` over that version only. On
+local disk that is a hidden temp file in the same folder, fsynced, then renamed over
+``part-0.parquet`` once the file there is checked to be still the one merged: readers and
+crashes see the old file or the new one, never a mix. Temp names start with ``.`` and do not
+end in ``.parquet``, so neither pyarrow's dataset discovery nor a ``*.parquet`` glob picks one
+up. An object store has no rename, but each upload is atomic: a single conditional PUT
+straight to the final key (``If-Match`` the ETag merged from, ``If-None-Match: *`` for a new
+partition), refused when another writer changed the partition meanwhile (exit 4). A partition
+left with no rows loses its file on disk; on an object store (no conditional delete) its file
+is replaced by one with no rows. Reads and listings go through pyarrow's filesystem.
 
 Every file written or removed is remembered with its size and modification time
 (:meth:`ParquetSink.take_touched`), so the state can tell later whether a partition is still
@@ -34,6 +36,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from harvester.job.location import Location
+from harvester.lake.objects import NEW, Objects, Version, open_objects
 from harvester.lake.schema import (
     ACCOUNT,
     COLLECTION_STATS,
@@ -74,22 +77,11 @@ def read_dataset(output: str | os.PathLike[str] | Location, name: str) -> pa.Tab
     return table.sort_by([(k, "ascending") for k in keys])
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_dirs(folder: Path) -> None:
-    """Create ``folder`` and missing parents, each new entry made durable in its parent."""
-    if folder.is_dir():
-        return
-    _make_dirs(folder.parent)
-    folder.mkdir(exist_ok=True)
-    _fsync_dir(folder.parent)
+def encode(rows: pa.Table) -> bytes:
+    """A whole part file, in memory."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(rows, buffer, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
+    return bytes(buffer.getvalue().to_pybytes())
 
 
 class ParquetSink:
@@ -103,6 +95,15 @@ class ParquetSink:
         self._touched: dict[tuple[str, date], Fingerprint | None] = {}
         # Called before every write: raises when this run may no longer write (its lock lost).
         self.guard: Callable[[], None] = lambda: None
+        self._objects: Objects | None = None
+
+    @property
+    def objects(self) -> Objects:
+        """The output's objects, written over the version read; made on first use (a reader
+        never needs the object-store extra)."""
+        if self._objects is None:
+            self._objects = open_objects(self.location, guard=lambda: self.guard())
+        return self._objects
 
     @property
     def output(self) -> Path:
@@ -122,13 +123,15 @@ class ParquetSink:
                 target = self._part(name, start)
                 if ACCOUNT in pq.read_schema(target, filesystem=self.fs).names:
                     continue
-                old = pq.read_table(target, partitioning=None, filesystem=self.fs)
+                found = self.objects.get(target)
+                if found is None:
+                    continue
+                old = pq.read_table(pa.BufferReader(found[0]))
+                if ACCOUNT in old.schema.names:
+                    continue
                 column = pa.array([DEFAULT_ACCOUNT] * old.num_rows, pa.string())
                 rows = old.append_column(ACCOUNT, column).select(schema.names).cast(schema)
-                if self.location.is_local:
-                    self._replace(Path(target).parent, rows)
-                else:
-                    self._upload(target, rows)
+                self.objects.put(target, encode(rows), expect=found[1])
                 migrated += 1
         return migrated
 
@@ -239,51 +242,34 @@ class ParquetSink:
     def _upsert(self, name: str, period_start: date, rows: pa.Table, keys: pa.Table) -> int:
         """Replace the units in ``keys`` with ``rows`` in one partition; return files written.
 
-        A partition left with no rows loses its file.
+        The partition is read with its version and written over that version only: when
+        another writer changed it meanwhile, WriteConflict (exit 4) and nothing is written.
         """
         target = self._part(name, period_start)
-        exists = self.fs.get_file_info(target).type == pafs.FileType.File
-        if exists:
+        found = self.objects.get(target)
+        expect = NEW
+        if found is not None:
+            data, expect = found
             # Every row of a rewritten unit goes, so pages missing from the new answer vanish.
-            old = pq.read_table(target, partitioning=None, filesystem=self.fs).cast(rows.schema)
+            old = pq.read_table(pa.BufferReader(data)).cast(rows.schema)
             old = old.join(keys, keys=UNIT_KEY, join_type="left anti")
             rows = pa.concat_tables([old.select(rows.schema.names), rows])
         if rows.num_rows == 0:
-            if exists:
-                self.fs.delete_file(target)
-                if self.location.is_local:
-                    _fsync_dir(Path(target).parent)
-                self._touched[(name, period_start)] = None
+            if found is not None:
+                self._empty(name, period_start, target, expect)
             return 0
         rows = rows.sort_by([(k, "ascending") for k in SORT_KEYS[name]])
-        if self.location.is_local:
-            self._replace(Path(target).parent, rows)
-        else:
-            self._upload(target, rows)
-        info = self.fs.get_file_info(target)
-        self._touched[(name, period_start)] = Fingerprint(int(info.size), int(info.mtime_ns or 0))
+        version = self.objects.put(target, encode(rows), expect=expect)
+        self._touched[(name, period_start)] = self.objects.fingerprint(target, version)
         return 1
 
-    def _upload(self, target: str, rows: pa.Table) -> None:
-        """Encode the whole file in memory, then upload it to its final key in one go."""
-        buffer = pa.BufferOutputStream()
-        pq.write_table(rows, buffer, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
-        body = buffer.getvalue()
-        out = self.fs.open_output_stream(target)
-        out.write(body)
-        out.close()  # the upload completes here: before, the key still holds the old object
-
-    def _replace(self, folder: Path, rows: pa.Table) -> None:
-        """Write ``rows`` to a temp file, fsync it, rename it over the part file."""
-        _make_dirs(folder)
-        temp = folder / TEMP_FILE
-        try:
-            with open(temp, "wb") as fh:
-                pq.write_table(rows, fh, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temp, folder / PART_FILE)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(folder)
+    def _empty(self, name: str, period_start: date, target: str, expect: Version) -> None:
+        """A partition left with no rows: its file goes, or (no conditional delete on an object
+        store) holds no rows."""
+        if self.objects.deletes:
+            self.objects.delete(target, expect=expect)
+            self._touched[(name, period_start)] = None
+            return
+        empty = encode(FILE_SCHEMAS[name].empty_table())
+        version = self.objects.put(target, empty, expect=expect)
+        self._touched[(name, period_start)] = self.objects.fingerprint(target, version)

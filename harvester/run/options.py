@@ -46,6 +46,9 @@ class RunOptions:
     handle_signals: bool = False
     progress_every: float | None = PROGRESS_EVERY_SECONDS  # a log line every N s; None: off
     live_progress: bool = False  # a live display on stderr instead (the CLI, on a terminal)
+    # Write to an object store that ignores conditional writes (the job's storage:
+    # allow_unfenced says the same): nothing then keeps a second writer from overwriting.
+    allow_unfenced: bool = False
 
 
 def state_path_of(job: Job, options: RunOptions) -> Path:

@@ -13,9 +13,9 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from harvester.errors import (
@@ -28,6 +28,9 @@ from harvester.errors import (
     CircuitOpen,
     CredentialsRejected,
     DiscoveryFailed,
+    HarvesterError,
+    LockedError,
+    StorageError,
     UnitError,
 )
 from harvester.fetch.lanes import (
@@ -43,6 +46,7 @@ from harvester.fetch.retry import CircuitBreaker
 from harvester.job.credentials import Credentials
 from harvester.job.model import Job, account_discovered, accounts_of
 from harvester.lake.fs import check_reachable, open_sink, publish_report, storage_errors
+from harvester.lake.lock import OutputLock
 from harvester.lake.objlock import ObjectLock, output_lock
 from harvester.lake.output import write_discovered
 from harvester.lake.parquet import ParquetSink
@@ -96,17 +100,22 @@ async def harvest_async(
     state_path = state_path_of(job, options)
     check_reachable(job.output, str(job.source))  # a missing bucket: exit 2, nothing requested
     check_output(job, state_path)  # before anything is locked or written
-    lock = output_lock(job.output, state_path.parent)
-    if options.wait_for_lock:
-        await asyncio.to_thread(lock.acquire, wait=True)  # the loop keeps running meanwhile
-    else:
-        lock.acquire()
+    unfenced = options.allow_unfenced or job.output.storage.allow_unfenced
+    lock = output_lock(job.output, state_path.parent, allow_unfenced=unfenced)
+    with storage_errors(job.output):  # the loop keeps running while the lock is taken
+        await asyncio.to_thread(lock.acquire, wait=options.wait_for_lock)
     try:
-        with storage_errors(job.output):
-            guard = lock.check if isinstance(lock, ObjectLock) else None
-            return await _run(job, options, credentials, state_path, guard)
+        return await _run(job, options, credentials, state_path, lock)
     finally:
+        await asyncio.to_thread(_release, lock)  # a last conditional write: off the loop
+
+
+def _release(lock: OutputLock | ObjectLock) -> None:
+    """Let the lock go; a failure is logged, never raised over what ended the run."""
+    try:
         lock.release()
+    except (HarvesterError, OSError) as exc:
+        log.warning("could not release the output's lock: %s", exc)
 
 
 @contextlib.asynccontextmanager
@@ -137,9 +146,9 @@ async def _run(
     options: RunOptions,
     credentials: Mapping[str, Credentials] | None,
     state_path: Path,
-    guard: Callable[[], None] | None = None,
+    lock: OutputLock | ObjectLock,
 ) -> RunReport:
-    """The asynchronous part of :func:`harvest`."""
+    """The asynchronous part of :func:`harvest`: its report is written whatever ends it."""
     clock = options.clock or system_clock()
     started = clock.monotonic()
     now = clock.now()
@@ -156,24 +165,28 @@ async def _run(
     report.units_in_job = count_units(job)
     quarantine = Quarantine(state_path.parent / QUARANTINE_DIR / f"run-{report.run_id}.jsonl")
     sink = open_sink(job.output, job.format, _owners(job))
-    if guard is not None:
-        sink.guard = guard  # a lease lost to another run: stop writing at once
-    removed = sink.cleanup()
-    if removed:
-        log.info("removed %d temporary files left by an interrupted run", removed)
-    migrated = sink.migrate_accounts()
-    if migrated:
-        log.info("added the account column to %d files written before it", migrated)
+    failure: LockedError | StorageError | None = None
     with StateStore(state_path, clock=clock.now, granularity=job.granularity) as store:
-        bind_output(job, store, sink, now=now)
         run = _Harvest(job, options, store, sink, quarantine, clock, rules_of(job, options, today))
+        if isinstance(lock, ObjectLock):
+            sink.guard = lock.check  # right before every write: a lease lost stops it
+            loop = asyncio.get_running_loop()
+
+            def lost() -> None:  # called from the lease's thread
+                loop.call_soon_threadsafe(run.stop_writing)
+
+            lock.on_lost = lost
         try:
-            async with _endpoint(job, credentials) as endpoints:
-                await run.run(endpoints)
+            with storage_errors(job.output):
+                _prepare(job, store, sink, now)
+                async with _endpoint(job, credentials) as endpoints:
+                    await run.run(endpoints)
+                sink.guard()  # a lease lost while nothing was left to write is still news
         except (CredentialsRejected, CircuitOpen, DiscoveryFailed, BudgetUnavailable) as exc:
-            report.stopped_by = type(exc).__name__
-            report.message = str(exc)
-            report.exit_code = exc.exit_code
+            _stopped(report, exc)
+        except (LockedError, StorageError) as exc:  # what it is: the lake's, or the store's
+            _stopped(report, exc)
+            failure = exc
         finally:
             run.fill(report)
         report.quarantined = quarantine.count
@@ -181,8 +194,50 @@ async def _run(
         _finish(report, clock, started)
         store.record_run(report_dict(report))
     write_report(report, state_path.parent)
-    publish_report(job.output, state_path.parent, report.run_id, report.to_json() + "\n")
+    _publish(job, sink, state_path.parent, report, failure)
+    if failure is not None:
+        raise failure
     return report
+
+
+def _prepare(job: Job, store: StateStore, sink: ParquetSink, now: datetime) -> None:
+    """What a run does to the output before fetching: clean up, migrate, bind the state."""
+    removed = sink.cleanup()
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run", removed)
+    migrated = sink.migrate_accounts()
+    if migrated:
+        log.info("added the account column to %d files written before it", migrated)
+    bind_output(job, store, sink, now=now)
+
+
+def _stopped(report: RunReport, exc: HarvesterError) -> None:
+    """The run ended on ``exc``: the report says so, with its exit code."""
+    report.stopped_by = type(exc).__name__
+    report.message = str(exc)
+    report.exit_code = exc.exit_code
+
+
+def _publish(
+    job: Job,
+    sink: ParquetSink,
+    state_dir: Path,
+    report: RunReport,
+    failure: HarvesterError | None,
+) -> None:
+    """Copy the report into the lake, unless this run no longer holds it (exit 4): then the
+    copy beside the state is the only one. A failing copy after a failed run is logged."""
+    if isinstance(failure, LockedError):
+        log.info("the run report is kept beside the state only: this run no longer holds the lake")
+        return
+    try:
+        with storage_errors(job.output):
+            text = report.to_json() + "\n"
+            publish_report(sink.objects, job.output, state_dir, report.run_id, text)
+    except (LockedError, StorageError) as exc:
+        if failure is None:
+            raise
+        log.warning("the run report could not be copied into %s: %s", job.output, exc)
 
 
 def _finish(report: RunReport, clock: Clock, started: float) -> None:
@@ -313,7 +368,7 @@ class _Harvest:
         found = await asyncio.gather(*(self._discover_lane(lane) for lane in self.lanes))
         listed = {lane.name: h for lane, h in zip(self.lanes, found, strict=True) if h is not None}
         if listed:  # for `harvester plan`, which makes no request
-            write_discovered(self.job.output, listed, now=self.clock.now())
+            write_discovered(self.sink.objects, self.job.output, listed, now=self.clock.now())
         for lane, hashes in zip(self.lanes, found, strict=True):
             if hashes is None:
                 continue
@@ -441,6 +496,12 @@ class _Harvest:
         failure.unit = unit
         self.committer.put(failure)
         lane.counts["failed"] += 1
+
+    def stop_writing(self) -> None:
+        """The lock was lost (a renewal refused or failed): hand out no more units, abandon
+        those in flight; the next write attempt raises why."""
+        self.token.set("lock lost")
+        self.pool.cancel()
 
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         """If the writer died (disk full, say), stop fetching what could not be kept."""

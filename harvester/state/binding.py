@@ -17,13 +17,13 @@ from typing import Any
 
 from harvester.errors import JobError, Problem
 from harvester.job.model import Job
-from harvester.lake.output import OutputMeta, read_meta, write_meta
+from harvester.lake.output import OutputMeta, load_meta, read_meta, write_meta
 from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
 from harvester.model import Unit, period_of
 from harvester.state.store import StateStore, default_state_path
 
-__all__ = ["STATE_OUTPUT_ID", "bind_output", "check_output", "repair"]
+__all__ = ["STATE_OUTPUT_ID", "bind_output", "check_fits", "check_output", "repair"]
 
 log = logging.getLogger("harvester.output")
 
@@ -41,7 +41,13 @@ def check_output(job: Job, state_path: Path) -> OutputMeta | None:
 
     Runs before anything is locked, requested or written.
     """
-    output, meta = job.output, read_meta(job.output)
+    return check_fits(job, state_path, read_meta(job.output))
+
+
+def check_fits(job: Job, state_path: Path, meta: OutputMeta | None) -> OutputMeta | None:
+    """Refuse (JobError, exit 2) a job that does not fit the output record ``meta`` or its
+    state; return ``meta``."""
+    output = job.output
     problems: list[Problem] = []
     if meta is not None and meta.granularity != job.granularity:
         problems.append(
@@ -101,8 +107,12 @@ def _state_output_id(state_path: Path) -> str | None:
 
 
 def bind_output(job: Job, store: StateStore, sink: ParquetSink, *, now: datetime) -> OutputMeta:
-    """Adopt or create the output's record, tie the state to it; the caller holds the lock."""
-    meta = check_output(job, store.path)
+    """Adopt or create the output's record, tie the state to it; the caller holds the lock.
+
+    The record is read with its version, and rewritten over that version only.
+    """
+    meta, version = load_meta(sink.objects, job.output)
+    meta = check_fits(job, store.path, meta)
     if meta is None:
         if _has_data(sink):
             removed, touched = repair(sink, job.granularity)
@@ -121,10 +131,10 @@ def bind_output(job: Job, store: StateStore, sink: ParquetSink, *, now: datetime
             created_at=now.isoformat(timespec="seconds"),
             format=job.format,
         )
-        write_meta(job.output, meta)
+        write_meta(sink.objects, job.output, meta, expect=version)
     elif job.page_stats and not meta.page_stats:
         meta = replace(meta, page_stats=True)
-        write_meta(job.output, meta)
+        write_meta(sink.objects, job.output, meta, expect=version)
         log.info(
             "%s: page statistics turned on; units written without pages are fetched again",
             job.output,

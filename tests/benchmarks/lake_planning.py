@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from harvester.job.parse import load_job
+from harvester.lake.objects import NEW
 from harvester.lake.output import OutputMeta, write_meta
 from harvester.lake.parquet import ParquetSink
 from harvester.model import Fetched, RateLimit
@@ -51,7 +52,8 @@ def write_lake(job_path: Path, output: Path, every: int = 1) -> None:
     """Commit every ``every``-th unit of each day of the job, as runs would."""
     job = load_job(job_path)
     sink = ParquetSink(output)
-    write_meta(output, OutputMeta(id="bench", granularity="day", page_stats=job.page_stats))
+    meta = OutputMeta(id="bench", granularity="day", page_stats=job.page_stats)
+    write_meta(sink.objects, sink.location, meta, expect=NEW)
     with StateStore(default_state_path(output), granularity="day") as store:
         store.set_meta("output_id", "bench")
         for batch in iter_windows(job):
