@@ -1,7 +1,7 @@
 """The command line: parse, call the library, map errors to messages and exit codes.
 
 harvester run JOB.yaml [--state PATH] [--refresh] [--wait] [--dry-run] [--log-format json]
-                      [--metrics-file PATH] [--pushgateway URL]
+                      [--metrics-file PATH] [--pushgateway URL] [--allow-unfenced]
 harvester plan JOB.yaml [--state PATH] [--refresh] [--retry-gone] [--json]
 harvester validate JOB.yaml
 harvester status JOB.yaml [--state PATH]
@@ -66,13 +66,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"harvester {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run a job file")
+    run = commands.add_parser(
+        "run",
+        help="run a job file",
+        description="Fetch what the job's output does not hold yet and commit it, partition by"
+        " partition. One run writes an output at a time (a flock locally, a lease in the store"
+        " for s3://). Every file is written over the version it was merged from (If-Match, or"
+        " If-None-Match for a new one; locally a check before the rename): a run that lost its"
+        " lease, or was overtaken by another writer, writes nothing more and exits 4, naming"
+        " the object. A reader sees each partition file whole, the old one or the new one.",
+    )
     run.add_argument("job", type=Path, help="the YAML job file")
     run.add_argument(
         "--state", type=Path, help="state database (default: OUTPUT/_state/state.sqlite)"
     )
     run.add_argument("--refresh", action="store_true", help="re-fetch every unit, even those done")
     run.add_argument("--wait", action="store_true", help="wait for another run on the same output")
+    run.add_argument(
+        "--allow-unfenced",
+        action="store_true",
+        help="write to an object store that ignores conditional writes (If-Match,"
+        " If-None-Match), which is refused otherwise: then nothing keeps a second writer from"
+        " overwriting partitions unseen (also: storage: {allow_unfenced: true})",
+    )
     run.add_argument(
         "--progress-every",
         type=_seconds,
@@ -207,6 +223,7 @@ def _run(args: argparse.Namespace) -> int:
         state_path=args.state,
         refresh=args.refresh,
         wait_for_lock=args.wait,
+        allow_unfenced=args.allow_unfenced,
         grace_seconds=args.grace,
         retry_gone=args.retry_gone,
         handle_signals=True,

@@ -277,10 +277,11 @@ class ObjectLock:
         return LeaseLost(str(self.location), f"another run took the lock over ({who})")
 
     def _reclaimed(self, found: tuple[dict[str, Any], Version] | None) -> bool:
-        """Whether the lock as read holds our token: a write of ours landed though its answer
-        was lost (an SDK retry then met its own write). Then it is adopted, its lease counted
-        from the oldest write not confirmed; else none of those writes counts any more."""
-        if found is None or found[0].get("token") != self._token or found[0].get("released"):
+        """Whether the lock as read is a write of ours not yet confirmed: it landed though its
+        answer was lost (an SDK retry then met its own write). Then it is adopted, its lease
+        counted from the oldest write not confirmed; else none of those writes counts."""
+        mine = found is not None and found[0].get("token") == self._token
+        if not mine or found is None or found[0].get("released") or found[1] == self._held:
             with self._mutex:
                 self._since = None
             return False

@@ -185,8 +185,8 @@ async def _run(
         except (CredentialsRejected, CircuitOpen, DiscoveryFailed, BudgetUnavailable) as exc:
             _stopped(report, exc)
         except (LockedError, StorageError) as exc:  # what it is: the lake's, or the store's
-            _stopped(report, exc)
-            failure = exc
+            failure = _cause(exc, lock)
+            _stopped(report, failure)
         finally:
             run.fill(report)
         report.quarantined = quarantine.count
@@ -198,6 +198,23 @@ async def _run(
     if failure is not None:
         raise failure
     return report
+
+
+def _cause(
+    exc: LockedError | StorageError, lock: OutputLock | ObjectLock
+) -> LockedError | StorageError:
+    """What ended the run: a store error met after the lease was lost (a request cut off by a
+    long pause, say) is the lost lease's doing, and is reported as that (exit 4)."""
+    if isinstance(exc, LockedError) or not isinstance(lock, ObjectLock):
+        return exc
+    try:
+        lock.check()
+    except LockedError as lost:
+        log.warning("%s", exc)
+        return lost
+    except StorageError:
+        pass
+    return exc
 
 
 def _prepare(job: Job, store: StateStore, sink: ParquetSink, now: datetime) -> None:
