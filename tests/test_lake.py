@@ -1,7 +1,8 @@
 """The lake is the record: object storage over a real S3 API, and the dataset as what is done.
 
 The S3 server is moto's, started here on a free loopback port; the harvester reaches it over
-HTTP through the same code as AWS (pyarrow's S3 filesystem, boto3 for the lock), configured
+HTTP through the same code as AWS (pyarrow's S3 filesystem for reads, obstore for writes and
+the lock), configured
 only by the standard AWS environment variables.
 """
 

@@ -14,7 +14,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.benchmarks import accounts, baseline, budget, files, memory, overhead, planning
+from tests.benchmarks import (
+    accounts,
+    baseline,
+    budget,
+    commit,
+    files,
+    memory,
+    overhead,
+    planning,
+)
 from tests.benchmarks.common import Figure, machine
 
 Benchmark = Callable[[Path], list[Figure]]
@@ -28,6 +37,7 @@ SUITE: dict[str, Benchmark] = {
     "baseline": baseline.run,
     "files": files.run,
     "accounts": accounts.run,
+    "commit": commit.run,
 }
 LONG: dict[str, Benchmark] = {"budget-long": budget.run_long}
 
