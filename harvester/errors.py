@@ -86,7 +86,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_UNITS_FAILED: "the run finished but some units failed (or the API was down too long)",
     EXIT_BAD_JOB: "invalid job file, arguments or missing credentials (nothing requested)",
     EXIT_CREDENTIALS: "the API rejected the credentials (codes 41/44)",
-    EXIT_LOCKED: "another run holds the output's lock",
+    EXIT_LOCKED: "another run holds the output's lock, or took it over, or wrote an object"
+    " this run was about to replace: this run wrote nothing more",
     EXIT_INTERNAL: "a bug in harvester (the message says so; please report it)",
     EXIT_LOCAL_IO: "the output or state cannot be read or written (disk, permissions, store)",
     EXIT_SIGINT: "stopped by SIGINT (Ctrl-C); what was fetched is committed",
