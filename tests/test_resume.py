@@ -64,26 +64,22 @@ KILL_ON_WRITE = """
 import os
 _N = int(os.environ.get("HARVESTER_TEST_KILL_ON_WRITE", "0"))
 if _N:
-    import io
     import signal
-    import pyarrow.parquet as pq
+    from harvester.lake import objects
 
-    _real = pq.write_table
+    _real = objects._write_durably
     _calls = [0]
 
-    def _write_table(table, where, **kwargs):
+    def _write_durably(path, data):
+        if not path.name.endswith(".parquet.tmp"):
+            return _real(path, data)
         _calls[0] += 1
         if _calls[0] < _N:
-            return _real(table, where, **kwargs)
-        buffer = io.BytesIO()
-        _real(table, buffer, **kwargs)
-        data = buffer.getvalue()
-        where.write(data[: len(data) // 2])
-        where.flush()
-        os.fsync(where.fileno())
+            return _real(path, data)
+        _real(path, data[: len(data) // 2])
         os.kill(os.getpid(), signal.SIGKILL)
 
-    pq.write_table = _write_table
+    objects._write_durably = _write_durably
 """
 
 

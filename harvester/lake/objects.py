@@ -303,10 +303,7 @@ class LocalObjects(Objects):
         make_dirs(target.parent)
         temp = target.with_name(f".{target.name}.tmp")  # hidden, and never *.parquet
         try:
-            with open(temp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_durably(temp, data)
             self._check(target, expect)
             os.replace(temp, target)
         except BaseException:
@@ -335,6 +332,14 @@ class LocalObjects(Objects):
         if _file_version(stat) != version:
             return None
         return Fingerprint(stat.st_size, stat.st_mtime_ns)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _file_version(stat: os.stat_result) -> Version:
