@@ -86,6 +86,9 @@ def test_the_job_file_takes_s3_a_storage_block_and_a_format(tmp_path: Path) -> N
     assert job.output.storage == StorageOptions("http://127.0.0.1:9000", "us-east-1")
     assert job.format == "delta"
     assert load_job(_job(tmp_path, "output: out\n")).format == "parquet"
+    assert not job.output.storage.allow_unfenced
+    unfenced = load_job(_job(tmp_path, "output: s3://lake/flip\nstorage: {allow_unfenced: true}\n"))
+    assert unfenced.output.storage == StorageOptions(allow_unfenced=True)
 
 
 def test_bad_storage_settings_are_refused_with_their_field(tmp_path: Path) -> None:
@@ -93,9 +96,10 @@ def test_bad_storage_settings_are_refused_with_their_field(tmp_path: Path) -> No
         load_job(
             _job(
                 tmp_path,
-                "output: ftp://x/y\nformat: iceberg\nstorage: {endpoint: minio:9000, zone: a}\n",
+                "output: ftp://x/y\nformat: iceberg\n"
+                "storage: {endpoint: minio:9000, zone: a, allow_unfenced: 'yes'}\n",
             )
         )
     fields = {p.field for p in caught.value.problems}
-    assert {"output", "format", "storage.endpoint"} <= fields
+    assert {"output", "format", "storage.endpoint", "storage.allow_unfenced"} <= fields
     assert any("zone" in p.field or "zone" in p.message for p in caught.value.problems)
