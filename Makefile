@@ -21,12 +21,12 @@ $(RUNTIME): pyproject.toml
 	@touch $(RUNTIME)
 
 $(STAMP): $(RUNTIME)
-	$(BIN)/pip install --quiet -e '.[dev,docs,$(EXTRAS)]'
+	$(BIN)/pip install --quiet -e '.[dev,docs,orchestrators,$(EXTRAS)]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv with every extra and the dev tools (editable)
 
-harvest: $(RUNTIME) ## harvest JOB (default: the demo job, from the bundled simulator)
+harvest: $(RUNTIME) ## harvest JOB (default: the demo job, from the bundled simulator into output/demo)
 	$(BIN)/harvester run $(JOB)
 
 test: $(STAMP) ## run the whole test suite

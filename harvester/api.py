@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 from harvester.model import RateLimit
 
@@ -18,6 +19,8 @@ __all__ = [
     "DEFAULT_RATE_LIMITS",
     "GET_LIST",
     "GET_STATS",
+    "SIMULATOR_ENDPOINT",
+    "canonical_endpoint",
     "sign",
 ]
 
@@ -27,6 +30,30 @@ DEFAULT_RATE_LIMITS = (RateLimit(5, 1.0), RateLimit(60, 60.0))
 
 GET_STATS = "collection.getStats"
 GET_LIST = "collection.getList"
+
+SIMULATOR_ENDPOINT = "simulator"  # the bundled simulator, started in-process on any port
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def canonical_endpoint(base_url: str) -> str:
+    """One spelling per API endpoint: scheme and host lower-cased, the scheme's default port
+    dropped, the path ending in one ``/`` (``HTTPS://API.flipsnack.com:443/v1`` is
+    ``https://api.flipsnack.com/v1/``); the bundled simulator is ``simulator``.
+
+    Two base URLs that reach the same API spell it the same, so the output's record (and the
+    key's budget) cannot tell them apart.
+    """
+    if base_url == SIMULATOR_ENDPOINT:
+        return SIMULATOR_ENDPOINT
+    parts = urlsplit(base_url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # an IPv6 address keeps its brackets
+        host = f"[{host}]"
+    port = parts.port
+    netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    path = parts.path.rstrip("/") + "/"
+    return urlunsplit((scheme, netloc, path, parts.query, ""))
 
 
 def sign(params: Mapping[str, str], secret: str) -> str:

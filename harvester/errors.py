@@ -13,23 +13,28 @@ The tree::
     ├── CredentialsRejected             the API answered 41/44: no call can succeed (exit 3)
     ├── CircuitOpen                     the API failed, or asked us to wait, too long (exit 1)
     ├── DiscoveryFailed                 the account's collections could not be listed (exit 1)
-    ├── UnitsFailed                     raise_on_failed_units(): a run left units failed (exit 1)
+    ├── UnitsFailed                     raise_on_failed_units(): the run did not exit 0 (its code)
     ├── BudgetUnavailable               the shared rate budget cannot be reached (exit 2 before
     │                                   any call, exit 1 mid-run)
     └── UnitError                       one unit (collection × window) could not be fetched
         ├── TransientError              worth another attempt (retry reads ``transient``)
         │   ├── NetworkError            connection refused/reset/dropped, DNS
-        │   ├── RequestTimeout          no complete answer within the timeout
+        │   ├── RequestTimeout          no complete answer within the attempt's deadline
         │   ├── HttpError               HTTP 5xx or 429 (``retry_after`` when the server said)
-        │   ├── BadResponse             a body that is not the API's JSON envelope
+        │   ├── BadResponse             a body that is not the API's JSON envelope, or a
+        │   │                           code-20 envelope on an HTTP status other than 200
         │   ├── ApiBusy                 codes 22 (maintenance) and 38 (processing)
         │   └── RateLimited             codes 31/32: someone spent the key's budget
         └── PermanentError              another attempt would get the same answer
             ├── ApiRejected             codes 30, 40, 42, 43, 46 and unknown codes
+            ├── NotFetched              the run (or the unit's account) stopped before it
             └── InvalidPayload          code 20 with a ``data`` that breaks the schema
+                └── UnreadableAnswer    an answer past the size cap, nested too deep, with
+                                        duplicate keys, or that cannot be decoded
 
 Each class says whether running the same job again can help (``retryable``): an
-orchestrator retries a task on CircuitOpen, LockedError or UnitsFailed, not on a JobError.
+orchestrator retries a task on CircuitOpen, LockedError, BudgetUnavailable or UnitsFailed,
+not on a JobError or rejected credentials.
 
 Messages never contain the API key, the secret or a signature: errors are built from units,
 codes and reasons, never from URLs (see :mod:`harvester.redact` for the last line of defence).
@@ -59,6 +64,7 @@ __all__ = [
     "LeaseLost",
     "LockedError",
     "NetworkError",
+    "NotFetched",
     "PermanentError",
     "Problem",
     "RateLimited",
@@ -67,6 +73,8 @@ __all__ = [
     "TransientError",
     "UnfencedStore",
     "UnitError",
+    "UnitsFailed",
+    "UnreadableAnswer",
     "UsageError",
     "WriteConflict",
 ]
@@ -219,24 +227,35 @@ class DiscoveryFailed(HarvesterError):
 
 
 class UnitsFailed(HarvesterError):
-    """A finished run left units failed (``RunReport.raise_on_failed_units``); the next run
-    fetches exactly those again, so a retry helps when the failures were transient."""
+    """A run that did not end with exit 0 (``RunReport.raise_on_failed_units``): units
+    failed, or it stopped before finishing its job. ``exit_code`` is the run's; the next run
+    fetches exactly what is not done, so a retry helps unless the API rejected the
+    credentials (``retryable`` is then False: fix the keys first)."""
 
-    exit_code = EXIT_UNITS_FAILED
-    retryable = True
-
-    def __init__(self, message: str, *, failed: int, report: Any = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        failed: int,
+        report: Any = None,
+        exit_code: int = EXIT_UNITS_FAILED,
+    ) -> None:
         super().__init__(message)
         self.failed = failed
         self.report = report
+        self.exit_code = exit_code
+        self.retryable = exit_code != EXIT_CREDENTIALS
 
 
 class BudgetUnavailable(HarvesterError):
     """The shared rate budget (Redis, or the host's budget file) cannot be read or written.
 
     Pacing alone would overrun a budget other processes spend too, so the run stops: with exit
-    2 when no call was made yet (``before_any_call``), else exit 1, committed work kept.
+    2 when no call was made yet (``before_any_call``), else exit 1, committed work kept. A
+    retry helps once the budget's store is back.
     """
+
+    retryable = True
 
     def __init__(self, message: str, *, before_any_call: bool = False) -> None:
         super().__init__(message)
@@ -286,7 +305,7 @@ class NetworkError(TransientError):
 
 
 class RequestTimeout(TransientError):
-    """No complete answer within the configured timeout."""
+    """No complete answer (connect, headers and the whole body) within the attempt's deadline."""
 
     kind = "timeout"
 
@@ -303,7 +322,8 @@ class HttpError(TransientError):
 
 
 class BadResponse(TransientError):
-    """A body that is not the API's JSON envelope (truncated, HTML, not an object)."""
+    """A body that is not the API's JSON envelope (truncated, HTML, not an object), or a
+    code-20 envelope on an HTTP status other than 200 (only a 200 answer is data)."""
 
     kind = "bad_response"
 
@@ -332,6 +352,14 @@ class ApiRejected(PermanentError):
     kind = "rejected"
 
 
+class NotFetched(PermanentError):
+    """A unit the run did not fetch because the run, or the unit's account, stopped first
+    (credentials rejected, budget unavailable, the API down too long): failed with that
+    reason, so that the report and the state say the job is not done."""
+
+    kind = "stopped"
+
+
 class InvalidPayload(PermanentError):
     """Code 20, but ``data`` breaks the schema; ``payload`` is kept for the quarantine."""
 
@@ -340,3 +368,12 @@ class InvalidPayload(PermanentError):
     def __init__(self, reason: str, *, payload: Any = None) -> None:
         super().__init__(reason)
         self.payload = payload
+
+
+class UnreadableAnswer(InvalidPayload):
+    """An answer the harvester will not read: larger than ``api.max_answer_mib`` (counted
+    after decompression), nested deeper than any API answer, with duplicate keys, or that
+    the JSON decoder refused for any other reason than being cut short. ``payload`` holds its
+    first bytes, for the quarantine."""
+
+    kind = "unreadable_answer"

@@ -269,7 +269,14 @@ def test_zero_traffic_and_no_pages_is_valid() -> None:
     assert result.pages == () and result.views == 0
 
 
-def test_classify_reads_the_code_not_the_http_status() -> None:
+def test_classify_reads_the_code_on_any_status_but_data_only_on_200() -> None:
     with pytest.raises(ApiRejected):
         classify(200, b'{"code": 43, "status": "Forbidden"}', None)
-    assert classify(404, b'{"code": 20, "data": {"x": 1}}', None) == {"x": 1}
+    with pytest.raises(ApiRejected):
+        classify(404, b'{"code": 43, "status": "Forbidden"}', None)
+    with pytest.raises(CredentialsRejected):
+        classify(401, b'{"code": 41}', None)
+    assert classify(200, b'{"code": 20, "data": {"x": 1}}', None) == {"x": 1}
+    for status in (201, 204, 302, 304, 404):
+        with pytest.raises(BadResponse, match=f"HTTP {status} with a code-20 body"):
+            classify(status, b'{"code": 20, "data": {"x": 1}}', None)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from harvester.errors import UnitsFailed
 from harvester.job.parse import load_job
 from harvester.plan.windows import iter_units
 from harvester.run.options import RunOptions
@@ -196,9 +197,19 @@ def test_rejected_credentials_stop_the_run_at_once(
     report = harvest(
         load_job(path), RunOptions(), {**env, "FLIPSNACK_API_SECRET": "wrong-secret-value"}
     )
-    assert report.exit_code == 3
+    assert report.exit_code == 3 and report.stopped_by == "CredentialsRejected"
     assert simulator.counters()["requests"] <= 2
-    assert report.units_committed == 0 and report.units_failed == 0
+    # Not a success in disguise: every unit of the job is failed with the reason, none is
+    # "not attempted", and the state says so too.
+    assert report.units_committed == 0 and report.units_not_attempted == 0
+    assert report.units_failed == report.units_in_job == len(report.failed)
+    assert {f.kind for f in report.failed} == {"stopped"}
+    assert all("invalid signature" in f.reason for f in report.failed)
+    with StateStore(default_state_path(load_job(path).output), readonly=True) as store:
+        assert len(store.failed()) == report.units_in_job
+    with pytest.raises(UnitsFailed) as caught:
+        report.raise_on_failed_units()
+    assert caught.value.exit_code == 3 and not caught.value.retryable
 
 
 def test_without_page_stats_only_collection_rows(

@@ -1,13 +1,14 @@
 """One request, its answer parsed and classified: ``collection.getStats`` and ``getList``.
 
-This is the one place where aiohttp, asyncio and JSON exceptions become the harvester's own
-(:mod:`harvester.errors`), raised ``from`` the original. Messages name codes and reasons, never
-URLs: the query string carries the API key and the signature.
+This is the one place where aiohttp and asyncio exceptions become the harvester's own
+(:mod:`harvester.errors`), raised ``from`` the original; :mod:`harvester.fetch.answer` does the
+same for JSON. Each attempt has one deadline, from its admission by the pacer to the last byte
+of its body, and its body one cap. Messages name codes and reasons, never URLs: the query
+string carries the API key and the signature.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -15,22 +16,14 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import aiohttp
-import orjson
 from yarl import URL
 
-from harvester.api import CODE_MEANINGS, GET_LIST, GET_STATS, sign
-from harvester.errors import (
-    ApiBusy,
-    ApiRejected,
-    BadResponse,
-    CredentialsRejected,
-    HttpError,
-    InvalidPayload,
-    NetworkError,
-    RateLimited,
-    RequestTimeout,
-)
+from harvester.api import GET_LIST, GET_STATS, sign
+from harvester.errors import InvalidPayload, NetworkError, RequestTimeout
+from harvester.fetch.answer import classify, read_body
+from harvester.fetch.deadline import attempt_deadline
 from harvester.job.credentials import Credentials
+from harvester.job.model import DEFAULT_MAX_ANSWER_MIB, DEFAULT_TIMEOUT_SECONDS, MIB
 from harvester.model import Fetched, Unit
 from harvester.redact import redact
 
@@ -123,57 +116,6 @@ def parse_stats(unit: Unit, data: Any, *, page_stats: bool, fetched_at: datetime
 
 # --- one request --------------------------------------------------------------------------------
 
-TRANSIENT_CODES = {22: ApiBusy, 38: ApiBusy, 31: RateLimited, 32: RateLimited}
-CREDENTIAL_CODES = frozenset({41, 44})
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header given in seconds (HTTP dates are rare here: ignored).
-
-    No upper cap: a day or a year is what the server asked for, and the fetcher weighs it
-    against the circuit breaker (a wait too long for the run ends it; ignoring it would not).
-    """
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None  # NaN fails the test too
-
-
-def _lenient_json(status: int, body: bytes) -> Any:
-    """What ``json`` makes of a body orjson refused (NaN, integers past 64 bits...), so that
-    such a body stays a payload for the validator to name, as it always was."""
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadResponse(
-            f"HTTP {status} with a body that is not JSON ({len(body)} bytes)"
-        ) from exc
-
-
-def classify(status: int, body: bytes, retry_after: str | None) -> Any:
-    """Turn an HTTP answer into the ``data`` of a code-20 envelope, or raise the matching error."""
-    if status == 429 or status >= 500:
-        raise HttpError(f"HTTP {status}", status=status, retry_after=_retry_after(retry_after))
-    try:
-        envelope = orjson.loads(body)  # several times json's speed on fifty-page answers
-    except orjson.JSONDecodeError:
-        envelope = _lenient_json(status, body)
-    if not isinstance(envelope, dict) or type(envelope.get("code")) is not int:
-        raise BadResponse(f"HTTP {status} with JSON that is not the API's envelope")
-    code: int = envelope["code"]
-    if code == 20:
-        return envelope.get("data")
-    meaning = CODE_MEANINGS.get(code, "undocumented code")
-    if code in CREDENTIAL_CODES:
-        raise CredentialsRejected(code)
-    if code in TRANSIENT_CODES:
-        raise TRANSIENT_CODES[code](f"code {code}: {meaning}", code=code)
-    raise ApiRejected(f"code {code}: {meaning}", code=code)
-
-
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 
 
@@ -194,12 +136,16 @@ class StatsClient:
         *,
         page_stats: bool = True,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        max_answer_bytes: int = int(DEFAULT_MAX_ANSWER_MIB * MIB),
     ) -> None:
         self._session = session
         self._base_url = base_url
         self._credentials = credentials
         self._page_stats = page_stats
         self._now = now
+        self._timeout = timeout_seconds
+        self._cap = max_answer_bytes
 
     def params(self, unit: Unit) -> dict[str, str]:
         """The signed query parameters for one unit."""
@@ -227,13 +173,19 @@ class StatsClient:
         return URL(f"{self._base_url}?{query}", encoded=True)
 
     async def _call(self, url: URL) -> Any:
-        """One attempt: send, classify; the ``data`` of a code-20 answer. Raises only ours."""
+        """One attempt: send, read within the cap and the deadline, classify; the ``data`` of
+        a code-20 answer. Raises only ours."""
         try:
-            async with self._session.get(url, allow_redirects=False) as response:
-                body = await response.read()
+            async with (
+                attempt_deadline(self._timeout),
+                self._session.get(url, allow_redirects=False) as response,
+            ):
+                body = await read_body(response, self._cap)
                 status, retry_after = response.status, response.headers.get("Retry-After")
         except TimeoutError as exc:
-            raise RequestTimeout("no complete answer within the timeout") from exc
+            raise RequestTimeout(
+                f"no complete answer within {self._timeout:g} s (api.timeout_seconds)"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise NetworkError(f"{type(exc).__name__}: {redact(str(exc))}") from exc
         return classify(status, body, retry_after)

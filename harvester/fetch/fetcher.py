@@ -102,16 +102,21 @@ class UnitFetcher:
     async def discover(self, discovery: Discovery) -> list[str]:
         """Every collection hash of the account that ``discovery`` selects, page by page.
 
-        A full page that brings no hash not seen before ends the listing: an API that ignores
-        ``from`` would otherwise answer the same page forever.
+        Bounded whatever the API answers: a full page that brings no hash not seen before ends
+        the listing (an API that ignores ``from`` would answer the same page forever), and so
+        do ``discovery.max_collections`` collections, or twice the pages they fill (an API
+        that brings one new hash a page); each bound says so in a warning.
         """
         hashes: dict[str, None] = {}  # insertion-ordered set
-        first = 0
+        most = discovery.max_collections
+        max_pages = 2 * -(-most // LIST_PAGE_SIZE)
+        first = pages = 0
         while True:
             page = await self._list_page(discovery, first)
+            pages += 1
             first += len(page)
             new = [h for h in page if h not in hashes]
-            hashes.update(dict.fromkeys(new))
+            hashes.update(dict.fromkeys(new[: most - len(hashes)]))
             if len(page) < LIST_PAGE_SIZE:
                 return list(hashes)
             if not new:
@@ -119,6 +124,20 @@ class UnitFetcher:
                     "collection list: the page from record %d brought no collection not seen "
                     "before (the API seems to ignore 'from'); keeping the %d collections found",
                     first - len(page),
+                    len(hashes),
+                )
+                return list(hashes)
+            if len(hashes) >= most or pages >= max_pages:
+                bound = (
+                    f"discover.max_collections ({most})"
+                    if len(hashes) >= most
+                    else f"{max_pages} pages (twice what discover.max_collections {most} fills)"
+                )
+                log.warning(
+                    "collection list: stopped at %s after %d pages; keeping the %d collections "
+                    "found (raise discover.max_collections if the account holds more)",
+                    bound,
+                    pages,
                     len(hashes),
                 )
                 return list(hashes)

@@ -2,8 +2,8 @@
 
 A job without ``accounts`` has one account, ``default``, and runs exactly as before: a rejected
 key or an API down too long stops the run. With several accounts, each :class:`Lane` stops
-alone: its rejected credentials (41/44) fail its units with that reason, its API down too
-long leaves its units for the next run, and the other accounts go on.
+alone: its rejected credentials (41/44) or its API down too long fail its units left with that
+reason (the next run fetches them again), and the other accounts go on.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from harvester.errors import HarvesterError, JobError, PermanentError, Problem
+from harvester.errors import HarvesterError, JobError, Problem
 from harvester.fetch.client import StatsClient
 from harvester.fetch.fetcher import UnitFetcher
 from harvester.fetch.pool import StopToken
@@ -29,7 +29,6 @@ from harvester.pacing.protocol import Pacer
 from harvester.pacing.shared import open_budget
 
 __all__ = [
-    "AccountStopped",
     "Lane",
     "close_lanes",
     "load_account_credentials",
@@ -37,12 +36,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("harvester")
-
-
-class AccountStopped(PermanentError):
-    """A unit not attempted because its account was stopped (credentials rejected)."""
-
-    kind = "account_stopped"
 
 
 @dataclass(eq=False)
@@ -140,6 +133,8 @@ def start_lane(lane: Lane, job: Job, clock: Clock, token: StopToken) -> None:
         lane.credentials,
         page_stats=job.page_stats,
         now=clock.now,
+        timeout_seconds=lane.account.api.timeout_seconds,
+        max_answer_bytes=lane.account.api.max_answer_bytes,
     )
     lane.fetcher = UnitFetcher(
         client,

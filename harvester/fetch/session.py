@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import ClientRequest, ClientResponse
 from aiohttp.client_middlewares import ClientHandlerType, ClientMiddlewareType
 
+from harvester.fetch.deadline import admitted
 from harvester.pacing.protocol import Pacer, Ticket
 
 __all__ = ["make_session", "paced", "sent_trace"]
@@ -41,11 +42,13 @@ def paced(limiter: Pacer, timeout_seconds: float) -> ClientMiddlewareType:
     that send must count too. A request that never went out (refused, timed out or cancelled
     before its headers were written) frees its slot. The timeout starts after the limiter
     admits the request (a session-wide ``total`` timeout would also count the wait for a
-    slot); the body is bounded by the session's ``sock_read``.
+    slot); the client's attempt deadline (:mod:`harvester.fetch.deadline`) starts at the
+    same moment and bounds the body too.
     """
 
     async def middleware(request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         slot = await limiter.reserve()
+        admitted()  # the client's deadline for the attempt (body included) starts now
         token = _SENDING.set(slot)
         try:
             async with asyncio.timeout(timeout_seconds):

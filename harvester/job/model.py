@@ -13,7 +13,12 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
-from harvester.api import DEFAULT_BASE_URL, DEFAULT_RATE_LIMITS
+from harvester.api import (
+    DEFAULT_BASE_URL,
+    DEFAULT_RATE_LIMITS,
+    SIMULATOR_ENDPOINT,
+    canonical_endpoint,
+)
 from harvester.job.fields import (
     HASH,
 )
@@ -35,7 +40,7 @@ __all__ = [
     "accounts_of",
 ]
 
-SIMULATOR_BASE_URL = "simulator"  # start the bundled simulator in-process (the demo)
+SIMULATOR_BASE_URL = SIMULATOR_ENDPOINT  # start the bundled simulator in-process (the demo)
 DEFAULT_KEY_ENV = "FLIPSNACK_API_KEY"
 DEFAULT_SECRET_ENV = "FLIPSNACK_API_SECRET"
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -48,6 +53,14 @@ DEFAULT_OUTPUT = "output"
 DEFAULT_FORMAT = "parquet"
 FORMATS = ("parquet", "delta")
 DEFAULT_REFRESH_DAYS = 0
+# The largest answer read, counted after decompression: a getStats answer of 100,000 pages is
+# about 6 MiB. Bounded so that concurrency × the cap stays far from the machine's memory.
+DEFAULT_MAX_ANSWER_MIB = 8.0
+MAX_ANSWER_MIB = 256.0
+MIB = 1 << 20
+# The most collections a discovery lists (its pages are bounded too: see the fetcher).
+DEFAULT_MAX_COLLECTIONS = 100_000
+MAX_COLLECTIONS = 10_000_000
 
 MAX_CONCURRENCY = 1000
 MAX_ATTEMPTS = 100
@@ -77,11 +90,22 @@ class ApiSettings:
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     rate_limits: tuple[RateLimit, ...] = DEFAULT_RATE_LIMITS
     rate_budget: str | None = None  # redis://host:port/db: the key's budget across hosts
+    max_answer_mib: float = DEFAULT_MAX_ANSWER_MIB  # a larger answer fails its unit
 
     @property
     def uses_simulator(self) -> bool:
         """True when the job asks for the bundled, in-process simulator."""
         return self.base_url == SIMULATOR_BASE_URL
+
+    @property
+    def endpoint(self) -> str:
+        """The API's one spelling (see :func:`harvester.api.canonical_endpoint`)."""
+        return canonical_endpoint(self.base_url)
+
+    @property
+    def max_answer_bytes(self) -> int:
+        """The answer cap in bytes."""
+        return int(self.max_answer_mib * MIB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +134,7 @@ class Discovery:
     end: date
     status: str | None = None  # public | editable | unlisted; None: all
     query: str | None = None  # the API's search in title and description
+    max_collections: int = DEFAULT_MAX_COLLECTIONS  # the listing stops there, with a warning
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ path and what was expected; all problems of a file are collected and raised toge
 
 Credentials never live in the job file: it names the environment variables that hold them, and
 no message ever echoes a value found under ``api`` (a mistyped key may be a real secret) except
-the harmless ``base_url``, ``timeout_seconds`` and ``rate_limits``.
+the harmless ``base_url``, ``timeout_seconds``, ``rate_limits`` and ``max_answer_mib``.
 """
 
 from __future__ import annotations
@@ -45,16 +45,20 @@ from harvester.job.model import (
     DEFAULT_FORMAT,
     DEFAULT_GRANULARITY,
     DEFAULT_KEY_ENV,
+    DEFAULT_MAX_ANSWER_MIB,
     DEFAULT_MAX_BACKOFF_SECONDS,
+    DEFAULT_MAX_COLLECTIONS,
     DEFAULT_OUTPUT,
     DEFAULT_REFRESH_DAYS,
     DEFAULT_SECRET_ENV,
     DEFAULT_TIMEOUT_SECONDS,
     FORMATS,
     MAX_ACCOUNTS,
+    MAX_ANSWER_MIB,
     MAX_ATTEMPTS,
     MAX_BACKOFF_SECONDS,
     MAX_CIRCUIT_BREAKER_SECONDS,
+    MAX_COLLECTIONS,
     MAX_CONCURRENCY,
     MAX_REFRESH_DAYS,
     MAX_TIMEOUT_SECONDS,
@@ -163,7 +167,7 @@ _ACCOUNT_KEYS = (
     "collections",
     "discover",
 )
-_DISCOVER_KEYS = ("status", "query")
+_DISCOVER_KEYS = ("status", "query", "max_collections")
 _API_KEYS = (
     "base_url",
     "key_env",
@@ -171,6 +175,7 @@ _API_KEYS = (
     "timeout_seconds",
     "rate_limits",
     "rate_budget",
+    "max_answer_mib",
 )
 _RETRY_KEYS = ("attempts", "max_backoff_seconds", "circuit_breaker_seconds")
 _COLLECTION_KEYS = ("hash", "start", "end")
@@ -396,13 +401,21 @@ def _discover(
     if "start" not in top:
         ctx.fail("start", "required with discover: discovered collections use the job's range")
         return None
+    most = integer(
+        ctx,
+        settings.get("max_collections", ABSENT),
+        f"{at}discover.max_collections",
+        DEFAULT_MAX_COLLECTIONS,
+        1,
+        MAX_COLLECTIONS,
+    )
     first, last = defaults
     if first is None or last is None:
         return None
     if first > last:
         ctx.fail("start", f"start {first.isoformat()} is after end {last.isoformat()}")
         return None
-    return Discovery(first, last, status, query if isinstance(query, str) else None)
+    return Discovery(first, last, status, query if isinstance(query, str) else None, most)
 
 
 def _api(ctx: Context, raw: Any) -> ApiSettings:
@@ -441,7 +454,20 @@ def _api(ctx: Context, raw: Any) -> ApiSettings:
     )
     limits = _rate_limits(ctx, api.get("rate_limits", ABSENT))
     budget = _rate_budget(ctx, api.get("rate_budget"), "api.rate_budget")
-    return ApiSettings(str(base_url), key_env, secret_env, timeout, limits, budget)
+    cap = _answer_cap(ctx, api.get("max_answer_mib", ABSENT))
+    return ApiSettings(str(base_url), key_env, secret_env, timeout, limits, budget, cap)
+
+
+def _answer_cap(ctx: Context, raw: Any) -> float:
+    """``api.max_answer_mib``: a number of MiB > 0 and at most :data:`MAX_ANSWER_MIB`."""
+    if raw is ABSENT:
+        return DEFAULT_MAX_ANSWER_MIB
+    wanted = f"a number of MiB > 0 and at most {MAX_ANSWER_MIB:g}"
+    if type(raw) not in (int, float) or not 0 < raw <= MAX_ANSWER_MIB:  # NaN fails too
+        number = type(raw) in (int, float)  # anything else may be a pasted secret: no echo
+        ctx.fail("api.max_answer_mib", f"expected {wanted}, found {show(raw, echo=number)}")
+        return DEFAULT_MAX_ANSWER_MIB
+    return float(raw)
 
 
 def _rate_budget(ctx: Context, raw: Any, path: str) -> str | None:

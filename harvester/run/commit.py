@@ -27,7 +27,7 @@ from datetime import date
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from harvester.errors import ApiRejected, InvalidPayload, UnitError
+from harvester.errors import ApiRejected, InvalidPayload, NotFetched, UnitError
 from harvester.lake.parquet import ParquetSink
 from harvester.model import Fetched, Unit, period_end, period_of
 from harvester.redact import redact, redact_data
@@ -351,6 +351,8 @@ class Committer:
             )
             return
         self.counts.failed += 1
+        if isinstance(exc, NotFetched):
+            return  # the stop was logged once; its units would repeat it line after line
         log.error("%s failed: %s (%s, %d attempts)", unit, exc.reason, exc.kind, exc.attempts)
 
     async def flush(self, period_start: date, *, from_store: bool = False) -> int:

@@ -30,11 +30,11 @@ from harvester.errors import (
     DiscoveryFailed,
     HarvesterError,
     LockedError,
+    NotFetched,
     StorageError,
     UnitError,
 )
 from harvester.fetch.lanes import (
-    AccountStopped,
     Lane,
     close_lanes,
     load_account_credentials,
@@ -69,6 +69,8 @@ __all__ = ["RunOptions", "harvest", "harvest_async", "rules_of", "state_path_of"
 log = logging.getLogger("harvester")
 
 SIGNAL_EXIT = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
+# What stops a run before it has finished its job: its units left fail with the reason.
+RUN_STOPS = (CredentialsRejected, CircuitOpen, DiscoveryFailed, BudgetUnavailable)
 
 
 def harvest(
@@ -182,7 +184,7 @@ async def _run(
                 async with _endpoint(job, credentials) as endpoints:
                     await run.run(endpoints)
                 sink.guard()  # a lease lost while nothing was left to write is still news
-        except (CredentialsRejected, CircuitOpen, DiscoveryFailed, BudgetUnavailable) as exc:
+        except RUN_STOPS as exc:
             _stopped(report, exc)
         except (LockedError, StorageError) as exc:  # what it is: the lake's, or the store's
             failure = _cause(exc, lock)
@@ -303,6 +305,7 @@ class _Harvest:
         self.several = len(accounts_of(job)) > 1
         self.units_in_job = count_units(job)
         self.stopped_by: str | None = None
+        self.stopped: HarvesterError | None = None  # what stopped the whole run, if anything
         self.exit_code = EXIT_OK
 
     async def run(self, endpoints: Mapping[str, tuple[str, Credentials]]) -> None:
@@ -311,16 +314,39 @@ class _Harvest:
             await self._recover()
         # Every key's budget, shared with every process spending it (exit 2 if unreachable).
         breaker = None if self.several else self.breaker
-        self.lanes = await open_lanes(self.job, endpoints, self.clock, self.token, breaker)
+        try:
+            self.lanes = await open_lanes(self.job, endpoints, self.clock, self.token, breaker)
+        except BudgetUnavailable as exc:
+            await self._fail_left(self.job, exc)
+            raise
         try:
             for lane in self.lanes:
                 start_lane(lane, self.job, self.clock, self.token)
-            job = await self._discover()
+            try:
+                job = await self._discover()
+            except RUN_STOPS as exc:  # one account's listing failed, or a budget is gone
+                await self._fail_left(self.job, exc)
+                raise
             if self.several:  # after discovery: the written rows name their account
                 await self._recover()
             await self._fetch(job)
         finally:
             await close_lanes(self.lanes)
+
+    async def _fail_left(self, job: Job, stop: HarvesterError) -> None:
+        """The run stopped before fetching: every unit the job still needs fails with the
+        stop's reason (none is requested), so that the report and the state say so."""
+        self.stopped = stop
+        lanes = {lane.name: lane for lane in self.lanes}
+        owners = _owners(job)
+        writer = asyncio.create_task(self.committer.run())
+        for unit in self.ledger.pending(iter_windows(job)):
+            self.committer.put(self._not_fetched(unit, stop, "the run stopped"))
+            lane = lanes.get(owners.get(unit.collection_hash, ""))
+            if lane is not None:
+                lane.counts["failed"] += 1
+        self.committer.close()
+        await writer
 
     async def _recover(self) -> None:
         """Write what an interrupted run fetched and did not write."""
@@ -446,13 +472,17 @@ class _Harvest:
             if progress is not None:
                 progress.cancel()
                 await asyncio.gather(progress, return_exceptions=True)
-            self.committer.close()
-            await writer  # the writer never runs two commits at once: wait, don't cancel
             hard_stop = self.token.reason == "second signal"
             if not hard_stop:
+                # What the stop left, without a call: failed with the reason of the stop (of
+                # the run, or of the unit's account), or, after a signal, only counted.
+                for lane, unit in units:
+                    if lane.stopped is not None or self.stopped is not None:
+                        self._skip(lane, unit)
+            self.committer.close()
+            await writer  # the writer never runs two commits at once: wait, don't cancel
+            if not hard_stop:
                 await self.committer.flush_all()
-                for _ in units:  # count what the stop left, without fetching it
-                    pass
             for signum in signals:
                 loop.remove_signal_handler(signum)
         if self.token.reason in ("SIGINT", "SIGTERM", "second signal"):
@@ -471,46 +501,55 @@ class _Harvest:
             self.committer.put(await lane.fetcher.fetch(unit))
             lane.counts["fetched"] += 1
         except (Stopped, asyncio.CancelledError):
-            self.committer.put(unit)  # abandoned: the next run fetches it
-            lane.counts["abandoned"] += 1
+            self._skip(lane, unit)  # failed with a stop's reason, or abandoned after a signal
             _raise_if_cancelled()
         except CircuitOpen as exc:
             if isinstance(exc.__cause__, UnitError):
                 self.committer.put(exc.__cause__)
                 lane.counts["failed"] += 1
-            else:
-                self.committer.put(unit)
-                lane.counts["abandoned"] += 1
             if self.several:
                 lane.stop(exc)  # this account's API is down: the others go on
+                if not isinstance(exc.__cause__, UnitError):
+                    self._skip(lane, unit)
                 return
-            self.token.set("circuit breaker")
+            self._stop_run(exc, "circuit breaker")
+            if not isinstance(exc.__cause__, UnitError):
+                self._skip(lane, unit)
             raise
         except CredentialsRejected as exc:
             if self.several:
                 lane.stop(exc)
                 self._skip(lane, unit)
                 return
-            self.committer.put(unit)
-            self.token.set("credentials")
+            self._stop_run(exc, "credentials")
+            self._skip(lane, unit)
             raise
-        except BudgetUnavailable:
-            self.committer.put(unit)  # not attempted: the next run fetches it
-            self.token.set("rate budget")
+        except BudgetUnavailable as exc:
+            self._stop_run(exc, "rate budget")
+            self._skip(lane, unit)
             raise
         except UnitError as exc:
             self.committer.put(exc)
             lane.counts["failed"] += 1
 
+    def _stop_run(self, stop: HarvesterError, reason: str) -> None:
+        """Stop the whole run: no unit is handed out any more, those left fail with ``stop``."""
+        if self.stopped is None:
+            self.stopped = stop
+        self.token.set(reason)
+
     def _skip(self, lane: Lane, unit: Unit) -> None:
-        """A unit of a stopped account, ended without a call: failed with the account's
-        reason when its credentials were rejected, else left for the next run."""
-        if isinstance(lane.stopped, CircuitOpen) or lane.stopped is None:
+        """A unit ended without an answer: failed with the reason when its account or the
+        run stopped (the job is not done, and the report must say so), else (a signal) left
+        for the next run."""
+        if lane.stopped is not None:
+            failure = self._not_fetched(unit, lane.stopped, f"account {lane.name} stopped")
+        elif self.stopped is not None:
+            failure = self._not_fetched(unit, self.stopped, "the run stopped")
+        else:
             self.committer.put(unit)
             lane.counts["abandoned"] += 1
             return
-        failure = AccountStopped(f"account {lane.name}: {lane.stopped}")
-        failure.unit = unit
         self.committer.put(failure)
         lane.counts["failed"] += 1
 
@@ -519,6 +558,13 @@ class _Harvest:
         those in flight; the next write attempt raises why."""
         self.token.set("lock lost")
         self.pool.cancel()
+
+    @staticmethod
+    def _not_fetched(unit: Unit, stop: HarvesterError, who: str) -> NotFetched:
+        """A unit's failure for a stop that came before its answer."""
+        failure = NotFetched(f"not fetched: {who}: {stop}")
+        failure.unit = unit
+        return failure
 
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         """If the writer died (disk full, say), stop fetching what could not be kept."""

@@ -115,22 +115,29 @@ class RunReport:
         return self.exit_code == 0
 
     def raise_on_failed_units(self) -> RunReport:
-        """Raise :class:`~harvester.errors.UnitsFailed` when units failed; else return self.
+        """Raise :class:`~harvester.errors.UnitsFailed` unless the run exited 0; else return self.
 
-        For orchestrators: a task that should fail (and be retried) when any unit did.
+        For orchestrators: a task that should fail when any unit failed, and when the run
+        stopped before finishing its job (rejected credentials, an unreachable budget, the API
+        down too long, a signal). The error carries the run's exit code, and ``retryable``
+        is False after rejected credentials (another try cannot help before the keys change).
         """
-        if self.failed or self.units_failed:
-            n = len(self.failed)
-            what = ""
-            if self.failed:
-                first = self.failed[0]
-                what = (
-                    f"; first: {first.collection_hash} {first.start}..{first.end}: {first.reason}"
-                )
-            raise UnitsFailed(
-                redact(f"{n} units failed in run {self.run_id}{what}"), failed=n, report=self
-            )
-        return self
+        if self.exit_code == 0:
+            return self
+        n = len(self.failed) or self.units_failed
+        what = [f"run {self.run_id} exited {self.exit_code} ({self.outcome or 'failed'})"]
+        if self.stopped_by:
+            said = f": {self.message}" if self.message else ""
+            what.append(f"stopped by {self.stopped_by}{said}")
+        if n:
+            what.append(f"{n} units failed")
+        if self.failed:
+            first = self.failed[0]
+            unit = f"{first.collection_hash} {first.start}..{first.end}"
+            what.append(f"first: {unit}: {first.reason}")
+        raise UnitsFailed(
+            redact("; ".join(filter(None, what))), failed=n, report=self, exit_code=self.exit_code
+        )
 
     def summary(self) -> str:
         """A few human lines for the end of stderr."""
