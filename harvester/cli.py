@@ -104,6 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dry-run", action="store_true", help="plan only: count what would be fetched"
     )
+    run.add_argument(
+        "--allow-other-endpoint",
+        action="store_true",
+        help="write to an output filled from another API endpoint (the same API moved);"
+        " its record then names both",
+    )
     run.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     loudness = run.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="log every retry and commit")
@@ -226,6 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         allow_unfenced=args.allow_unfenced,
         grace_seconds=args.grace,
         retry_gone=args.retry_gone,
+        allow_other_endpoint=args.allow_other_endpoint,
         handle_signals=True,
         progress_every=args.progress_every,
         # On a terminal, a live display; in cron mail, CI logs and JSON logs, plain lines.

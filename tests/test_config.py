@@ -132,7 +132,8 @@ def test_the_bundled_configs_are_valid() -> None:
     demo = load_job(CONFIGS / "demo.yaml")
     assert demo.api.uses_simulator
     assert demo.api.rate_limits == (RateLimit(20, 1.0), RateLimit(600, 60.0))
-    assert (demo.concurrency, demo.granularity, demo.output) == (8, "day", Location.local("output"))
+    assert (demo.concurrency, demo.granularity) == (8, "day")
+    assert demo.output == Location.local("output/demo")  # apart from the real API's rows
     assert [c.hash for c in demo.collections] == ["d3m0h45h", "x9y8z7", "f1ipb00k"]
     assert all(c.start.year == 2026 for c in demo.collections)
     assert 60 <= count_units(demo) <= 120  # a few seconds against the simulator
@@ -141,6 +142,9 @@ def test_the_bundled_configs_are_valid() -> None:
     assert example.refresh_days == 3
     assert example.collections[0].start == date(2026, 3, 11)
     assert example.collections[0].end == date(2026, 4, 9)
+    agency = load_job(CONFIGS / "accounts.yaml", today=TODAY)
+    assert example.api.endpoint == agency.api.endpoint == "https://api.flipsnack.com/v1/"
+    assert len({demo.output, example.output, agency.output}) == 3  # three outputs, never mixed
 
 
 # --- the file itself ------------------------------------------------------------------------

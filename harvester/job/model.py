@@ -38,6 +38,7 @@ __all__ = [
     "RetrySettings",
     "account_discovered",
     "accounts_of",
+    "endpoints_of",
 ]
 
 SIMULATOR_BASE_URL = SIMULATOR_ENDPOINT  # start the bundled simulator in-process (the demo)
@@ -176,6 +177,11 @@ def accounts_of(job: Job) -> tuple[Account, ...]:
     if job.accounts:
         return job.accounts
     return (Account(DEFAULT_ACCOUNT, job.api, job.collections, job.discover),)
+
+
+def endpoints_of(job: Job) -> dict[str, str]:
+    """Each account's API endpoint, in its one canonical spelling."""
+    return {a.name: a.api.endpoint for a in accounts_of(job)}
 
 
 def account_discovered(job: Job, account: Account, hashes: Iterable[str]) -> tuple[Job, Account]:

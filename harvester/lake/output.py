@@ -1,8 +1,10 @@
 """What an output holds, recorded in the output itself.
 
 ``OUTPUT/_harvester/output.json`` is written with the first data: an id, the granularity,
-whether page statistics are kept, the format and the schema version; a state records the id of
-the output it describes (:mod:`harvester.state.binding` checks the two before a run writes).
+whether page statistics are kept, the format, the schema version, the API endpoints the data
+came from (canonical: :func:`harvester.api.canonical_endpoint`; ``simulator`` for the bundled
+one) and the accounts; a state records the id of the output it describes
+(:mod:`harvester.state.binding` checks the two, and the endpoint, before a run writes).
 ``OUTPUT/_harvester/discovered.json`` keeps the collections each account listed last, for
 ``harvester plan``, which makes no request.
 """
@@ -47,6 +49,8 @@ class OutputMeta:
     schema_version: int = OUTPUT_SCHEMA_VERSION
     created_at: str = ""
     format: str = "parquet"  # or "delta": the datasets are Delta tables
+    endpoints: tuple[str, ...] = ()  # the APIs it was filled from; () in records older than this
+    accounts: tuple[str, ...] = ()  # the accounts' names (``default`` for a job without any)
 
 
 def meta_path(output: Path | Location) -> Path:
@@ -100,6 +104,8 @@ def _parse_meta(text: str, path: str) -> OutputMeta:
             schema_version=int(data.get("schema_version", OUTPUT_SCHEMA_VERSION)),
             created_at=str(data.get("created_at", "")),
             format=str(data.get("format", "parquet")),
+            endpoints=_names(data.get("endpoints", [])),
+            accounts=_names(data.get("accounts", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         msg = f"not a harvester output record (missing or bad {exc})"
@@ -108,6 +114,13 @@ def _parse_meta(text: str, path: str) -> OutputMeta:
         msg = f"schema version {meta.schema_version} is newer than this harvester's"
         raise JobError([Problem(str(path), "schema_version", msg)])
     return meta
+
+
+def _names(raw: Any) -> tuple[str, ...]:
+    """A list of strings from the record; TypeError (a bad record) for anything else."""
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise TypeError("endpoints or accounts: expected a list of strings")
+    return tuple(raw)
 
 
 def write_meta(objects: Objects, output: Location, meta: OutputMeta, *, expect: Version) -> None:

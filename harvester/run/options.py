@@ -44,6 +44,9 @@ class RunOptions:
     # Stop gracefully on SIGINT/SIGTERM (the CLI asks for it); a library call never installs
     # handlers, which only the main thread may do.
     handle_signals: bool = False
+    # Write to an output filled from another API endpoint (the same API under a new address);
+    # the output's record then names both. Without it such a run is refused (exit 2).
+    allow_other_endpoint: bool = False
     progress_every: float | None = PROGRESS_EVERY_SECONDS  # a log line every N s; None: off
     live_progress: bool = False  # a live display on stderr instead (the CLI, on a terminal)
     # Write to an object store that ignores conditional writes (the job's storage:

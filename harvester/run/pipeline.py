@@ -101,7 +101,8 @@ async def harvest_async(
         register_secrets([s for c in credentials.values() for s in (c.key, c.secret)])
     state_path = state_path_of(job, options)
     check_reachable(job.output, str(job.source))  # a missing bucket: exit 2, nothing requested
-    check_output(job, state_path)  # before anything is locked or written
+    # Before anything is locked or written.
+    check_output(job, state_path, other_endpoint=options.allow_other_endpoint)
     unfenced = options.allow_unfenced or job.output.storage.allow_unfenced
     lock = output_lock(job.output, state_path.parent, allow_unfenced=unfenced)
     with storage_errors(job.output):  # the loop keeps running while the lock is taken
@@ -180,7 +181,7 @@ async def _run(
             lock.on_lost = lost
         try:
             with storage_errors(job.output):
-                _prepare(job, store, sink, now)
+                _prepare(job, store, sink, now, other_endpoint=options.allow_other_endpoint)
                 async with _endpoint(job, credentials) as endpoints:
                     await run.run(endpoints)
                 sink.guard()  # a lease lost while nothing was left to write is still news
@@ -219,7 +220,9 @@ def _cause(
     return exc
 
 
-def _prepare(job: Job, store: StateStore, sink: ParquetSink, now: datetime) -> None:
+def _prepare(
+    job: Job, store: StateStore, sink: ParquetSink, now: datetime, *, other_endpoint: bool
+) -> None:
     """What a run does to the output before fetching: clean up, migrate, bind the state."""
     removed = sink.cleanup()
     if removed:
@@ -227,7 +230,7 @@ def _prepare(job: Job, store: StateStore, sink: ParquetSink, now: datetime) -> N
     migrated = sink.migrate_accounts()
     if migrated:
         log.info("added the account column to %d files written before it", migrated)
-    bind_output(job, store, sink, now=now)
+    bind_output(job, store, sink, now=now, other_endpoint=other_endpoint)
 
 
 def _stopped(report: RunReport, exc: HarvesterError) -> None:

@@ -1,9 +1,11 @@
 """A state describes one output: the binding between them, checked before anything is written.
 
 A run refuses (exit 2) a job whose granularity, format or page statistics do not fit what the
-output holds, and a state bound to another output. An output written before the record
-existed is adopted by its first run, which repairs it: where a calendar period holds several
-windows, the newest stays and the others go.
+output holds, a job against another API endpoint than the output was filled from (the demo's
+simulator rows must never pass for the real API's; ``other_endpoint`` lets a run through, and
+the record then names both), and a state bound to another output. An output written before
+the record existed is adopted by its first run, which repairs it: where a calendar period holds
+several windows, the newest stays and the others go.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harvester.errors import JobError, Problem
-from harvester.job.model import Job
+from harvester.job.model import Job, accounts_of, endpoints_of
 from harvester.lake.output import OutputMeta, load_meta, read_meta, write_meta
 from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
@@ -36,19 +38,43 @@ def _has_data(sink: ParquetSink) -> bool:
     return any(sink.list_parts(name) for name in (PAGE_STATS, COLLECTION_STATS))
 
 
-def check_output(job: Job, state_path: Path) -> OutputMeta | None:
+OTHER_ENDPOINT_FLAG = "--allow-other-endpoint"  # the CLI's; RunOptions(allow_other_endpoint=True)
+
+
+def _endpoint_problem(job: Job, meta: OutputMeta) -> Problem | None:
+    """The job's accounts whose API the output was not filled from, if any."""
+    foreign = {name: ep for name, ep in endpoints_of(job).items() if ep not in meta.endpoints}
+    if not meta.endpoints or not foreign:
+        return None
+    theirs = ", ".join(f"{ep} (account {name})" for name, ep in foreign.items())
+    return Problem(
+        str(job.source),
+        "api.base_url",
+        f"{job.output} holds data from {', '.join(meta.endpoints)}; this job's API is"
+        f" {theirs}. One output holds one API's rows (the demo's simulator rows would pass for"
+        f" the real API's): give this job another output, or, if it is the same API under a"
+        f" new address, run with {OTHER_ENDPOINT_FLAG} (RunOptions(allow_other_endpoint=True))",
+    )
+
+
+def check_output(job: Job, state_path: Path, *, other_endpoint: bool = False) -> OutputMeta | None:
     """Refuse (JobError, exit 2) a job that does not fit its output or its state; read only.
 
     Runs before anything is locked, requested or written.
     """
-    return check_fits(job, state_path, read_meta(job.output))
+    return check_fits(job, state_path, read_meta(job.output), other_endpoint=other_endpoint)
 
 
-def check_fits(job: Job, state_path: Path, meta: OutputMeta | None) -> OutputMeta | None:
+def check_fits(
+    job: Job, state_path: Path, meta: OutputMeta | None, *, other_endpoint: bool = False
+) -> OutputMeta | None:
     """Refuse (JobError, exit 2) a job that does not fit the output record ``meta`` or its
     state; return ``meta``."""
     output = job.output
     problems: list[Problem] = []
+    mismatch = None if meta is None or other_endpoint else _endpoint_problem(job, meta)
+    if mismatch is not None:
+        problems.append(mismatch)
     if meta is not None and meta.granularity != job.granularity:
         problems.append(
             Problem(
@@ -106,13 +132,21 @@ def _state_output_id(state_path: Path) -> str | None:
         return None
 
 
-def bind_output(job: Job, store: StateStore, sink: ParquetSink, *, now: datetime) -> OutputMeta:
+def bind_output(
+    job: Job,
+    store: StateStore,
+    sink: ParquetSink,
+    *,
+    now: datetime,
+    other_endpoint: bool = False,
+) -> OutputMeta:
     """Adopt or create the output's record, tie the state to it; the caller holds the lock.
 
-    The record is read with its version, and rewritten over that version only.
+    The record is read with its version, and rewritten (once at most) over that version only.
     """
     meta, version = load_meta(sink.objects, job.output)
-    meta = check_fits(job, store.path, meta)
+    meta = check_fits(job, store.path, meta, other_endpoint=other_endpoint)
+    read = meta
     if meta is None:
         if _has_data(sink):
             removed, touched = repair(sink, job.granularity)
@@ -131,17 +165,26 @@ def bind_output(job: Job, store: StateStore, sink: ParquetSink, *, now: datetime
             created_at=now.isoformat(timespec="seconds"),
             format=job.format,
         )
-        write_meta(sink.objects, job.output, meta, expect=version)
     elif job.page_stats and not meta.page_stats:
         meta = replace(meta, page_stats=True)
-        write_meta(sink.objects, job.output, meta, expect=version)
         log.info(
             "%s: page statistics turned on; units written without pages are fetched again",
             job.output,
         )
+    # An older record, a new account or an endpoint let through: the record names them.
+    meta = _with_sources(job, meta)
+    if meta != read:
+        write_meta(sink.objects, job.output, meta, expect=version)
     if store.get_meta(STATE_OUTPUT_ID) != meta.id:
         store.set_meta(STATE_OUTPUT_ID, meta.id)
     return meta
+
+
+def _with_sources(job: Job, meta: OutputMeta) -> OutputMeta:
+    """The record with the job's endpoints and accounts added (sorted, each once)."""
+    endpoints = tuple(sorted({*meta.endpoints, *endpoints_of(job).values()}))
+    accounts = tuple(sorted({*meta.accounts, *(a.name for a in accounts_of(job))}))
+    return replace(meta, endpoints=endpoints, accounts=accounts)
 
 
 def repair(sink: ParquetSink, granularity: str) -> tuple[list[Unit], list[Unit]]:
