@@ -16,7 +16,7 @@ import pytest
 from harvester.errors import CircuitOpen, HttpError, NetworkError
 from harvester.fetch.fetcher import UnitFetcher
 from harvester.fetch.retry import CircuitBreaker, build_retrying
-from harvester.job.model import RetrySettings
+from harvester.job.model import Discovery, RetrySettings
 from harvester.model import Fetched, RateLimit, Unit
 from harvester.pacing.limiter import RateLimiter
 from tests.test_ratelimit import FakeTime, ManualTime
@@ -130,3 +130,39 @@ async def test_a_later_pause_is_news_again(caplog: pytest.LogCaptureFixture) -> 
     await fetcher.fetch(UNITS[1])  # the first pause is over by now
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
+
+
+# --- discovery is bounded, whatever getList answers -----------------------------------------
+
+
+class Lister:
+    """A getList that never ends: each page holds ``new`` collections not listed before, the
+    rest of the page repeats the first collection."""
+
+    def __init__(self, new: int) -> None:
+        self.new = new
+        self.pages = 0
+
+    async def list_page(self, first: int, count: int, **_: object) -> list[str]:
+        self.pages += 1
+        fresh = [f"c{first + i:07d}" for i in range(self.new)]
+        return fresh + ["c0000000"] * (count - self.new)
+
+
+@pytest.mark.parametrize(
+    ("new", "pages", "found", "bound"),
+    [
+        (50, 4, 200, "discover.max_collections (200)"),  # full pages of new ones: the count
+        (1, 8, 8, "8 pages (twice what discover.max_collections 200 fills)"),  # a trickle
+    ],
+)
+async def test_an_endless_collection_list_stops_at_a_bound_named_in_a_warning(
+    new: int, pages: int, found: int, bound: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    lister = Lister(new)
+    fetcher, _, _ = _fetcher(lister, FakeTime(), window=600)  # type: ignore[arg-type]
+    discovery = Discovery(date(2026, 3, 1), date(2026, 3, 1), max_collections=200)
+    with caplog.at_level(logging.WARNING, logger="harvester.fetch"):
+        hashes = await fetcher.discover(discovery)
+    assert lister.pages == pages and len(hashes) == found == len(set(hashes))
+    assert [r.getMessage() for r in caplog.records if bound in r.getMessage()]

@@ -25,10 +25,11 @@ from harvester import (
     harvest_async,
     load_job,
 )
-from harvester.errors import CircuitOpen, CredentialsRejected, LockedError
+from harvester.errors import BudgetUnavailable, CircuitOpen, CredentialsRejected, LockedError
 from harvester.plan.windows import iter_units
 from harvester.simulator import SimulatorConfig, SimulatorThread
 from tests.conftest import actual_rows, expected_rows, job_dict
+from tests.redis_server import free_port
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -150,7 +151,44 @@ def test_the_report_is_json_safe_and_can_fail_the_task(
 
 def test_errors_say_whether_a_retry_can_help() -> None:
     assert CircuitOpen("down").retryable and LockedError("busy").retryable
+    assert BudgetUnavailable("redis down").retryable
     assert not CredentialsRejected(41).retryable and not JobError([]).retryable
+
+
+def test_rejected_credentials_fail_the_task_and_say_no_retry_helps(
+    job_data: dict[str, Any], simulator: SimulatorThread, env: dict[str, str]
+) -> None:
+    report = harvest(load_job(job_data), RunOptions(), {**env, "FLIPSNACK_API_SECRET": "wrong"})
+    assert report.exit_code == 3 and report.units_not_attempted == 0
+    assert report.units_failed == report.units_in_job > 0
+    with pytest.raises(UnitsFailed) as caught:
+        report.raise_on_failed_units()
+    assert caught.value.exit_code == 3 and not caught.value.retryable
+    assert "rejected the credentials" in str(caught.value)
+
+
+def test_an_unreachable_budget_fails_the_task_before_any_call(
+    job_data: dict[str, Any], simulator: SimulatorThread, env: dict[str, str]
+) -> None:
+    job_data["api"]["rate_budget"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens
+    report = harvest(load_job(job_data), RunOptions(), env)
+    assert simulator.counters()["requests"] == 0
+    assert report.exit_code == 2 and report.stopped_by == "BudgetUnavailable"
+    assert report.units_failed == report.units_in_job > 0 and report.units_not_attempted == 0
+    assert all("cannot be reached" in f.reason for f in report.failed)
+    with pytest.raises(UnitsFailed) as caught:
+        report.raise_on_failed_units()
+    assert caught.value.exit_code == 2 and caught.value.retryable  # Redis may come back
+
+
+@pytest.mark.parametrize("code", [1, 2, 3, 130, 143])
+def test_raise_on_failed_units_raises_for_every_exit_code_but_0(code: int) -> None:
+    report = RunReport("r1", "job.yaml", "out", "state", "2026-03-01", exit_code=code)
+    with pytest.raises(UnitsFailed) as caught:
+        report.raise_on_failed_units()
+    assert caught.value.exit_code == code and f"exited {code}" in str(caught.value)
+    ok = RunReport("r2", "job.yaml", "out", "state", "2026-03-01", exit_code=0)
+    assert ok.raise_on_failed_units() is ok
 
 
 # --- the README's recipes, run against stand-ins for the orchestrators -----------------------
@@ -187,17 +225,30 @@ def orchestrators(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         def json(value: Any) -> Any:
             return {"json": value}
 
+    class AirflowFailException(Exception):
+        """Airflow's: fail the task, no retry."""
+
+    class Failure(Exception):
+        def __init__(self, description: str, metadata: Any, allow_retries: bool) -> None:
+            super().__init__(description)
+            self.allow_retries = allow_retries
+
     airflow = types.ModuleType("airflow")
     decorators = types.ModuleType("airflow.decorators")
     decorators.task = task  # type: ignore[attr-defined]
+    exceptions = types.ModuleType("airflow.exceptions")
+    exceptions.AirflowFailException = AirflowFailException  # type: ignore[attr-defined]
     dagster = types.ModuleType("dagster")
     dagster.asset = asset  # type: ignore[attr-defined]
     dagster.DailyPartitionsDefinition = DailyPartitionsDefinition  # type: ignore[attr-defined]
     dagster.MetadataValue = MetadataValue  # type: ignore[attr-defined]
+    dagster.Failure = Failure  # type: ignore[attr-defined]
     dagster.AssetExecutionContext = object  # type: ignore[attr-defined]
+    seen["AirflowFailException"], seen["Failure"] = AirflowFailException, Failure
     for name, module in {
         "airflow": airflow,
         "airflow.decorators": decorators,
+        "airflow.exceptions": exceptions,
         "dagster": dagster,
     }.items():
         monkeypatch.setitem(sys.modules, name, module)
@@ -235,6 +286,21 @@ def test_the_airflow_recipe(
     assert json.loads(json.dumps(result))["units_committed"] == 2  # two flipbooks that day
     assert orchestrators["task"]["retries"] >= 1
     assert simulator.counters()["requests"] == 2
+    # Rejected credentials: the task fails, and tells Airflow no retry can help.
+    monkeypatch.setenv("FLIPSNACK_API_SECRET", "wrong")
+    with pytest.raises(orchestrators["AirflowFailException"], match="rejected the credentials"):
+        task(
+            data_interval_start=datetime(2026, 3, 4, tzinfo=UTC),
+            data_interval_end=datetime(2026, 3, 5, tzinfo=UTC),
+        )
+    # A failure a retry can help with: UnitsFailed itself, for Airflow's retries.
+    monkeypatch.setenv("FLIPSNACK_API_SECRET", env["FLIPSNACK_API_SECRET"])
+    simulator.reconfigure(faults={"bad_payload": 1.0})
+    with pytest.raises(UnitsFailed):
+        task(
+            data_interval_start=datetime(2026, 3, 5, tzinfo=UTC),
+            data_interval_end=datetime(2026, 3, 6, tzinfo=UTC),
+        )
 
 
 def test_the_dagster_recipe(
@@ -259,3 +325,44 @@ def test_the_dagster_recipe(
     assert metadata["units_committed"] == 2  # two flipbooks have 2026-03-10 in their range
     assert metadata["report"]["json"]["exit_code"] == 0
     assert "partitions_def" in orchestrators["asset"]
+    monkeypatch.setenv("FLIPSNACK_API_SECRET", "wrong")
+    context.partition_key = "2026-03-11"
+    with pytest.raises(orchestrators["Failure"]) as caught:
+        namespace["flipsnack_stats"](context)
+    assert caught.value.allow_retries is False
+
+
+def test_the_dagster_recipe_with_real_dagster(
+    job_data: dict[str, Any],
+    simulator: SimulatorThread,
+    tmp_path: Path,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dagster = pytest.importorskip("dagster")  # the `orchestrators` extra; make install has it
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+    path = _job_file(tmp_path, job_data)
+    code = recipe("### Dagster").replace("/srv/harvester/jobs/nightly.yaml", str(path))
+    namespace: dict[str, Any] = {}
+    # As a user's module runs it: without this test module's `from __future__ import
+    # annotations`, which would turn the context's annotation into a string Dagster refuses.
+    exec(compile(code, "README.md (Dagster)", "exec", dont_inherit=True), namespace)
+    asset = namespace["flipsnack_stats"]
+    instance = dagster.DagsterInstance.ephemeral()
+    good = dagster.materialize([asset], partition_key="2026-03-10", instance=instance)
+    assert good.success
+    [materialized] = good.asset_materializations_for_node("flipsnack_stats")
+    assert materialized.metadata["units_committed"].value == 2
+    assert simulator.counters()["requests"] == 2
+    # Rejected credentials: the asset fails (not a success with nothing written).
+    monkeypatch.setenv("FLIPSNACK_API_SECRET", "wrong")
+    bad = dagster.materialize(
+        [asset], partition_key="2026-03-11", instance=instance, raise_on_error=False
+    )
+    assert not bad.success
+    [failure] = [e for e in bad.all_events if e.is_step_failure]
+    assert "rejected the credentials" in str(failure.step_failure_data.error)
+    assert not bad.asset_materializations_for_node("flipsnack_stats")
