@@ -77,7 +77,7 @@ class FakeApi:
         self.base_url = self._run(self._start())
 
     def _run(self, coroutine: Awaitable[Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(30)  # type: ignore[arg-type]
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(30)
 
     async def _start(self) -> str:
         app = web.Application()

@@ -7,6 +7,7 @@ against :class:`tests.fake_api.FakeApi` and measures the child's memory with psu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -16,7 +17,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import psutil
 import pytest
@@ -92,7 +92,7 @@ def test_what_orjson_refuses_but_json_reads_stays_a_payload() -> None:
 
 def test_the_cost_per_answer_is_measured_not_guessed() -> None:
     """The duplicate-key check on a compact fifty-page answer: printed, and bounded loosely."""
-    data = {**GOOD_DATA, "pages": [{**GOOD_DATA["pages"][0], "page": i} for i in range(1, 51)]}  # type: ignore[dict-item]
+    data = {**GOOD_DATA, "pages": [{**GOOD_DATA["pages"][0], "page": i} for i in range(1, 51)]}
     body = envelope(data)
     rounds = 2_000
     started = time.perf_counter()
@@ -168,10 +168,8 @@ def run_measured(args: list[str], env: dict[str, str], stderr: Path) -> tuple[in
         watched = psutil.Process(child.pid)
         peak = 0
         while True:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
                 peak = max(peak, watched.memory_info().rss, _high_water(child.pid))
-            except (psutil.NoSuchProcess, psutil.ZombieProcess):
-                pass
             try:
                 code = child.wait(timeout=0.02)  # the sampling period, not a synchronisation
                 break
