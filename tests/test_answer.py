@@ -114,8 +114,15 @@ def test_the_cost_per_answer_is_measured_not_guessed() -> None:
 
 @pytest.fixture
 def fake_api() -> Iterator[FakeApi]:
-    """The misbehaving API on a free loopback port."""
+    """The misbehaving API on a free loopback port (its gzip bomb made once per session)."""
     with FakeApi() as api:
+        yield api
+
+
+@pytest.fixture
+def slow_api() -> Iterator[FakeApi]:
+    """The misbehaving API without its gzip bomb: for the tests of the deadline."""
+    with FakeApi(bomb=False) as api:
         yield api
 
 
@@ -124,10 +131,10 @@ async def _client(api: FakeApi, limiter: RateLimiter, timeout: float) -> StatsCl
     return StatsClient(session, api.base_url, Credentials("k", "s"), timeout_seconds=timeout)
 
 
-async def test_the_deadline_does_not_count_the_wait_for_a_slot(fake_api: FakeApi) -> None:
+async def test_the_deadline_does_not_count_the_wait_for_a_slot(slow_api: FakeApi) -> None:
     # One call per 1.5 s: the second request waits about that long before it may go.
     limiter = RateLimiter([RateLimit(1, 1.5)])
-    client = await _client(fake_api, limiter, timeout=1.0)
+    client = await _client(slow_api, limiter, timeout=1.0)
     try:
         first = await client.get_stats(UNIT)
         second = await client.get_stats(UNIT)
@@ -137,9 +144,9 @@ async def test_the_deadline_does_not_count_the_wait_for_a_slot(fake_api: FakeApi
     assert limiter.waits >= 1  # the second one did wait, longer than its own timeout
 
 
-async def test_a_trickled_body_ends_at_the_deadline(fake_api: FakeApi) -> None:
+async def test_a_trickled_body_ends_at_the_deadline(slow_api: FakeApi) -> None:
     limiter = RateLimiter([RateLimit(100, 1.0)])
-    client = await _client(fake_api, limiter, timeout=1.0)
+    client = await _client(slow_api, limiter, timeout=1.0)
     started = time.monotonic()
     try:
         with pytest.raises(RequestTimeout, match="within 1 s"):
@@ -148,7 +155,7 @@ async def test_a_trickled_body_ends_at_the_deadline(fake_api: FakeApi) -> None:
         await client._session.close()
     # Bytes kept coming every 0.25 s, so no read timeout could fire: only the deadline did.
     assert time.monotonic() - started < 30
-    assert fake_api.bytes_sent["trickle1"] >= 2
+    assert slow_api.bytes_sent["trickle1"] >= 2
 
 
 # --- end to end: a run against the misbehaving API -----------------------------------------
