@@ -26,6 +26,7 @@ __all__ = [
     "SIMULATOR_BASE_URL",
     "Account",
     "ApiSettings",
+    "CatalogSettings",
     "Collection",
     "Discovery",
     "Job",
@@ -46,7 +47,11 @@ DEFAULT_CIRCUIT_BREAKER_SECONDS = 600.0
 DEFAULT_GRANULARITY = "day"
 DEFAULT_OUTPUT = "output"
 DEFAULT_FORMAT = "parquet"
-FORMATS = ("parquet", "delta")
+FORMATS = ("parquet", "delta", "iceberg")
+# format: iceberg: the pyiceberg catalog that holds the tables (the job's ``catalog:`` block).
+CATALOG_TYPES = ("sql", "rest", "glue", "hive", "dynamodb", "bigquery")
+DEFAULT_CATALOG_NAME = "harvester"  # a SqlCatalog keys its rows by the catalog's name
+DEFAULT_NAMESPACE = "harvester"
 DEFAULT_REFRESH_DAYS = 0
 
 MAX_CONCURRENCY = 1000
@@ -91,6 +96,27 @@ class RetrySettings:
     attempts: int = DEFAULT_ATTEMPTS
     max_backoff_seconds: float = DEFAULT_MAX_BACKOFF_SECONDS
     circuit_breaker_seconds: float = DEFAULT_CIRCUIT_BREAKER_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSettings:
+    """The Iceberg catalog of ``format: iceberg``; secrets are named (``secrets``), never held.
+
+    ``uri`` None with type ``sql``: a SQLite file inside a local output (``_harvester/``).
+    """
+
+    type: str = "sql"
+    uri: str | None = None
+    name: str = DEFAULT_CATALOG_NAME
+    namespace: str = DEFAULT_NAMESPACE
+    warehouse: str | None = None
+    properties: tuple[tuple[str, str], ...] = ()  # given to pyiceberg as they are
+    secrets: tuple[tuple[str, str], ...] = ()  # (property, environment variable holding it)
+
+    @property
+    def is_default(self) -> bool:
+        """Whether this is the output's own SQLite catalog (a local output only)."""
+        return self.type == "sql" and self.uri is None and "uri" not in dict(self.secrets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +166,8 @@ class Job:
     granularity: str = DEFAULT_GRANULARITY
     page_stats: bool = True
     output: Location = field(default_factory=lambda: Location.local(DEFAULT_OUTPUT))
-    format: str = DEFAULT_FORMAT  # parquet | delta
+    format: str = DEFAULT_FORMAT  # parquet | delta | iceberg
+    catalog: CatalogSettings | None = None  # format: iceberg; None: the output's own SQLite
     refresh_days: int = DEFAULT_REFRESH_DAYS
     discover: Discovery | None = None
     accounts: tuple[Account, ...] = ()
