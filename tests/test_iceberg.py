@@ -24,9 +24,10 @@ import pytest
 from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 
+from harvester.errors import JobError
 from harvester.job.location import Location
 from harvester.job.model import CatalogSettings, Job
-from harvester.job.parse import load_job
+from harvester.job.parse import load_job, parse_data
 from harvester.lake.catalog import open_catalog, table_uri
 from harvester.lake.dataset import read_dataset
 from harvester.lake.iceberg import OWN_SNAPSHOTS_KEPT, IcebergSink
@@ -433,3 +434,44 @@ def test_a_long_run_keeps_the_table_lean_and_an_older_table_gains_new_columns(
         {"collection_hash": "new", ACCOUNT: "default"},
         {"collection_hash": "old", ACCOUNT: None},
     ]
+
+
+def _problems(catalog: Any, output: str = "out", fmt: str = "iceberg") -> dict[str, str]:
+    """The problems the parser finds in a job with this ``catalog:`` block, by field."""
+    data = {"output": output, "format": fmt, "collections": [{"hash": "abc123"}],
+            "start": "2026-01-01", "end": "2026-01-02", "catalog": catalog}  # fmt: skip
+    try:
+        parse_data(data, "job.yaml")
+    except JobError as exc:
+        return {p.field: p.message for p in exc.problems}
+    return {}
+
+
+def test_the_catalog_block_is_checked_field_by_field_and_never_echoes_a_secret() -> None:
+    settings = parse_data(
+        {"output": "s3://b/p", "format": "iceberg", "collections": [{"hash": "abc123"}],
+         "start": "2026-01-01", "end": "2026-01-02",
+         "catalog": {"type": "rest", "uri": "https://cat.example/api", "namespace": "flip",
+                     "properties": {"s3.region": "eu-central-1", "rest.sigv4-enabled": True},
+                     "secrets": {"credential": "ICE_CREDENTIAL"}}},
+        "job.yaml",
+    ).catalog  # fmt: skip
+    assert settings == CatalogSettings(
+        type="rest",
+        uri="https://cat.example/api",
+        namespace="flip",
+        properties=(("rest.sigv4-enabled", "true"), ("s3.region", "eu-central-1")),
+        secrets=(("credential", "ICE_CREDENTIAL"),),
+    )
+    assert _problems(None) == {}  # a local output: its own SQLite catalog
+    leaked = _problems({"properties": {"s3.secret-access-key": "wJalr-never-shown"}})
+    assert "catalog.secrets" in leaked["catalog.properties.s3.secret-access-key"]
+    assert "wJalr" not in str(leaked)
+    assert (
+        "not its value" in _problems({"secrets": {"token": "abc-def-123"}})["catalog.secrets.token"]
+    )
+    assert "catalog.type" in _problems({"type": "nessie"})
+    assert "unknown key 'url'" in _problems({"url": "x"})["catalog.url"]
+    assert "needs its uri" in _problems({"type": "rest"})["catalog.uri"]
+    assert "needs its uri" in _problems({"namespace": "x"}, output="s3://b/p")["catalog.uri"]
+    assert "local folder or to s3://" in _problems(None, output="gs://b/p")["format"]
