@@ -287,8 +287,11 @@ def test_a_job_names_its_catalog_and_keeps_its_secrets(
     assert "ICE_TOKEN" in missing.stderr
 
 
-def test_two_outputs_in_one_namespace_of_a_shared_catalog_are_refused(
-    lake_job: Callable[..., Path], s3_env: dict[str, str], tmp_path: Path
+def test_two_outputs_in_one_namespace_or_a_lost_catalog_are_refused(
+    lake_job: Callable[..., Path],
+    simulator: SimulatorThread,
+    s3_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     shared = {"uri": f"sqlite:///{tmp_path / 'shared.db'}"}
     first = lake_job(str(tmp_path / "a"), format="iceberg", catalog=shared)
@@ -299,7 +302,14 @@ def test_two_outputs_in_one_namespace_of_a_shared_catalog_are_refused(
     assert "give this output its own namespace" in refused.stderr
     own = lake_job(str(tmp_path / "b"), format="iceberg", catalog={**shared, "namespace": "b"})
     assert run_cli("run", str(own), env=s3_env).returncode == 0
-    assert Location.parse(str(tmp_path / "b")).is_local
+    # The catalog lost (or another named): the tables are not made anew over the old ones.
+    (tmp_path / "shared.db").unlink()
+    served = successes(simulator)
+    lost = run_cli("run", str(first), env=s3_env)
+    assert lost.returncode == 2, lost.stderr
+    assert "holds an Iceberg table that the sql catalog" in lost.stderr
+    assert "register_table" in lost.stderr
+    assert successes(simulator) == served  # refused before any request
 
 
 # --- two writers on one table ------------------------------------------------------------------

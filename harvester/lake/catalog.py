@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 PYARROW_IO = "pyiceberg.io.pyarrow.PyArrowFileIO"
+_SECRET_VAR = re.compile(r"TOKEN|CREDENTIAL|SECRET|PASSWORD|URI|KEY")
 FALLBACK_REGION = "us-east-1"  # an S3-compatible store that names none: never ask AWS which
 
 
@@ -97,6 +99,11 @@ def catalog_properties(
         props[prop] = value
     if problems:
         raise JobError(problems)
+    # pyiceberg also reads its own variables for this catalog's name: their secrets stay unsaid.
+    prefix = f"PYICEBERG_CATALOG__{settings.name.upper().replace('-', '_')}__"
+    register_secrets(
+        [v for k, v in env.items() if k.startswith(prefix) and _SECRET_VAR.search(k) and v]
+    )
     return props
 
 

@@ -99,7 +99,6 @@ class IcebergSink(ParquetSink):
         catalog: CatalogSettings | None = None,
     ) -> None:
         super().__init__(output, owners)
-        self._given = catalog
         recorded = None if catalog is not None else read_record(self.location, self.fs)
         default = CatalogSettings() if self.location.is_local else None
         self.settings: CatalogSettings | None = catalog or recorded or default
@@ -108,7 +107,7 @@ class IcebergSink(ParquetSink):
         self._entries: dict[str, list[Entry]] = {}  # manifest path → its live files (immutable)
         self._recorded = False
         self._made: dict[str, list[int]] = {}  # snapshot ids this sink committed, by table
-        self.retries = 0  # commits redone after a concurrent one (the report's figure)
+        self.retries = 0  # commits redone after a concurrent one (each also logged)
 
     # --- the catalog and the tables ------------------------------------------------------------
 
@@ -130,6 +129,7 @@ class IcebergSink(ParquetSink):
             return table
         catalog = self.catalog(create=create)
         if catalog is None:
+            self._refuse_unregistered(name)
             return None
         from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 
@@ -139,9 +139,9 @@ class IcebergSink(ParquetSink):
             try:
                 table = catalog.load_table(ident)
             except NoSuchTableError:
+                self._refuse_unregistered(name)
                 if not create:
                     return None
-                self._refuse_unregistered(name)
                 catalog.create_namespace_if_not_exists(settings.namespace)
                 try:
                     table = self._create(catalog, ident, name)
@@ -166,7 +166,8 @@ class IcebergSink(ParquetSink):
         return catalog.load_table(ident)
 
     def _refuse_unregistered(self, name: str) -> None:
-        """A table folder with metadata but no table in this catalog: another catalog holds it."""
+        """A table folder with metadata but no table in this catalog: another catalog holds it
+        (or this one was lost). Refused before any request, never overwritten by a new table."""
         folder = self.location.join(name, "metadata")
         selector = pafs.FileSelector(folder, allow_not_found=True)
         if any(i.path.endswith(".metadata.json") for i in self.fs.get_file_info(selector)):
