@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from harvester.errors import JobError, Problem, StorageError, UsageError
 from harvester.job.location import Location, storage_env
 from harvester.job.model import CatalogSettings
+from harvester.lake.objects import NEW, Objects, Version
 from harvester.layout import CATALOG_FILE, ICEBERG_FILE, META_DIR
 from harvester.redact import redact, register_secrets
 
@@ -155,14 +156,15 @@ def catalog_errors(settings: CatalogSettings, location: Location) -> Iterator[No
         ) from None
 
 
-def read_record(location: Location, fs: Any) -> CatalogSettings | None:
-    """The catalog the output records, None when it records none."""
+def read_record(location: Location, objects: Objects) -> tuple[CatalogSettings | None, Version]:
+    """The catalog the output records (None when it records none), and the record's version."""
     path = location.join(META_DIR, ICEBERG_FILE)
+    found = objects.get(path)
+    if found is None:
+        return None, NEW
     try:
-        with fs.open_input_stream(path) as fh:
-            data: Any = json.loads(fh.read().decode("utf-8"))
-        catalog = data["catalog"]
-        return CatalogSettings(
+        catalog: Any = json.loads(found[0].decode("utf-8"))["catalog"]
+        settings = CatalogSettings(
             type=str(catalog["type"]),
             uri=None if catalog["uri"] is None else str(catalog["uri"]),
             name=str(catalog["name"]),
@@ -171,27 +173,15 @@ def read_record(location: Location, fs: Any) -> CatalogSettings | None:
             properties=tuple((str(k), str(v)) for k, v in catalog["properties"]),
             secrets=tuple((str(k), str(v)) for k, v in catalog["secrets"]),
         )
-    except FileNotFoundError:
-        return None
     except (ValueError, KeyError, TypeError) as exc:
         msg = f"unreadable catalog record (missing or bad {exc})"
-        raise JobError([Problem(path, "<file>", msg)]) from None
+        raise JobError([Problem(objects.uri(path), "<file>", msg)]) from None
+    return settings, found[1]
 
 
-def write_record(location: Location, fs: Any, settings: CatalogSettings) -> None:
-    """Record which catalog holds the tables: one upload, or a write beside and a rename."""
+def write_record(
+    location: Location, objects: Objects, settings: CatalogSettings, *, expect: Version
+) -> None:
+    """Record which catalog holds the tables, over the version read (no secret in it)."""
     text = json.dumps({"catalog": asdict(settings)}, indent=2) + "\n"
-    path = location.join(META_DIR, ICEBERG_FILE)
-    if location.is_local:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.tmp")
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, target)
-        return
-    try:
-        out = fs.open_output_stream(path)
-        out.write(text.encode("utf-8"))
-        out.close()
-    except OSError as exc:
-        raise StorageError(f"cannot write {location.scheme}://{path}: {redact(str(exc))}") from None
+    objects.put(location.join(META_DIR, ICEBERG_FILE), text.encode("utf-8"), expect=expect)

@@ -99,7 +99,7 @@ class IcebergSink(ParquetSink):
         catalog: CatalogSettings | None = None,
     ) -> None:
         super().__init__(output, owners)
-        recorded = None if catalog is not None else read_record(self.location, self.fs)
+        recorded = None if catalog is not None else read_record(self.location, self.objects)[0]
         default = CatalogSettings() if self.location.is_local else None
         self.settings: CatalogSettings | None = catalog or recorded or default
         self._catalog: Catalog | None = None
@@ -207,8 +207,9 @@ class IcebergSink(ParquetSink):
         """The table to write: made if missing, given any column the schema gained since."""
         if not self._recorded:
             settings = self._settings()
-            if read_record(self.location, self.fs) != settings:
-                write_record(self.location, self.fs, settings)
+            recorded, version = read_record(self.location, self.objects)
+            if recorded != settings:
+                write_record(self.location, self.objects, settings, expect=version)
             self._recorded = True
         table = self.table(name, create=True)
         assert table is not None
