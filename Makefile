@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 JOB    ?= configs/demo.yaml
-EXTRAS := metrics,plot,redis,s3,delta
+EXTRAS := metrics,plot,redis,s3,delta,iceberg
 RUNTIME := $(VENV)/.runtime
 STAMP  := $(VENV)/.installed
 

@@ -10,7 +10,7 @@ from harvester.errors import EXIT_CODES, HarvesterError, JobError, UnitsFailed
 
 if TYPE_CHECKING:
     from harvester.job.parse import load_job
-    from harvester.lake.parquet import read_dataset
+    from harvester.lake.dataset import read_dataset
     from harvester.run.options import RunOptions
     from harvester.run.pipeline import harvest, harvest_async
     from harvester.run.report import RunReport
@@ -37,7 +37,7 @@ _LAZY = {
     "harvest": "harvester.run.pipeline",
     "harvest_async": "harvester.run.pipeline",
     "load_job": "harvester.job.parse",
-    "read_dataset": "harvester.lake.parquet",
+    "read_dataset": "harvester.lake.dataset",
 }
 
 

@@ -178,7 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     check_lake.add_argument("--state", type=Path, help="state database, as given to run")
 
     upkeep = commands.add_parser(
-        "maintain", help="Delta output: compact small files, vacuum old versions' files"
+        "maintain",
+        help="Delta: compact small files, vacuum old versions' files; Iceberg: expire old"
+        " snapshots",
     )
     upkeep.add_argument("output", help="the output: a folder or s3://bucket/prefix")
     upkeep.add_argument(
@@ -186,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive,
         default=168,
         metavar="N",
-        help="keep files older versions of the last N hours need (default 168: a week)",
+        help="keep what versions (snapshots) of the last N hours need (default 168: a week)",
     )
 
     sim = commands.add_parser("simulate", help="serve the bundled Flipsnack-compatible simulator")

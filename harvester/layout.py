@@ -8,6 +8,8 @@ An output holds the two datasets and the harvester's own folder::
     OUTPUT/_harvester/discovered.json    the collections each account listed last
     OUTPUT/_harvester/lock.json          the object-store lock (object storage only)
     OUTPUT/_harvester/probe/TOKEN        a scratch object: does the store honour conditions?
+    OUTPUT/_harvester/iceberg.json       format: iceberg: the catalog that holds the tables
+    OUTPUT/_harvester/catalog.sqlite     format: iceberg: a local output's own SQLite catalog
     OUTPUT/_harvester/runs/run-ID.json   every run's report
 
 and, for a local output, the state beside the data::
@@ -24,8 +26,10 @@ An object store's state lives in the user's cache (``$XDG_CACHE_HOME/harvester/<
 from __future__ import annotations
 
 __all__ = [
+    "CATALOG_FILE",
     "DEFAULT_ACCOUNT",
     "DISCOVERED_FILE",
+    "ICEBERG_FILE",
     "LAST_RUN_FILE",
     "LOCK_FILE",
     "LOCK_KEY",
@@ -49,6 +53,8 @@ DISCOVERED_FILE = "discovered.json"
 LOCK_KEY = f"{META_DIR}/lock.json"
 RUNS_DIR = f"{META_DIR}/runs"
 PROBE_DIR = f"{META_DIR}/probe"  # written and deleted by each run's first lock acquire
+ICEBERG_FILE = "iceberg.json"  # which catalog holds an Iceberg output's tables (no secret)
+CATALOG_FILE = "catalog.sqlite"  # the SqlCatalog of a local Iceberg output
 
 # The state's folder: inside a local output, or in the cache for an object store.
 STATE_DIR = "_state"

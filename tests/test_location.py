@@ -96,7 +96,7 @@ def test_bad_storage_settings_are_refused_with_their_field(tmp_path: Path) -> No
         load_job(
             _job(
                 tmp_path,
-                "output: ftp://x/y\nformat: iceberg\n"
+                "output: ftp://x/y\nformat: orc\n"
                 "storage: {endpoint: minio:9000, zone: a, allow_unfenced: 'yes'}\n",
             )
         )

@@ -31,6 +31,7 @@ __all__ = [
     "SIMULATOR_BASE_URL",
     "Account",
     "ApiSettings",
+    "CatalogSettings",
     "Collection",
     "Discovery",
     "Job",
@@ -52,7 +53,11 @@ DEFAULT_CIRCUIT_BREAKER_SECONDS = 600.0
 DEFAULT_GRANULARITY = "day"
 DEFAULT_OUTPUT = "output"
 DEFAULT_FORMAT = "parquet"
-FORMATS = ("parquet", "delta")
+FORMATS = ("parquet", "delta", "iceberg")
+# format: iceberg: the pyiceberg catalog that holds the tables (the job's ``catalog:`` block).
+CATALOG_TYPES = ("sql", "rest", "glue", "hive", "dynamodb", "bigquery")
+DEFAULT_CATALOG_NAME = "harvester"  # a SqlCatalog keys its rows by the catalog's name
+DEFAULT_NAMESPACE = "harvester"
 DEFAULT_REFRESH_DAYS = 0
 # The largest answer read, counted after decompression: a getStats answer of 100,000 pages is
 # about 6 MiB. Bounded so that concurrency × the cap stays far from the machine's memory.
@@ -119,6 +124,27 @@ class RetrySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CatalogSettings:
+    """The Iceberg catalog of ``format: iceberg``; secrets are named (``secrets``), never held.
+
+    ``uri`` None with type ``sql``: a SQLite file inside a local output (``_harvester/``).
+    """
+
+    type: str = "sql"
+    uri: str | None = None
+    name: str = DEFAULT_CATALOG_NAME
+    namespace: str = DEFAULT_NAMESPACE
+    warehouse: str | None = None
+    properties: tuple[tuple[str, str], ...] = ()  # given to pyiceberg as they are
+    secrets: tuple[tuple[str, str], ...] = ()  # (property, environment variable holding it)
+
+    @property
+    def is_default(self) -> bool:
+        """Whether this is the output's own SQLite catalog (a local output only)."""
+        return self.type == "sql" and self.uri is None and "uri" not in dict(self.secrets)
+
+
+@dataclass(frozen=True, slots=True)
 class Collection:
     """One flipbook to harvest over an inclusive date range."""
 
@@ -166,7 +192,8 @@ class Job:
     granularity: str = DEFAULT_GRANULARITY
     page_stats: bool = True
     output: Location = field(default_factory=lambda: Location.local(DEFAULT_OUTPUT))
-    format: str = DEFAULT_FORMAT  # parquet | delta
+    format: str = DEFAULT_FORMAT  # parquet | delta | iceberg
+    catalog: CatalogSettings | None = None  # format: iceberg; None: the output's own SQLite
     refresh_days: int = DEFAULT_REFRESH_DAYS
     discover: Discovery | None = None
     accounts: tuple[Account, ...] = ()

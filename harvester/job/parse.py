@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from harvester.api import DEFAULT_BASE_URL, DEFAULT_RATE_LIMITS
 from harvester.errors import JobError, Problem
+from harvester.job.catalog import parse_catalog
 from harvester.job.fields import (
     ABSENT,
     ENV_NAME,
@@ -150,6 +151,7 @@ _TOP_KEYS = (
     "output",
     "storage",
     "format",
+    "catalog",
     "refresh_days",
     "start",
     "end",
@@ -201,6 +203,7 @@ def _job(ctx: Context, data: Any) -> Job | None:
     if fmt not in FORMATS:
         ctx.fail("format", f"expected one of {', '.join(FORMATS)}, found {show(fmt)}")
         fmt = DEFAULT_FORMAT
+    catalog = parse_catalog(ctx, top.get("catalog"), fmt, output)
     refresh = integer(
         ctx,
         top.get("refresh_days", ABSENT),
@@ -231,6 +234,7 @@ def _job(ctx: Context, data: Any) -> Job | None:
         page_stats=page_stats is True,
         output=output,
         format=fmt,
+        catalog=catalog,
         refresh_days=refresh,
         discover=discover,
         accounts=accounts,

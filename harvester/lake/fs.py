@@ -20,7 +20,9 @@ from typing import Any
 
 from harvester.errors import JobError, Problem, StorageError
 from harvester.job.location import SECRET_VARS, Location
+from harvester.job.model import CatalogSettings
 from harvester.lake.delta import DeltaSink
+from harvester.lake.iceberg import IcebergSink
 from harvester.lake.objects import NEW, Objects
 from harvester.lake.parquet import ParquetSink
 from harvester.layout import RUNS_DIR, STATE_DIR
@@ -83,14 +85,21 @@ def publish_report(
 
 
 def open_sink(
-    location: Location, fmt: str = "parquet", owners: Mapping[str, str] | None = None
+    location: Location,
+    fmt: str = "parquet",
+    owners: Mapping[str, str] | None = None,
+    *,
+    catalog: CatalogSettings | None = None,
 ) -> ParquetSink:
-    """The writer for an output: Hive-partitioned Parquet, or Delta tables (``format: delta``).
+    """The writer for an output: Hive-partitioned Parquet, Delta tables (``format: delta``) or
+    Iceberg tables (``format: iceberg``, in ``catalog``; None: the one the output records).
 
     ``owners`` maps each collection hash to its account (the ``account`` column).
     """
     if fmt == "delta":
         return DeltaSink(location, owners)
+    if fmt == "iceberg":
+        return IcebergSink(location, owners, catalog)
     return ParquetSink(location, owners)
 
 

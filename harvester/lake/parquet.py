@@ -63,16 +63,18 @@ from harvester.model import Fetched, Fingerprint, Unit
 __all__ = ["ParquetSink", "WriteResult", "read_dataset"]
 
 
-def read_dataset(output: str | os.PathLike[str] | Location, name: str) -> pa.Table:
+def read_dataset(
+    output: str | os.PathLike[str] | Location, name: str, *, sink: ParquetSink | None = None
+) -> pa.Table:
     """A whole dataset with its full schema, sorted by unit (and page).
 
     ``output`` is the output (a folder as a string or a path, or a :class:`Location`);
-    ``name`` is ``page_stats`` or ``collection_stats``.
+    ``name`` is ``page_stats`` or ``collection_stats``; ``sink`` reads it (default: Parquet).
     """
     if name not in SCHEMAS:
         raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(SCHEMAS)}")
     location = output if isinstance(output, Location) else Location.local(output)
-    table = ParquetSink(location).read(name)
+    table = (sink or ParquetSink(location)).read(name)
     keys = ["collection_hash", PARTITION_KEY, *SORT_KEYS[name][1:]]
     return table.sort_by([(k, "ascending") for k in keys])
 

@@ -1,19 +1,25 @@
-"""``harvester maintain OUTPUT``: compact and vacuum a Delta output, under the output's lock."""
+"""``harvester maintain OUTPUT``: upkeep of a Delta or Iceberg output, under the output's lock."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from harvester.errors import UsageError
 from harvester.job.location import Location
 from harvester.lake.delta import DeltaSink
-from harvester.lake.fs import check_reachable
+from harvester.lake.fs import check_reachable, open_sink, storage_errors
+from harvester.lake.iceberg import IcebergSink
 from harvester.lake.objlock import output_lock
 from harvester.lake.output import read_meta
 
 __all__ = ["maintain_output"]
 
 
-def maintain_output(output: str, retention_hours: int) -> list[str]:
-    """``harvester maintain OUTPUT``: compact and vacuum a Delta output, under its lock."""
+def maintain_output(output: str, retention_hours: int, *, now: datetime | None = None) -> list[str]:
+    """Delta: compact and vacuum; Iceberg: expire old snapshots; under the output's lock.
+
+    ``now`` (UTC) is when the retention counts from (default: the clock's now).
+    """
 
     try:
         location = Location.parse(output)
@@ -23,11 +29,16 @@ def maintain_output(output: str, retention_hours: int) -> list[str]:
     meta = read_meta(location)
     if meta is None:
         raise UsageError(f"{location}: not a harvester output (no _harvester/output.json)")
-    if meta.format != "delta":
+    if meta.format not in ("delta", "iceberg"):
         return [f"{location}: a Parquet output keeps one file per partition: nothing to compact"]
     lock = output_lock(location)
     lock.acquire()
     try:
-        return DeltaSink(location).maintain(retention_hours)
+        with storage_errors(location):
+            sink = open_sink(location, meta.format)
+            if isinstance(sink, IcebergSink):
+                return sink.maintain(retention_hours, now=now)
+            assert isinstance(sink, DeltaSink)
+            return sink.maintain(retention_hours)
     finally:
         lock.release()

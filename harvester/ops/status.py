@@ -44,7 +44,12 @@ def plan_pending(job: Job, options: RunOptions) -> PlanSummary:
     # No state yet: an empty one in memory; the dataset still says what is done.
     with open_state(path, job.granularity) as store:
         gone = store.gone_collections() if not options.retry_gone else set()
-        view = DatasetView(store, open_sink(job.output, job.format), job_window(job), write=False)
+        view = DatasetView(
+            store,
+            open_sink(job.output, job.format, catalog=job.catalog),
+            job_window(job),
+            write=False,
+        )
         ledger = Ledger(view, rules, gone)
         for _ in ledger.pending(iter_windows(job)):
             pass

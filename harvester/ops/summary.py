@@ -35,7 +35,7 @@ from harvester.lake.fs import check_reachable, open_sink
 from harvester.lake.output import OutputMeta, read_meta
 from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import COLLECTION_SCHEMA, COLLECTION_STATS, PAGE_SCHEMA, PAGE_STATS
-from harvester.layout import DEFAULT_ACCOUNT, META_DIR, META_FILE
+from harvester.layout import DEFAULT_ACCOUNT, ICEBERG_FILE, META_DIR, META_FILE
 from harvester.model import GRANULARITIES, period_end, period_of
 from harvester.ops.display import print_table
 
@@ -207,9 +207,12 @@ def _meta(location: Location) -> OutputMeta | None:
 
 
 def _format_of(location: Location) -> str:
-    """``delta`` when a local output without a record holds Delta tables, else ``parquet``."""
+    """``delta`` or ``iceberg`` when a local output without a readable record holds such
+    tables, else ``parquet``."""
     if location.is_local and (location.path / COLLECTION_STATS / "_delta_log").is_dir():
         return "delta"
+    if location.is_local and (location.path / META_DIR / ICEBERG_FILE).is_file():
+        return "iceberg"
     return "parquet"
 
 

@@ -167,7 +167,7 @@ async def _run(
     )
     report.units_in_job = count_units(job)
     quarantine = Quarantine(state_path.parent / QUARANTINE_DIR / f"run-{report.run_id}.jsonl")
-    sink = open_sink(job.output, job.format, _owners(job))
+    sink = open_sink(job.output, job.format, _owners(job), catalog=job.catalog)
     failure: LockedError | StorageError | None = None
     with StateStore(state_path, clock=clock.now, granularity=job.granularity) as store:
         run = _Harvest(job, options, store, sink, quarantine, clock, rules_of(job, options, today))
