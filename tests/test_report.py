@@ -18,10 +18,11 @@ def test_the_rate_limit_line_tells_wall_clock_from_summed_waits() -> None:
         rate_limit_wait_seconds=176.4,
         rate_limit_held_seconds=21.0,
         rate_limit_answers=0,
+        elapsed_seconds=84.0,
     )
     assert (
-        "rate limit: requests held back 21.0 s of the run (176.4 s summed over the 18 requests "
-        "that waited); 0 limit answers"
+        "rate limit: requests held back 21.0 s (25%) of the 84.0 s run (176.4 s summed over the"
+        " 18 requests that waited); 0 limit answers"
     ) in report.summary().splitlines()
 
 

@@ -26,14 +26,17 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from harvester.model import RateLimit
 
 __all__ = [
+    "HoldMeter",
     "PacerState",
     "RateLimiter",
     "Slot",
+    "WindowUse",
     "format_duration",
     "shortest_duration",
     "window_margin",
@@ -90,6 +93,53 @@ class _Window:
             starts.popleft()
 
 
+@dataclass(frozen=True)
+class WindowUse:
+    """One window as it stands: its size (margin included) and the send times still in it."""
+
+    calls: int
+    seconds: float
+    recent: tuple[float, ...]  # oldest first, on the pacer's clock
+
+
+class HoldMeter:
+    """Wall-clock time during which at least one call was held back, the current hold included.
+
+    A pacer's meter may report to a ``parent`` (the run's): the parent counts the time at least
+    one of its pacers held a call back, the union of their holds, so its figure never exceeds
+    the run's duration however many accounts wait side by side.
+    """
+
+    def __init__(self, clock: Clock, parent: HoldMeter | None = None) -> None:
+        self._clock = clock
+        self.parent = parent
+        self._holding = 0
+        self._since = 0.0
+        self._total = 0.0
+
+    def begin(self) -> None:
+        """A hold starts."""
+        if self._holding == 0:
+            self._since = self._clock()
+        self._holding += 1
+        if self.parent is not None:
+            self.parent.begin()
+
+    def end(self) -> None:
+        """A hold ends."""
+        self._holding -= 1
+        if self._holding == 0:
+            self._total += self._clock() - self._since
+        if self.parent is not None:
+            self.parent.end()
+
+    @property
+    def seconds(self) -> float:
+        """The time held so far, a hold still going on included."""
+        ongoing = self._clock() - self._since if self._holding else 0.0
+        return self._total + ongoing
+
+
 class Slot:
     """One admitted call's place in every window: stamp it when sent, free it if never sent.
 
@@ -138,8 +188,8 @@ class PacerState:
     (:mod:`harvester.pacing.shared`).
     Counters: ``calls`` (stamped: sent on the wire), ``waits`` and ``waited_seconds`` (calls
     held back and their waits, summed over the calls: several workers wait at once),
-    ``held_seconds`` (wall-clock time during which at least one call was held back),
-    ``pauses`` (31/32 and 429 answers that paused the key).
+    ``held_seconds`` (wall-clock time during which at least one call was held back, read from
+    ``hold_meter`` while a hold lasts), ``pauses`` (31/32 and 429 answers that paused the key).
     """
 
     def __init__(self, limits: Sequence[RateLimit], clock: Clock, sleep: Sleep) -> None:
@@ -152,11 +202,31 @@ class PacerState:
         self._holding = False  # the first waiter is waiting: everyone behind it is held too
         self._holds = 0  # how many times it started waiting
         self._queued = 0  # calls waiting in reserve
+        # This process's sends per window (the ETA reads them; RateLimiter admits by them).
+        self._windows = [_Window(limit, window_margin(limit.seconds)) for limit in self._limits]
+        self.hold_meter = HoldMeter(clock)
         self.calls = 0
         self.waits = 0
         self.waited_seconds = 0.0
-        self.held_seconds = 0.0
         self.pauses = 0
+
+    @property
+    def held_seconds(self) -> float:
+        """Wall-clock time during which at least one call was held back, so far."""
+        return self.hold_meter.seconds
+
+    def window_use(self) -> tuple[WindowUse, ...]:
+        """Each window's size and the send times of this process's calls still inside it."""
+        now = self._clock()
+        return tuple(
+            WindowUse(w.calls, w.seconds, tuple(t for t in w.starts if t > now - w.seconds))
+            for w in self._windows
+        )
+
+    @property
+    def waiting(self) -> int:
+        """Calls asking for a place or holding one unsent: each is a send still to come."""
+        return self._unsent + self._queued
 
     @property
     def enabled(self) -> bool:
@@ -232,9 +302,9 @@ class RateLimiter(PacerState):
     async def _hold(self, delay: float) -> None:
         """Wait ``delay`` seconds, or less if a slot is stamped or freed. ``delay`` is infinite
         when unsent slots alone fill a window; each resolves within its request's timeout."""
-        started = self._clock()
         self._holding = True
         self._holds += 1
+        self.hold_meter.begin()
         try:
             if self._unsent == 0:
                 # Only time makes room: no slot can resolve, none is reserved while we wait.
@@ -243,7 +313,7 @@ class RateLimiter(PacerState):
                 await self._sleep_or_change(delay)
         finally:
             self._holding = False
-            self.held_seconds += self._clock() - started
+            self.hold_meter.end()
 
     async def _sleep_or_change(self, delay: float) -> None:
         """Sleep ``delay`` or until a slot resolves, whichever comes first; sleep's errors rise."""

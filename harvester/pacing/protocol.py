@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from harvester.model import RateLimit
-from harvester.pacing.limiter import window_margin
+from harvester.pacing.limiter import HoldMeter, WindowUse, window_margin
 
 __all__ = [
     "BUDGET_DIR_ENV",
@@ -53,8 +53,19 @@ class Pacer(Protocol):
     calls: int
     waits: int
     waited_seconds: float
-    held_seconds: float
     pauses: int
+    hold_meter: HoldMeter
+
+    @property
+    def held_seconds(self) -> float:
+        """Wall-clock time during which at least one call was held back, so far."""
+
+    @property
+    def waiting(self) -> int:
+        """Calls asking for a place or holding one unsent."""
+
+    def window_use(self) -> tuple[WindowUse, ...]:
+        """Each window's size and the send times of this process's calls still inside it."""
 
     @property
     def enabled(self) -> bool:

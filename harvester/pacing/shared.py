@@ -136,18 +136,21 @@ class SharedBudget(PacerState):
 
     async def _hold(self, delay: float) -> None:
         """Sleep ``delay`` seconds (bounded by the callers), counting the time held."""
-        started = self._clock()
         self._holding = True
         self._holds += 1
+        self.hold_meter.begin()
         try:
             await self._sleep(delay)
         finally:
             self._holding = False
-            self.held_seconds += self._clock() - started
+            self.hold_meter.end()
 
     async def _stamp(self, lease: str) -> None:
         self._unsent -= 1
         self.calls += 1
+        now = self._clock()
+        for window in self._windows:  # this process's sends, for window_use()
+            window.record(now)
         await self._store.stamp(lease)
 
     async def _free(self, lease: str) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
@@ -53,12 +54,14 @@ from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
 from harvester.layout import QUARANTINE_DIR
 from harvester.model import Clock, Unit, system_clock
+from harvester.pacing.limiter import HoldMeter, WindowUse
+from harvester.pacing.protocol import budget_digest
 from harvester.plan.schedule import Scheduler, Splitter
 from harvester.plan.windows import count_units, iter_windows
 from harvester.redact import register_secrets
 from harvester.run.commit import Committer, Gone, Ledger, Quarantine, Rules
 from harvester.run.options import PROGRESS_EVERY_SECONDS, RunOptions, rules_of, state_path_of
-from harvester.run.progress import Progress, Snapshot
+from harvester.run.progress import Progress, Snapshot, least_seconds
 from harvester.run.report import RunReport, report_accounts, report_dict, write_report
 from harvester.state.binding import bind_output, check_output
 from harvester.state.record import DatasetView, job_window
@@ -310,6 +313,10 @@ class _Harvest:
         self.stopped_by: str | None = None
         self.stopped: HarvesterError | None = None  # what stopped the whole run, if anything
         self.exit_code = EXIT_OK
+        # The time at least one account's requests were held back: never more than the run.
+        self.started = clock.monotonic()
+        self.held = HoldMeter(clock.monotonic)
+        self.handed: Counter[str] = Counter()  # units handed to a worker, per account
 
     async def run(self, endpoints: Mapping[str, tuple[str, Credentials]]) -> None:
         """Recover staged answers, discover collections, fetch every pending unit, commit."""
@@ -322,6 +329,8 @@ class _Harvest:
         except BudgetUnavailable as exc:
             await self._fail_left(self.job, exc)
             raise
+        for lane in self.lanes:
+            lane.pacer.hold_meter.parent = self.held
         try:
             for lane in self.lanes:
                 start_lane(lane, self.job, self.clock, self.token)
@@ -394,6 +403,7 @@ class _Harvest:
             report.exit_code = self.exit_code
         if self.lanes:
             report_accounts(report, self.lanes)
+            report.rate_limit_held_seconds = round(self.held.seconds, 3)
         self._report_stopped_accounts(report)
 
     def _report_stopped_accounts(self, report: RunReport) -> None:
@@ -494,6 +504,7 @@ class _Harvest:
     async def _work(self, item: tuple[Lane, Unit]) -> None:
         """One unit, fetched; its outcome handed to the writer, whatever it is."""
         lane, unit = item
+        self.handed[lane.name] += 1
         if lane.stopped is not None or lane.fetcher is None:
             self._skip(lane, unit)
             return
@@ -602,28 +613,41 @@ class _Harvest:
         if not options.live_progress and not options.progress_every:
             return None
         # One pass of the plan without fetching (about a second for a million units): the
-        # total the ETA needs, which the lazy plan only knows at its end.
+        # totals the ETA needs, which the lazy plan only knows at its end.
         view = DatasetView(self.store, self.sink, job_window(job), write=False)
         counter = Ledger(view, self.ledger.rules, set(self.gone))
-        total = sum(1 for _ in counter.pending(iter_windows(job)))
+        owners = _owners(job)
+        totals = Counter(owners.get(u.collection_hash) for u in counter.pending(iter_windows(job)))
+        total = sum(totals.values())
         plan, done, lanes, clock = self.ledger.counts, self.committer.counts, self.lanes, self.clock
-        started = clock.monotonic()
+
+        def floor(now: float) -> float:
+            """The slowest budget's least time for its calls left, from its windows now."""
+            budgets: dict[str, tuple[int, list[tuple[WindowUse, ...]]]] = {}
+            for lane in lanes:
+                if lane.stopped is not None:
+                    continue  # its units end without a call
+                # Units not handed out yet need a call each; those asking for a place, one more.
+                left = max(0, totals[lane.name] - self.handed[lane.name]) + lane.pacer.waiting
+                key = budget_digest(lane.base_url, lane.credentials.key)  # one key, one budget
+                calls, uses = budgets.get(key, (0, []))
+                budgets[key] = (calls + left, [*uses, lane.pacer.window_use()])
+            return least_seconds(budgets.values(), now)
 
         def snapshot() -> Snapshot:
-            resolved = done.fetched + done.failed + done.gone
+            now = clock.monotonic()
             return Snapshot(
-                resolved=resolved,
+                resolved=done.fetched + done.failed + done.gone,
                 to_fetch=max(total, plan.to_fetch),
                 failed=done.failed,
                 calls=sum(lane.pacer.calls for lane in lanes),
-                held_seconds=max((lane.pacer.held_seconds for lane in lanes), default=0.0),
-                elapsed=clock.monotonic() - started,
+                held_seconds=self.held.seconds,
+                elapsed=now - self.started,
+                floor_seconds=floor(now),
             )
 
         every = options.progress_every or PROGRESS_EVERY_SECONDS
-        # With several accounts the calls left split between budgets: the ETA is the pace's.
-        limits = job.api.rate_limits if not self.several else ()
-        return Progress(snapshot, limits, every=every, live=options.live_progress)
+        return Progress(snapshot, every=every, live=options.live_progress)
 
 
 def _raise_if_cancelled() -> None:

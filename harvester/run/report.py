@@ -85,7 +85,8 @@ class RunReport:
     rate_limit_answers: int = 0
     rate_limit_waits: int = 0  # requests the limiter held back
     rate_limit_wait_seconds: float = 0.0  # their waits, summed (workers wait side by side)
-    rate_limit_held_seconds: float = 0.0  # wall-clock time at least one request was held back
+    # Wall-clock time at least one request (of any account) was held back: at most the run.
+    rate_limit_held_seconds: float = 0.0
     rate_limit_pauses: int = 0
     page_rows_written: int = 0
     collection_rows_written: int = 0
@@ -108,6 +109,13 @@ class RunReport:
     def to_json(self) -> str:
         """The report as redacted, indented JSON (redacted before encoding: see redact_data)."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @property
+    def held_share(self) -> float:
+        """The share of the run during which at least one request was held back (0 to 1)."""
+        if self.elapsed_seconds <= 0:
+            return 0.0
+        return min(1.0, self.rate_limit_held_seconds / self.elapsed_seconds)
 
     @property
     def succeeded(self) -> bool:
@@ -161,7 +169,8 @@ class RunReport:
         lines += [f"units: {n} {what}" for n, what in notes if n]
         if self.rate_limit_waits or self.rate_limit_answers:
             lines.append(
-                f"rate limit: requests held back {self.rate_limit_held_seconds:.1f} s of the run "
+                f"rate limit: requests held back {self.rate_limit_held_seconds:.1f} s "
+                f"({self.held_share:.0%}) of the {self.elapsed_seconds:.1f} s run "
                 f"({self.rate_limit_wait_seconds:.1f} s summed over the {self.rate_limit_waits} "
                 f"requests that waited); {self.rate_limit_answers} limit answers"
             )
@@ -227,7 +236,8 @@ def report_accounts(report: RunReport, lanes: Sequence[Lane]) -> None:
     report.requests = sum(p.calls for p in pacers)
     report.rate_limit_waits = sum(p.waits for p in pacers)
     report.rate_limit_wait_seconds = round(sum(p.waited_seconds for p in pacers), 3)
-    report.rate_limit_held_seconds = round(sum(p.held_seconds for p in pacers), 3)
+    # Per account here; the pipeline replaces it with the union of the accounts' holds.
+    report.rate_limit_held_seconds = round(max((p.held_seconds for p in pacers), default=0.0), 3)
     report.rate_limit_pauses = sum(p.pauses for p in pacers)
     report.retries = sum(s.retries for s in stats)
     report.rate_limit_answers = sum(s.rate_limit_answers for s in stats)
@@ -244,6 +254,7 @@ def _figures(lane: Lane) -> dict[str, Any]:
         "units_failed": lane.counts["failed"],
         "units_not_attempted": lane.counts["abandoned"],
         "requests": lane.pacer.calls,
+        "rate_limit_held_seconds": round(lane.pacer.held_seconds, 3),
         "rate_limit_answers": stats.rate_limit_answers if stats is not None else 0,
         "answers_by_code": dict(sorted(stats.answers.items())) if stats is not None else {},
         "stopped_by": type(lane.stopped).__name__ if lane.stopped else None,
