@@ -26,6 +26,7 @@ An object store's state lives in the user's cache (``$XDG_CACHE_HOME/harvester/<
 from __future__ import annotations
 
 __all__ = [
+    "ALL_ACCOUNTS",
     "CATALOG_FILE",
     "DEFAULT_ACCOUNT",
     "DISCOVERED_FILE",
@@ -39,12 +40,17 @@ __all__ = [
     "QUARANTINE_DIR",
     "REPORTS_DIR",
     "REPORT_FOLDERS",
+    "RESERVED_ACCOUNT_NAMES",
     "RUNS_DIR",
     "STATE_DIR",
     "STATE_FILE",
 ]
 
 DEFAULT_ACCOUNT = "default"  # the one account of a job without ``accounts``
+# The run-wide series of a job with several accounts carry account="all" (metrics, push
+# groups): no account may be called that, in any case.
+ALL_ACCOUNTS = "all"
+RESERVED_ACCOUNT_NAMES = frozenset({ALL_ACCOUNTS})
 
 # The harvester's own folder inside an output (local or object storage).
 META_DIR = "_harvester"

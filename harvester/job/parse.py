@@ -75,6 +75,7 @@ from harvester.job.model import (
     Job,
     RetrySettings,
 )
+from harvester.layout import RESERVED_ACCOUNT_NAMES
 from harvester.model import GRANULARITIES, RateLimit
 
 __all__ = ["load_job", "parse_data", "parse_job"]
@@ -296,6 +297,13 @@ def _account(
             f"{path}.name",
             "required: a label of letters, digits, '.', '_' or '-' (at most 64), "
             f"found {kind(name)}",
+        )
+        return None
+    if name.lower() in RESERVED_ACCOUNT_NAMES:
+        ctx.fail(
+            f"{path}.name",
+            f"{name!r} is reserved: the run-wide metrics of a job with several accounts carry"
+            f" account={name.lower()!r}; choose another name",
         )
         return None
     for key in ("key_env", "secret_env"):

@@ -30,7 +30,7 @@ from harvester.job.location import Location
 from harvester.lake.fs import open_sink
 from harvester.lake.output import read_meta
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
-from harvester.layout import DEFAULT_ACCOUNT, REPORTS_DIR
+from harvester.layout import ALL_ACCOUNTS, DEFAULT_ACCOUNT, REPORTS_DIR
 from harvester.ops.runs import last_success, read_runs, report_folders, report_folders_of
 from harvester.run.report import RunReport
 
@@ -79,7 +79,6 @@ ACCOUNT_METRICS: tuple[tuple[str, str, str], ...] = (
     ("account_last_run_answers", "Answers one account got in the last run, by code.", "code"),
     ("account_last_run_stopped", "1 when the last run stopped the account (41/44, down).", ""),
 )
-ALL_ACCOUNTS = "all"
 
 
 @dataclass(frozen=True)

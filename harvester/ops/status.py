@@ -13,7 +13,7 @@ from typing import Any
 
 from harvester.job.model import Job, accounts_of
 from harvester.lake.fs import check_reachable, open_sink
-from harvester.lake.output import read_meta
+from harvester.lake.output import read_discovered, read_meta
 from harvester.layout import LAST_RUN_FILE
 from harvester.model import system_clock
 from harvester.ops.runs import last_success, read_runs, report_folders_of
@@ -68,15 +68,22 @@ def plan_by_account(job: Job, options: RunOptions) -> dict[str, PlanSummary]:
 
 
 def _by_account(job: Job, store: StateStore) -> list[str]:
-    """One line per account of a job with several: its units done, failed, staged."""
+    """One line per account of a job with several: its units done, failed, staged, those of
+    the collections it discovered (as the last run recorded them) included."""
     accounts = accounts_of(job)
     if len(accounts) < 2:
         return []
     owner = {c.hash: a.name for a in accounts for c in a.collections}
+    recorded = read_discovered(job.output)
+    if recorded is not None:
+        names = {a.name for a in accounts}
+        for name, hashes in recorded[0].items():
+            for collection in hashes if name in names else ():
+                owner.setdefault(collection, name)  # a listed collection keeps its account
     totals = {a.name: dict.fromkeys(("done", "failed", "staged"), 0) for a in accounts}
     for collection, counts in store.counts_by_collection().items():
         name = owner.get(collection)
-        if name is not None:  # discovered collections are not in the job file
+        if name is not None:  # a collection no account lists or discovered any more
             for status in totals[name]:
                 totals[name][status] += counts.get(status, 0)
     return [
