@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from harvester.errors import StorageError, UsageError
 from harvester.job.location import Location
 from harvester.lake.fs import check_reachable, location_fs
 from harvester.layout import REPORT_FOLDERS, RUNS_DIR
-from harvester.ops.display import print_table
+from harvester.ops.display import Column, fitted_table, print_table
 from harvester.redact import redact
 
 __all__ = [
@@ -178,38 +178,28 @@ def print_runs(history: RunHistory, limit: int, console: Console, output: Path) 
     if not runs:
         console.print(f"{output}: no run reports found", markup=False, highlight=False)
         return
-    table = Table(box=None, pad_edge=False, show_edge=False, highlight=False)
-    for name, justify in _COLUMNS:
-        table.add_column(name, justify=justify, no_wrap=True)
-    for run in runs:
-        table.add_row(
-            _clock(run.when),
-            f"{run.elapsed_seconds:.1f} s",
-            "?" if run.exit_code is None else str(run.exit_code),
-            run.outcome,
-            str(run.units_committed),
-            str(run.units_failed),
-            str(run.units_gone),
-            str(run.requests),
-            run.run_id,
-        )
+    columns = [
+        Column("started (UTC)", [_clock(r.when) for r in runs]),
+        Column("took", [f"{r.elapsed_seconds:.1f} s" for r in runs], numeric=True),
+        Column("exit", ["?" if r.exit_code is None else str(r.exit_code) for r in runs], True),
+        Column("outcome", [r.outcome for r in runs]),
+        Column("committed", [str(r.units_committed) for r in runs], numeric=True),
+        Column("failed", [str(r.units_failed) for r in runs], numeric=True),
+        Column("gone", [str(r.units_gone) for r in runs], numeric=True),
+        Column("requests", [str(r.requests) for r in runs], numeric=True),
+        Column("run", [r.run_id for r in runs]),
+    ]
+
+    def make(tight: bool) -> Table:
+        padding = (0, 1, 0, 0) if tight else (0, 1)
+        return Table(box=None, pad_edge=False, show_edge=False, highlight=False, padding=padding)
+
+    # Narrow: the run's id goes first (`--json` has it), then the outcome (the exit says most).
+    table = fitted_table(console, make, columns, drop=("run", "outcome"))
     print_table(console, table, blank_after=False)
     if len(history.runs) > limit:
         more = len(history.runs) - limit
         console.print(f"... and {more} older runs (--limit)", markup=False, highlight=False)
-
-
-_COLUMNS: Sequence[tuple[str, Any]] = (
-    ("started (UTC)", "left"),
-    ("took", "right"),
-    ("exit", "right"),
-    ("outcome", "left"),
-    ("committed", "right"),
-    ("failed", "right"),
-    ("gone", "right"),
-    ("requests", "right"),
-    ("run", "left"),
-)
 
 
 def runs_json(history: RunHistory, limit: int) -> str:

@@ -77,15 +77,15 @@ def _by_account(job: Job, store: StateStore) -> list[str]:
     recorded = read_discovered(job.output)
     if recorded is not None:
         names = {a.name for a in accounts}
-        for name, hashes in recorded[0].items():
-            for collection in hashes if name in names else ():
-                owner.setdefault(collection, name)  # a listed collection keeps its account
+        for listed_by, hashes in recorded[0].items():
+            for collection in hashes if listed_by in names else ():
+                owner.setdefault(collection, listed_by)  # a listed collection keeps its account
     totals = {a.name: dict.fromkeys(("done", "failed", "staged"), 0) for a in accounts}
     for collection, counts in store.counts_by_collection().items():
-        name = owner.get(collection)
-        if name is not None:  # a collection no account lists or discovered any more
-            for status in totals[name]:
-                totals[name][status] += counts.get(status, 0)
+        account = owner.get(collection)
+        if account is not None:  # None: no account lists or discovered it any more
+            for status in totals[account]:
+                totals[account][status] += counts.get(status, 0)
     return [
         f"account {name}: {t['done']} units done, {t['failed']} failed, {t['staged']} staged"
         for name, t in totals.items()

@@ -37,7 +37,7 @@ from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import COLLECTION_SCHEMA, COLLECTION_STATS, PAGE_SCHEMA, PAGE_STATS
 from harvester.layout import DEFAULT_ACCOUNT, ICEBERG_FILE, META_DIR, META_FILE
 from harvester.model import GRANULARITIES, period_end, period_of
-from harvester.ops.display import print_table
+from harvester.ops.display import Column, fitted_table, print_table
 
 __all__ = [
     "DEFAULT_TOP",
@@ -400,11 +400,11 @@ def render(summary: Summary, console: Console, *, top: int = DEFAULT_TOP) -> Non
         say("no statistics here (none within the dates, collections and account asked)")
         return
     shown = summary.collections[:top]
-    print_table(console, _collections_table(summary, shown))
+    print_table(console, _collections_table(summary, shown, console))
     if len(summary.collections) > len(shown):
         say(f"... and {len(summary.collections) - len(shown)} more collections (--top)")
     if any(c.top_pages for c in shown):
-        print_table(console, _pages_table(summary, shown))
+        print_table(console, _pages_table(summary, shown, console))
     if not summary.gaps:
         say(
             f"coverage: complete (every {summary.granularity} from each collection's first to last)"
@@ -442,52 +442,72 @@ def _name(summary: Summary, c: CollectionSummary) -> str:
 
 
 _FIGURES = ("impressions", "views", "clicks", "time_spent", "downloads")
+_PADDING, _TIGHT = (0, 1), (0, 1, 0, 0)  # a narrow console: one space fewer between columns
 
 
-def _collections_table(summary: Summary, shown: Sequence[CollectionSummary]) -> Table:
-    """A row per collection; a footer with the totals over every collection."""
+def _collections_table(
+    summary: Summary, shown: Sequence[CollectionSummary], console: Console
+) -> Table:
+    """A row per collection; a footer with the totals over every collection. Narrow, the
+    first and last days go first, then the coverage (the gaps are listed below anyway)."""
     many = len(summary.collections) > 1
-    table = Table(
-        title="Collections",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        show_footer=many,
-        title_justify="left",
-    )
     everything = summary.collections
-    table.add_column("collection", footer=Text(f"all {len(everything)}"), no_wrap=True)
-    table.add_column("first", no_wrap=True)
-    table.add_column("last", no_wrap=True)
-    table.add_column("coverage", no_wrap=True)
+    columns = [
+        Column(
+            "collection", [Text(_name(summary, c)) for c in shown], footer=f"all {len(everything)}"
+        ),
+        Column("first", [c.first.isoformat() for c in shown]),
+        Column("last", [c.last.isoformat() for c in shown]),
+        Column(
+            "coverage",
+            [
+                Text(c.coverage.counts, style="" if c.coverage.complete else "bold red")
+                for c in shown
+            ],
+        ),
+    ]
     for figure in _FIGURES:
         total = sum(getattr(c, figure) for c in everything)
-        label = figure.replace("_", " ")
-        table.add_column(label, justify="right", footer=Text(f"{total:,}"), no_wrap=True)
-    for c in shown:
-        cover = Text(c.coverage.counts, style="" if c.coverage.complete else "bold red")
-        table.add_row(
-            Text(_name(summary, c)),
-            c.first.isoformat(),
-            c.last.isoformat(),
-            cover,
-            *(f"{getattr(c, figure):,}" for figure in _FIGURES),
+        columns.append(
+            Column(
+                figure.replace("_", " "),
+                [f"{getattr(c, figure):,}" for c in shown],
+                numeric=True,
+                footer=f"{total:,}" if many else None,
+            )
         )
-    return table
+
+    def make(tight: bool) -> Table:
+        return Table(
+            title="Collections",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            show_footer=many,
+            title_justify="left",
+            padding=_TIGHT if tight else _PADDING,
+        )
+
+    return fitted_table(console, make, columns, drop=("first", "last", "coverage"))
 
 
-def _pages_table(summary: Summary, shown: Sequence[CollectionSummary]) -> Table:
+def _pages_table(summary: Summary, shown: Sequence[CollectionSummary], console: Console) -> Table:
     """Each shown collection's busiest pages."""
-    table = Table(
-        title=f"Busiest pages (top {TOP_PAGES} by views)",
-        box=box.SIMPLE_HEAD,
-        show_edge=False,
-        title_justify="left",
-    )
-    table.add_column("collection", no_wrap=True)
-    for name in ("page", "views", "clicks", "time spent"):
-        table.add_column(name, justify="right", no_wrap=True)
-    for c in shown:
-        for i, p in enumerate(c.top_pages):
-            label = Text(_name(summary, c) if i == 0 else "")
-            table.add_row(label, str(p.page), f"{p.views:,}", f"{p.clicks:,}", f"{p.time_spent:,}")
-    return table
+    rows = [(c, i, p) for c in shown for i, p in enumerate(c.top_pages)]
+    columns = [
+        Column("collection", [Text(_name(summary, c) if i == 0 else "") for c, i, _ in rows]),
+        Column("page", [str(p.page) for _, _, p in rows], numeric=True),
+        Column("views", [f"{p.views:,}" for _, _, p in rows], numeric=True),
+        Column("clicks", [f"{p.clicks:,}" for _, _, p in rows], numeric=True),
+        Column("time spent", [f"{p.time_spent:,}" for _, _, p in rows], numeric=True),
+    ]
+
+    def make(tight: bool) -> Table:
+        return Table(
+            title=f"Busiest pages (top {TOP_PAGES} by views)",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            title_justify="left",
+            padding=_TIGHT if tight else _PADDING,
+        )
+
+    return fitted_table(console, make, columns)
