@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sqlite3
 import sys
 import traceback
@@ -29,6 +30,7 @@ from typing import Any
 from harvester import __version__
 from harvester.errors import (
     EXIT_BAD_JOB,
+    EXIT_CLOSED_PIPE,
     EXIT_CODES,
     EXIT_INTERNAL,
     EXIT_LOCAL_IO,
@@ -36,7 +38,7 @@ from harvester.errors import (
     JobError,
     Problem,
 )
-from harvester.logs import LOG_FORMATS, setup_logging
+from harvester.logs import LOG_FORMATS, escape_controls, setup_logging
 from harvester.redact import redact
 
 __all__ = ["main"]
@@ -237,8 +239,9 @@ def _run(args: argparse.Namespace) -> int:
         allow_other_endpoint=args.allow_other_endpoint,
         handle_signals=True,
         progress_every=args.progress_every,
-        # On a terminal, a live display; in cron mail, CI logs and JSON logs, plain lines.
-        live_progress=sys.stderr.isatty() and args.log_format == "text" and not args.quiet,
+        # On a terminal, a live display; in cron mail, CI logs, JSON logs and on a dumb
+        # terminal (an editor's shell, which cannot redraw a line), plain lines.
+        live_progress=_can_redraw() and args.log_format == "text" and not args.quiet,
     )
     if args.dry_run:
         return _print_plan(job, options, as_json=False)
@@ -264,24 +267,59 @@ def _print_plan(job: Any, options: Any, *, as_json: bool) -> int:
     from harvester.ops.estimate import plan_job
 
     plan = plan_job(job, options)
-    print(plan.to_json() if as_json else "\n".join(plan.lines()))
+    _out(plan.to_json() if as_json else "\n".join(plan.lines()))
     return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
     from harvester.ops.validate import describe
 
-    print(describe(args.job))
+    _out(describe(args.job))
     return 0
 
 
+def _out(text: str) -> None:
+    """A command's answer on stdout: redacted, control characters (but newlines) escaped.
+
+    A line at a time: a pipe closed in the middle of one large write can lose the rest
+    without an error, where a small write fails (and the command ends with exit 141).
+    """
+    for line in escape_controls(redact(text), keep="\n\t").split("\n"):
+        sys.stdout.write(line + "\n")
+
+
+def _can_redraw() -> bool:
+    """True when stderr is a terminal that can redraw a line in place (not TERM=dumb)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return console.is_terminal and not console.is_dumb_terminal
+
+
 def _say(text: str, level: int) -> None:
-    """The last words on stderr: plain lines, or one JSON record under --log-format json."""
+    """The last words on stderr: plain lines, or one JSON record under --log-format json.
+
+    A closed stderr (``2>&1 | head``) loses them quietly: the exit code still says it all.
+    """
     text = redact(text)
     if _json_logs:
         logging.getLogger("harvester.summary").log(level, text)
-    else:
-        print(text, file=sys.stderr)
+        return
+    try:
+        print(escape_controls(text, keep="\n\t"), file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        _discard(sys.stderr)
+
+
+def _discard(stream: Any) -> None:
+    """Point a closed pipe's file descriptor at /dev/null: the interpreter's last flush of
+    it at exit would otherwise print a broken-pipe error of its own."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (a test's capture): nothing to flush
+        pass
 
 
 _json_logs = False
@@ -292,7 +330,7 @@ def _status(args: argparse.Namespace) -> int:
     from harvester.ops.status import status
     from harvester.run.options import RunOptions
 
-    print(redact(status(load_job(args.job), RunOptions(state_path=args.state))))
+    _out(status(load_job(args.job), RunOptions(state_path=args.state)))
     return 0
 
 
@@ -325,7 +363,7 @@ def _runs(args: argparse.Namespace) -> int:
     for path, reason in history.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if args.json:
-        print(runs_json(history, args.limit))
+        _out(runs_json(history, args.limit))
     else:
         print_runs(history, args.limit, stdout_console(), Path(args.output))
     return 0
@@ -335,7 +373,7 @@ def _verify(args: argparse.Namespace) -> int:
     from harvester.ops.verify import verify_output
 
     found, state = verify_output(args.output, args.state)
-    print(redact(found.text(args.output, state)))
+    _out(found.text(args.output, state))
     return 1 if found.missing else 0
 
 
@@ -343,7 +381,7 @@ def _maintain(args: argparse.Namespace) -> int:
     from harvester.ops.maintain import maintain_output
 
     for line in maintain_output(args.output, args.retention_hours):
-        print(redact(line))
+        _out(line)
     return 0
 
 
@@ -380,19 +418,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     global _json_logs
     _json_logs = getattr(args, "log_format", "text") == "json"
     setup_logging("json" if _json_logs else "text", level)
+    return _settled(_dispatch(args))
+
+
+_COMMANDS = {
+    "run": _run,
+    "plan": _plan,
+    "validate": _validate,
+    "status": _status,
+    "summary": _summary,
+    "runs": _runs,
+    "verify": _verify,
+    "maintain": _maintain,
+    "simulate": _simulate,
+}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; map what it raises to a message and an exit code."""
     try:
-        commands = {
-            "run": _run,
-            "plan": _plan,
-            "validate": _validate,
-            "status": _status,
-            "summary": _summary,
-            "runs": _runs,
-            "verify": _verify,
-            "maintain": _maintain,
-            "simulate": _simulate,
-        }
-        return commands[args.command](args)
+        return _COMMANDS[args.command](args)
+    except BrokenPipeError:  # `harvester runs OUT | head`: the reader has all it wanted
+        return EXIT_CLOSED_PIPE
     except JobError as exc:
         _say(f"error: invalid job:\n{exc}", logging.ERROR)
         return EXIT_BAD_JOB
@@ -407,6 +454,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:  # a bug: say so, with a traceback that cannot carry a secret
         _say("internal error (a bug in harvester):\n" + traceback.format_exc(), logging.CRITICAL)
         return EXIT_INTERNAL
+
+
+def _settled(code: int) -> int:
+    """Flush stdout and stderr now, so that a closed pipe ends the command quietly: exit 141
+    when stdout was closed (what the shell reports for ``yes | head``), the command's own exit
+    code when only stderr was (a run's outcome does not depend on who reads its logs)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            _discard(stream)
+            if stream is sys.stdout:
+                code = EXIT_CLOSED_PIPE
+    return code
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in harvester, never an expected outcome
 EXIT_LOCAL_IO = 74  # EX_IOERR: the output or state folder cannot be written (disk, permissions)
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE: what the shell reports for `yes | head`
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "every unit succeeded",
@@ -100,6 +101,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_LOCAL_IO: "the output or state cannot be read or written (disk, permissions, store)",
     EXIT_SIGINT: "stopped by SIGINT (Ctrl-C); what was fetched is committed",
     EXIT_SIGTERM: "stopped by SIGTERM; what was fetched is committed",
+    EXIT_CLOSED_PIPE: "stdout was closed early (piped into head): the rest was not printed",
 }
 
 

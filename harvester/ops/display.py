@@ -29,9 +29,18 @@ _MEASURE_WIDTH = 100_000
 Cell = str | Text
 
 
+class _StdoutConsole(Console):
+    """A console whose closed pipe is an error the CLI ends quietly on (rich would exit 1)."""
+
+    def on_broken_pipe(self) -> None:
+        """Print nothing more; let the CLI end with its closed-pipe exit code."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def stdout_console() -> Console:
     """A console on stdout: styled on a terminal; plain text, no control codes, elsewhere."""
-    console = Console(highlight=False)
+    console = _StdoutConsole(highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = WIDE
     return console
@@ -137,4 +146,5 @@ def print_table(console: Console, table: Table, *, blank_after: bool = True) -> 
         finally:
             console.width = width
     lines = captured.get().splitlines() + ([""] if blank_after else [])
-    console.file.write("".join(line.rstrip(" ") + "\n" for line in lines))
+    for line in lines:  # a line at a time: one large write may lose its end to a closed pipe
+        console.file.write(line.rstrip(" ") + "\n")  # silently, where small ones fail loudly
