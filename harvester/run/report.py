@@ -17,6 +17,7 @@ from typing import Any
 from harvester.errors import EXIT_CODES, UnitError, UnitsFailed
 from harvester.fetch.lanes import Lane
 from harvester.layout import LAST_RUN_FILE, REPORTS_DIR
+from harvester.logs import escape_controls
 from harvester.redact import redact, redact_data
 
 __all__ = ["FailedEntry", "RunReport", "report_accounts", "write_report"]
@@ -200,7 +201,8 @@ class RunReport:
         if self.message:
             lines.append(self.message)
         lines.append(f"exit {self.exit_code}: {EXIT_CODES.get(self.exit_code, '')}")
-        return redact("\n".join(lines))
+        # One line per item: a newline or a control character inside one came from a value.
+        return redact("\n".join(escape_controls(line) for line in lines))
 
 
 def _write_atomic(path: Path, text: str) -> None:
