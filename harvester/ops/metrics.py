@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
@@ -248,10 +249,43 @@ def require() -> None:
 
 
 def check_target(metrics_file: Path | None) -> None:
-    """Before a run: the extra is installed and the metrics file's folder exists."""
+    """Before a run: the extra is installed, the metrics file's folder exists, and what is
+    there already is a regular file (the file is written beside, then renamed over it)."""
     require()
-    if metrics_file is not None and not metrics_file.parent.is_dir():
+    if metrics_file is None:
+        return
+    if not metrics_file.parent.is_dir():
         raise UsageError(f"--metrics-file {metrics_file}: no folder {metrics_file.parent}")
+    _check_regular(metrics_file)
+
+
+def _check_regular(path: Path) -> None:
+    """Raise UsageError if ``path`` exists and is not a regular file: renaming over a device,
+    a FIFO or a symbolic link would replace it (``/dev/full`` with a file of metrics)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"--metrics-file {path}: cannot be checked: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise UsageError(
+            f"--metrics-file {path}: {_kind(mode)}, not a regular file: writing the metrics"
+            " would replace it; name a file (node_exporter's textfile collector reads *.prom)"
+        )
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in a few words."""
+    kinds = [
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def export(
@@ -273,8 +307,9 @@ def export(
     metrics = collect(report, output)
     if metrics_file is not None:
         try:
+            _check_regular(metrics_file)  # again: the run took a while
             write_to_textfile(str(metrics_file), registry(metrics))  # beside, then renamed
-        except OSError as exc:
+        except (OSError, UsageError) as exc:
             log.error("could not write the metrics file %s: %s", metrics_file, exc)
     if pushgateway is not None:
         try:
