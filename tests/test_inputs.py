@@ -57,7 +57,7 @@ def test_a_metrics_file_that_is_not_a_regular_file_is_refused_before_any_request
     assert simulator.counters()["requests"] == 0
 
 
-# --- key files -------------------------------------------------------------------------------------
+# --- key files ---------------------------------------------------------------------------------
 
 
 def _without_credentials() -> dict[str, str]:
