@@ -9,7 +9,7 @@ harvester summary OUTPUT [--since DATE] [--until DATE] [--collection HASH] [--ac
                          [--top N] [--png FILE]
 harvester runs OUTPUT [--limit N] [--json]
 harvester verify OUTPUT [--state PATH]
-harvester maintain OUTPUT [--retention-hours N]
+harvester maintain OUTPUT [--retention-hours N] [--wait]
 harvester simulate [--host 127.0.0.1] [--port 8080] [--config sim.yaml] [--seed N]
 """
 
@@ -191,6 +191,9 @@ def _parser() -> argparse.ArgumentParser:
         default=168,
         metavar="N",
         help="keep what versions (snapshots) of the last N hours need (default 168: a week)",
+    )
+    upkeep.add_argument(
+        "--wait", action="store_true", help="wait for a run writing the output to finish"
     )
 
     sim = commands.add_parser("simulate", help="serve the bundled Flipsnack-compatible simulator")
@@ -380,7 +383,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _maintain(args: argparse.Namespace) -> int:
     from harvester.ops.maintain import maintain_output
 
-    for line in maintain_output(args.output, args.retention_hours):
+    for line in maintain_output(args.output, args.retention_hours, wait=args.wait):
         _out(line)
     return 0
 

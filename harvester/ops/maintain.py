@@ -15,8 +15,11 @@ from harvester.lake.output import read_meta
 __all__ = ["maintain_output"]
 
 
-def maintain_output(output: str, retention_hours: int, *, now: datetime | None = None) -> list[str]:
-    """Delta: compact and vacuum; Iceberg: expire old snapshots; under the output's lock.
+def maintain_output(
+    output: str, retention_hours: int, *, now: datetime | None = None, wait: bool = False
+) -> list[str]:
+    """Delta: compact and vacuum; Iceberg: expire old snapshots; under the output's lock
+    (LockedError, exit 4, while a run holds it, unless ``wait``: then after that run).
 
     ``now`` (UTC) is when the retention counts from (default: the clock's now).
     """
@@ -32,7 +35,7 @@ def maintain_output(output: str, retention_hours: int, *, now: datetime | None =
     if meta.format not in ("delta", "iceberg"):
         return [f"{location}: a Parquet output keeps one file per partition: nothing to compact"]
     lock = output_lock(location)
-    lock.acquire()
+    lock.acquire(wait=wait)
     try:
         with storage_errors(location):
             sink = open_sink(location, meta.format)
