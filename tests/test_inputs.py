@@ -7,12 +7,15 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import date, datetime
 from pathlib import Path
 
 import pytest
 
 from harvester import cli
+from harvester.errors import JobError
 from harvester.job.credentials import KEY_FILE_TIMEOUT_SECONDS
+from harvester.run.options import RunOptions
 from harvester.simulator import SimulatorConfig, SimulatorThread
 from tests.conftest import API_KEY, API_SECRET, assert_complete, run_cli
 
@@ -97,3 +100,48 @@ def test_a_key_from_a_pipe_is_read(
     assert done.returncode == 0, done.stderr
     assert_complete(path, sim_config)
     assert API_KEY not in done.stderr
+
+
+# --- RunOptions, the library's arguments ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "field", "says"),
+    [
+        ({"start": "2026-11-20"}, "start", "found the string '2026-11-20': pass datetime.date"),
+        (
+            {"end": datetime(2026, 11, 20, 3, 0)},
+            "end",
+            "found a datetime (2026-11-20T03:00:00): pass value.date()",
+        ),
+        ({"today": 20261120}, "today", "expected a datetime.date or None, found int 20261120"),
+        ({"refresh": "yes"}, "refresh", "expected True or False, found str 'yes'"),
+        ({"grace_seconds": -1}, "grace_seconds", "expected a number of seconds >= 0"),
+        ({"progress_every": "30"}, "progress_every", "seconds >= 0 or None, found str '30'"),
+        ({"state_path": 3}, "state_path", "expected a path (pathlib.Path or str) or None"),
+        (
+            {"start": date(2026, 11, 20), "end": date(2026, 11, 1)},
+            "start",
+            "start 2026-11-20 is after end 2026-11-01",
+        ),
+    ],
+)
+def test_run_options_name_the_field_and_what_it_needs(
+    given: dict[str, object], field: str, says: str
+) -> None:
+    with pytest.raises(JobError) as caught:
+        RunOptions(**given)  # type: ignore[arg-type]
+    assert [p.field for p in caught.value.problems] == [field]
+    assert f"RunOptions: {field}: " in str(caught.value) and says in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_harvest_refuses_a_string_date_before_anything_happens(
+    job_file: JobFile, simulator: SimulatorThread, output_dir: Path, env: dict[str, str]
+) -> None:
+    from harvester import harvest, load_job
+
+    with pytest.raises(JobError, match="found the string '2026-11-20'"):
+        harvest(load_job(job_file()), RunOptions(start="2026-11-20"), env)  # type: ignore[arg-type]
+    assert not output_dir.exists() and simulator.counters()["requests"] == 0
+    assert RunOptions(state_path="x/state.sqlite").state_path == Path("x/state.sqlite")  # type: ignore[arg-type]
