@@ -10,6 +10,7 @@ The tree::
     │   ├── LeaseLost                   this run's object-store lease ended or was taken over
     │   └── WriteConflict               another writer changed an object this run would replace
     ├── StorageError                    the object store refused or failed a read or write (74)
+    ├── StateError                      the state database cannot be read or written (74)
     ├── CredentialsRejected             the API answered 41/44: no call can succeed (exit 3)
     ├── CircuitOpen                     the API failed, or asked us to wait, too long (exit 1)
     ├── DiscoveryFailed                 the account's collections could not be listed (exit 1)
@@ -69,6 +70,7 @@ __all__ = [
     "Problem",
     "RateLimited",
     "RequestTimeout",
+    "StateError",
     "StorageError",
     "TransientError",
     "UnfencedStore",
@@ -208,6 +210,13 @@ class StorageError(HarvesterError):
     def __init__(self, message: str, *, uri: str | None = None) -> None:
         super().__init__(message)
         self.uri = uri
+
+
+class StateError(HarvesterError):
+    """The state database is damaged, locked or cannot be written; the message names its path
+    and what to do."""
+
+    exit_code = EXIT_LOCAL_IO
 
 
 class CircuitOpen(HarvesterError):

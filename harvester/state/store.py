@@ -16,6 +16,7 @@ between the Parquet rename and ``mark_done`` is harmless: the next run rewrites 
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -24,11 +25,11 @@ from datetime import UTC, date, datetime
 from functools import cache, lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, ParamSpec, Self, TypeVar
 
 import orjson
 
-from harvester.errors import HarvesterError, JobError, Problem
+from harvester.errors import HarvesterError, JobError, Problem, StateError
 from harvester.job.location import Location, user_cache_dir
 from harvester.lake.lock import OutputLock
 from harvester.layout import STATE_DIR, STATE_FILE
@@ -242,6 +243,56 @@ _IN_PERIOD = (
 )
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+StateStoreT = TypeVar("StateStoreT")
+
+
+def state_error(path: Path, exc: sqlite3.Error) -> StateError:
+    """SQLite's error as ours: the state's path, what went wrong, and what to do about it."""
+    reason = str(exc) or type(exc).__name__
+    text = reason.lower()
+    if "locked" in text or "busy" in text:
+        advice = "another process holds it: let it finish (two runs never share one state)"
+    elif "readonly" in text or "read-only" in text or "unable to open" in text:
+        advice = "check that its folder exists and can be written (permissions, a read-only disk)"
+    elif "full" in text or "disk i/o" in text:
+        advice = "check the disk: free space, or errors reading it"
+    elif not isinstance(exc, sqlite3.OperationalError):  # malformed, not a database
+        advice = (
+            f"the file is damaged: move it aside (mv '{path}' '{path}.damaged') and run again;"
+            " the dataset is the record of what is done, so the next run rebuilds the state"
+            " from it (collections recorded as gone are asked for once more)"
+        )
+    else:
+        advice = "if it persists, move the file aside: the next run rebuilds it from the dataset"
+    return StateError(f"state {path}: {reason}: {advice}")
+
+
+def _named(method: Callable[P, R]) -> Callable[P, R]:
+    """``method`` with SQLite's errors raised as StateError naming the state's path."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            store = args[0]
+            raise state_error(store.path, exc) from exc  # type: ignore[attr-defined]
+
+    return wrapper
+
+
+def _errors_named(cls: type[StateStoreT]) -> type[StateStoreT]:
+    """Every public method of the class (and its constructor) raises StateError, never a bare
+    sqlite3 error: "database disk image is malformed" alone names no file."""
+    for name, value in list(vars(cls).items()):
+        if callable(value) and (name == "__init__" or not name.startswith("_")):
+            setattr(cls, name, _named(value))
+    return cls
+
+
+@_errors_named
 class StateStore:
     """SQLite (WAL, synchronous=NORMAL) record of each unit's outcome, and the staging area.
 
