@@ -62,9 +62,8 @@ def test_a_locked_state_says_who_and_what_to_do(tmp_path: Path) -> None:
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        with pytest.raises(StateError) as caught:
-            with StateStore(path) as store:
-                store.set_meta("output_id", "x")
+        with pytest.raises(StateError) as caught, StateStore(path) as store:
+            store.set_meta("output_id", "x")
     finally:
         holder.close()
     assert str(caught.value).startswith(f"state {path}: database is locked: another process")

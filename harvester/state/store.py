@@ -276,9 +276,17 @@ def _named(method: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except sqlite3.Error as exc:
-            store = args[0]
-            raise state_error(store.path, exc) from exc  # type: ignore[attr-defined]
+        except sqlite3.DatabaseError as exc:
+            # The file or the disk (malformed, not a database, locked, full); not our bugs
+            # (a bad parameter, a broken constraint), which keep their own type.
+            store: Any = args[0]
+            if type(exc) is not sqlite3.DatabaseError and not isinstance(
+                exc, sqlite3.OperationalError
+            ):
+                raise
+            if store.readonly and "readonly" in str(exc):  # a write through a reader: a bug
+                raise
+            raise state_error(store.path, exc) from exc
 
     return wrapper
 
