@@ -125,7 +125,9 @@ def test_the_accounts_example_is_valid_and_says_what_it_holds() -> None:
     from harvester.ops.validate import describe
 
     line = describe(Path(__file__).parent.parent / "configs" / "accounts.yaml")
-    assert "3 accounts (north, south, west), each with its own key" in line
+    assert (
+        "3 accounts (north, south, west), keys from $NORTH_KEY, $SOUTH_KEY and $WEST_KEY;" in line
+    )
     assert "listing their collections at run time: south" in line
 
 

@@ -36,7 +36,30 @@ def _facts(job: Job) -> str:
         names = ", ".join(a.name for a in job.accounts)
         discovering = ", ".join(a.name for a in job.accounts if a.discover is not None)
         more = f"; listing their collections at run time: {discovering}" if discovering else ""
-        facts.append(f"{len(job.accounts)} accounts ({names}), each with its own key{more}")
+        facts.append(f"{len(job.accounts)} accounts ({names}), {_keys(job)}{more}")
     elif not job.api.uses_simulator:
         facts.append(f"credentials from ${job.api.key_env} and ${job.api.secret_env}")
     return ", ".join(facts)
+
+
+def _keys(job: Job) -> str:
+    """Where the accounts' keys come from, and which share one (and so one rate budget).
+
+    Only the variables' names are known here (no credentials are read): two variables may
+    still hold one key, which the run then paces as one budget.
+    """
+    by_variable: dict[str, list[str]] = {}
+    for account in job.accounts:
+        by_variable.setdefault(account.api.key_env, []).append(account.name)
+    said = f"keys from {_and([f'${name}' for name in by_variable])}"
+    shared = [
+        f"{_and(names)} share the key in ${variable} (one key: one rate budget)"
+        for variable, names in by_variable.items()
+        if len(names) > 1
+    ]
+    return "; ".join([said, *shared])
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
