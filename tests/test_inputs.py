@@ -145,3 +145,11 @@ def test_harvest_refuses_a_string_date_before_anything_happens(
         harvest(load_job(job_file()), RunOptions(start="2026-11-20"), env)  # type: ignore[arg-type]
     assert not output_dir.exists() and simulator.counters()["requests"] == 0
     assert RunOptions(state_path="x/state.sqlite").state_path == Path("x/state.sqlite")  # type: ignore[arg-type]
+
+
+def test_every_run_option_is_checked() -> None:
+    from dataclasses import fields
+
+    from harvester.run.options import _CHECKS
+
+    assert set(_CHECKS) == {f.name for f in fields(RunOptions)}

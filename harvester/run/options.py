@@ -66,7 +66,7 @@ class RunOptions:
         problems = [
             Problem("RunOptions", f.name, message)
             for f in fields(self)
-            if (message := _CHECKS[f.name](getattr(self, f.name))) is not None
+            if (message := _CHECKS.get(f.name, _anything)(getattr(self, f.name))) is not None
         ]
         start, end = self.start, self.end
         if not problems and start is not None and end is not None and start > end:
@@ -99,6 +99,10 @@ def _calendar_day(value: Any) -> str | None:
             f" datetime.date.fromisoformat({value!r})"
         )
     return f"expected a datetime.date or None, found {_found(value)}"
+
+
+def _anything(value: Any) -> str | None:
+    return None
 
 
 def _flag(value: Any) -> str | None:
@@ -140,6 +144,7 @@ _CHECKS = {
     "handle_signals": _flag,
     "progress_every": lambda v: _seconds(v, optional=True),
     "live_progress": _flag,
+    "allow_unfenced": _flag,
 }
 
 
