@@ -26,4 +26,4 @@ def test_public_surface() -> None:
 
 
 def test_exit_codes_are_documented() -> None:
-    assert set(harvester.EXIT_CODES) == {0, 1, 2, 3, 4, 70, 74, 130, 143}
+    assert set(harvester.EXIT_CODES) == {0, 1, 2, 3, 4, 70, 74, 130, 141, 143}
