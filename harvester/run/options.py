@@ -145,6 +145,7 @@ _CHECKS = {
     "progress_every": lambda v: _seconds(v, optional=True),
     "live_progress": _flag,
     "allow_unfenced": _flag,
+    "allow_other_endpoint": _flag,
 }
 
 
