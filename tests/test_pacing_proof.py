@@ -216,9 +216,7 @@ def test_counting_a_call_from_its_send_overflows_a_window() -> None:
     plan = find(
         attempts,
         lambda plan: overflows(_naive(plan), LIMITS),
-        settings=settings(
-            max_examples=500, deadline=None, database=None, phases=[Phase.generate]
-        ),
+        settings=settings(max_examples=500, deadline=None, database=None, phases=[Phase.generate]),
     )
     assert overflows(_naive(plan), LIMITS)
     assert not overflows(_in_process(plan), LIMITS)  # the same delays, the new rule: held

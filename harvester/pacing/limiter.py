@@ -118,8 +118,9 @@ class _Window:
             return -math.inf
         return self.ends[-need] + self.seconds
 
-    def record(self, at: float) -> None:
-        """Count a call ended at ``at``; forget the ends that have left the window.
+    def record(self, at: float, now: float) -> None:
+        """Count a call ended at ``at`` (``now``, or later for a grace end); forget the ends
+        that have left the window by ``now``.
 
         An end earlier than the last one recorded (a grace end that runs ahead) is recorded
         as the last one: later is always safe, and the order keeps :meth:`free_at` exact.
@@ -129,7 +130,7 @@ class _Window:
         if ends and at < ends[-1]:
             at = ends[-1]
         ends.append(at)
-        horizon = at - self.seconds
+        horizon = now - self.seconds
         while ends[0] <= horizon:
             ends.popleft()
 
@@ -240,9 +241,11 @@ class PacerState:
         now = self._clock()
         return [window.use(self._live, now) for window in self._windows]
 
-    def _record_end(self, at: float) -> None:
+    def _record_end(self, grace: float) -> None:
+        """Count one of this process's calls as ended now, plus ``grace``."""
+        now = self._clock()
         for window in self._windows:
-            window.record(at)
+            window.record(now + grace, now)
 
     def _take_pause(self, seconds: float) -> bool:
         """Extend this process's pause; True when it is news (see RateLimiter.pause)."""
@@ -354,7 +357,7 @@ class RateLimiter(PacerState):
 
     def _ended(self, sent: bool, grace: float) -> None:
         if sent:
-            self._record_end(self._clock() + grace)
+            self._record_end(grace)
         self._live -= 1
         self._changed.set()
 

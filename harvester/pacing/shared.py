@@ -168,7 +168,7 @@ class SharedBudget(PacerState):
         """Count the attempt here at once and, in the background, in the store."""
         self._live -= 1
         if sent:
-            self._record_end(self._clock() + grace)
+            self._record_end(grace)
         task = asyncio.ensure_future(self._write_end(lease, sent, grace))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
