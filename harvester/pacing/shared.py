@@ -148,10 +148,12 @@ class SharedBudget(PacerState):
             await self._hold(delay if exact else min(delay, POLL_SECONDS))
 
     def admits_at(self) -> float:
-        """This process's view: its pause, or when the store last said a call may fit while
-        calls are still waiting for it."""
+        """This process's view: its pause, its own calls' places in every window (behind those
+        already waiting), and when the store last said a call may fit while calls still wait
+        for it. Other processes' calls can only make it later."""
         waiting = self._ready_at if self._queued else -math.inf
-        return max(self._paused_until, waiting)
+        ahead = self._live + self._queued
+        return max(self._paused_until, waiting, *(w.free_at(ahead) for w in self._windows))
 
     async def _hold(self, delay: float) -> None:
         """Sleep ``delay`` seconds (bounded by the callers), counting the time held."""
