@@ -13,9 +13,11 @@ counts as ended :data:`UNANSWERED_GRACE_SECONDS` later than it did (its bytes ma
 the server after we hung up).
 
 **Why no window, as the server counts, ever holds more than N.** The server counts call ``j``
-once, at a moment ``a_j`` with ``r_j <= a_j <= e_j``: not before it was admitted (its request
-leaves after that), not after its attempt ended (the answer leaves the server after it
-counted). Suppose the server counted ``N + 1`` calls within ``W`` of its seconds. On our
+once, at a moment ``a_j`` with ``r_j <= a_j <= e_j``, ``e_j`` being the end we record: not
+before it was admitted (its request leaves after that), not after its answer arrived (the
+server answers after it counted); a request we gave up on is recorded a grace later, and a
+lease that lapses (its process died) is recorded when it lapses, past the request timeout by
+which the answer had to start. Suppose the server counted ``N + 1`` calls within ``W`` of its seconds. On our
 clock that span is shorter than ``W'``: ``margin(W)`` covers a clock-rate difference of
 :data:`MARGIN_FRACTION` and :data:`MARGIN_SECONDS` of timestamp granularity. Let ``k`` be
 the one of them admitted last. Admissions are serialised (one lock; one transaction or script
