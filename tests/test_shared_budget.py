@@ -33,9 +33,9 @@ from tests.benchmarks.common import (
 from tests.conftest import API_KEY as TEST_KEY
 from tests.redis_server import RedisServer, free_port
 
-# The 5 s window binds (12 calls/s); the 1 s one, each call holding its place for its round
-# trip too, allows about 16/s.
-LIMITS = (RateLimit(20, 1.0), RateLimit(60, 5.0))
+# The 2.5 s window binds (24 calls/s); the 0.5 s one, each call holding its place for its
+# round trip too, allows about 28/s.
+LIMITS = (RateLimit(20, 0.5), RateLimit(60, 2.5))
 LATENCY = (0.05, 0.3)
 CONCURRENCY = 8  # each process alone could spend the whole budget
 TIMEOUT = 3  # seconds: a lost lease is assumed in flight until it would lapse (5 s)
@@ -436,7 +436,7 @@ def _jobs(
     base_urls: str | list[str],
     processes: int,
     *,
-    periods: int = 4,
+    periods: int = 3,
     **api: Any,
 ) -> list[Path]:
     """One job per process, the same key, together enough units for ``periods`` steady
@@ -567,7 +567,7 @@ def test_every_spelling_of_the_endpoint_spends_one_budget(tmp_path: Path, budget
             f"http://localhost:{port}/v1/",
             f"http://LOCALHOST:{port}/v1/",
         ]
-        jobs = _jobs(tmp_path, urls, 3, periods=3)
+        jobs = _jobs(tmp_path, urls, 3, periods=2)
         _no_limit_answers(sim, _run_together(jobs, [harvester_env()] * 3))
     assert len(list(budget_dir.glob("*.sqlite"))) == 1
 
@@ -586,7 +586,7 @@ def test_a_cron_run_and_a_login_shell_share_one_budget(tmp_path: Path) -> None:
     with RecordingSimulator(sim_config(rate_limits=LIMITS, latency=LATENCY)) as sim:
         digest = budget_digest(sim.base_url, API_KEY)
         try:
-            jobs = _jobs(tmp_path, sim.base_url, 2, periods=3)
+            jobs = _jobs(tmp_path, sim.base_url, 2, periods=2)
             _no_limit_answers(sim, _run_together(jobs, [login, cron]))
             assert (folder / f"{digest}.sqlite").is_file()
         finally:
@@ -600,9 +600,9 @@ def test_a_budget_file_deleted_mid_run_keeps_the_key_within_its_limits(
     tmp_path: Path, budget_dir: Path
 ) -> None:
     with RecordingSimulator(sim_config(rate_limits=LIMITS, latency=LATENCY)) as sim:
-        jobs = _jobs(tmp_path, sim.base_url, 3, periods=3)
+        jobs = _jobs(tmp_path, sim.base_url, 3, periods=2)
         children = [_spawn(job, harvester_env()) for job in jobs[:2]]
-        _wait_for_requests(sim, 80, children)
+        _wait_for_requests(sim, 60, children)
         deleted = [p for p in budget_dir.glob("*.sqlite*")]
         for path in deleted:
             path.unlink()  # a cleaner, a careless rm: the processes go on
@@ -636,9 +636,9 @@ def test_redis_restarted_mid_run_then_a_new_process_stays_within_the_limits(
 ) -> None:
     with RecordingSimulator(sim_config(rate_limits=LIMITS, latency=LATENCY)) as sim:
         asyncio.run(_held_all_along(redis_db.url, budget_digest(sim.base_url, API_KEY)))
-        jobs = _jobs(tmp_path, sim.base_url, 2, periods=3, rate_budget=redis_db.url)
+        jobs = _jobs(tmp_path, sim.base_url, 2, periods=2, rate_budget=redis_db.url)
         children = [_spawn(jobs[0], _host(tmp_path, "host0"))]
-        _wait_for_requests(sim, 80, children)
+        _wait_for_requests(sim, 40, children)
         redis_db.restart()  # empty: the calls of the last window are forgotten
         children.append(_spawn(jobs[1], _host(tmp_path, "host1")))
         _no_limit_answers(sim, _finish(children))

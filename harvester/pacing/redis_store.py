@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["END", "RESERVE", "RedisStore", "shown_url"]
 
 CONNECT_TIMEOUT_SECONDS = 5.0
+RETRIES = 8  # about 3 s of backoff: a restart is ridden out
+RETRY_CAP_SECONDS = 0.5
 KEEP_SLACK_SECONDS = 2.0  # past the longest window and lease (a grace end runs ahead of now)
 
 # KEYS: ends, leases, pause, epoch. ARGV: lease id, lease seconds, grace seconds (END), keep
@@ -226,11 +228,21 @@ class RedisStore:
                 "api.rate_budget names Redis, which needs the redis extra: "
                 "pip install 'harvester[redis]'"
             ) from exc
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        # A restart (a second or two) is ridden out; a Redis gone for longer stops the run.
+        # Every script is safe to run twice: a lease is keyed by its id, an end counted twice
+        # only holds a place longer.
         client = redis.asyncio.from_url(
             url,
             password=os.environ.get(REDIS_PASSWORD_ENV) or None,
             socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
             socket_timeout=CONNECT_TIMEOUT_SECONDS,
+            retry=Retry(ExponentialBackoff(cap=RETRY_CAP_SECONDS, base=0.05), RETRIES),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         store = cls(client, url, digest, windows, lease_seconds)
         try:
