@@ -115,7 +115,13 @@ async def _harvest(
     staller = asyncio.ensure_future(_stall(rng, stalls))
     answers = 0
     async with make_session(budget, timeout_seconds=TIMEOUT, concurrency=WORKERS) as session:
-        client = StatsClient(session, base_url, Credentials(API_KEY, API_SECRET), page_stats=False)
+        client = StatsClient(
+            session,
+            base_url,
+            Credentials(API_KEY, API_SECRET),
+            page_stats=False,
+            timeout_seconds=TIMEOUT,
+        )
         units = _units(CALLS)
 
         async def worker() -> None:

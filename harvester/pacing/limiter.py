@@ -14,22 +14,22 @@ the server after we hung up).
 
 **Why no window, as the server counts, ever holds more than N.** The server counts call ``j``
 once, at a moment ``a_j`` with ``r_j <= a_j <= e_j``, ``e_j`` being the end we record: not
-before it was admitted (its request leaves after that), not after its answer arrived (the
-server answers after it counted); a request we gave up on is recorded a grace later, and a
-lease that lapses (its process died) is recorded when it lapses, past the request timeout by
-which the answer had to start. Suppose the server counted ``N + 1`` calls within ``W`` of its seconds. On our
-clock that span is shorter than ``W'``: ``margin(W)`` covers a clock-rate difference of
-:data:`MARGIN_FRACTION` and :data:`MARGIN_SECONDS` of timestamp granularity. Let ``k`` be
-the one of them admitted last. Admissions are serialised (one lock; one transaction or script
-in a shared store), so every other one, ``j``, was admitted before ``k``, and at ``r_k`` it
-had either not ended (``j`` is live) or ended at ``e_j <= r_k``; then
-``e_j >= a_j > a_k - W' >= r_k - W'``, so it was among the ended calls of the window. So
-``N`` calls held a place at ``r_k`` and ``k`` was not admitted: a contradiction. Nothing was
-assumed about the delays between admission, send, arrival and answer: an event-loop stall, a
-slow budget store or a server that reads its socket late only make a call hold its place
-longer. What the proof needs of an implementation: the end it records is read after the
-attempt ended (never before), admissions see every earlier admission, and a place is only
-given back for a request that never went out.
+before its admission (its request leaves after that), not after its answer arrived (the
+server answers after it counted). A request we gave up on is recorded a grace later; a lease
+that lapses (its process died) is recorded when it lapses, past the request timeout by which
+its answer had to start. Suppose the server counted ``N + 1`` calls within ``W`` of its
+seconds. On our clock that span is shorter than ``W'``: ``margin(W)`` covers a clock-rate
+difference of :data:`MARGIN_FRACTION` and :data:`MARGIN_SECONDS` of timestamp granularity.
+Let ``k`` be the one of them admitted last. Admissions are serialised (one lock; one
+transaction or script in a shared store), so every other one, ``j``, was admitted before
+``k``, and at ``r_k`` it had either not ended (``j`` is live) or ended at ``e_j <= r_k``;
+then ``e_j >= a_j > a_k - W' >= r_k - W'``, so it was among the ended calls of the window.
+So ``N`` calls held a place at ``r_k`` and ``k`` was not admitted: a contradiction. Nothing
+was assumed about the delays between admission, send, arrival and answer: an event-loop
+stall, a slow budget store or a server that reads its socket late only make a call hold its
+place longer. What the proof needs of an implementation: the end it records is read after
+the attempt ended (never before), admissions see every earlier admission, and a place is
+only given back for a request that never went out.
 
 **What it costs.** Call ``k + N`` waits for call ``k``'s end, not its send: each period of
 the binding window gives up one call's round trip, plus the margin. At 60/min with 50-300 ms
