@@ -258,13 +258,25 @@ async def test_a_file_of_an_earlier_boot_never_waits_for_its_times(tmp_path: Pat
     await after.close()
 
 
-async def test_a_new_budget_just_after_boot_counts_the_boot_as_spent(tmp_path: Path) -> None:
+async def test_calls_of_an_earlier_boot_count_as_ended_at_boot(tmp_path: Path) -> None:
     time = FakeTime()
-    time.now = 20.0  # 20 s after boot, a budget folder on a memory file system
-    store = FileStore(tmp_path / "budget.sqlite", [(5, 60.0)], lease_seconds=5.0, clock=time.clock)
-    delay, exact = await store.reserve()  # type: ignore[misc]
-    assert delay == pytest.approx(40.0) and exact  # calls before the boot ended before it
-    await store.close()
+    path = tmp_path / "budget.sqlite"
+    time.now = 500.0
+    before = FileStore(path, [(5, 60.0)], lease_seconds=5.0, clock=time.clock, boot_id=lambda: "a")
+    for _ in range(3):
+        lease = await before.reserve()
+        assert isinstance(lease, str)
+        await before.end(lease)
+    await before.close()
+    time.now = 20.0  # rebooted 20 s ago: the three calls were made in the minute before
+    after = FileStore(path, [(5, 60.0)], lease_seconds=5.0, clock=time.clock, boot_id=lambda: "b")
+    for _ in range(2):
+        lease = await after.reserve()
+        assert isinstance(lease, str)
+        await after.end(lease)
+    delay, exact = await after.reserve()  # type: ignore[misc]
+    assert delay == pytest.approx(60.0 - 20.0) and exact  # the three ended at boot, 0
+    await after.close()
 
 
 async def test_another_boot_id_drops_the_file_s_history(tmp_path: Path) -> None:

@@ -17,10 +17,13 @@ History is never trusted beyond what the file can vouch for:
   file says one existed; a budget never seen in the folder starts empty.
 - *another boot* (the boot id, where it can be read, differs; or the file's last clock reading
   is ahead of the clock, which a monotonic clock cannot be within one boot): its calls all
-  ended before this boot began, at monotonic 0; a file of an earlier boot whose readings are
-  all behind the clock is kept as it is, which holds its calls later than they were: safe.
-- *a new file just after boot* (a budget folder on a memory file system): calls made before
-  the boot count as if they ended at it, until one longest window has passed.
+  ended before this boot began, so they count as ended at monotonic 0 (the boot); a file of an
+  earlier boot whose readings are all behind the clock is kept as it is, which holds its calls
+  later than they were: safe either way, and never a wait for times of another boot.
+
+A budget folder on a memory file system (``HARVESTER_BUDGET_DIR`` under ``/run``) loses its
+marks at a reboot: a budget there starts empty after one, even if calls were made in the
+window before it.
 """
 
 from __future__ import annotations
@@ -193,14 +196,16 @@ class FileStore:
             ) > now
             if not other_boot:
                 return
+            (calls,) = db.execute(
+                "SELECT (SELECT coalesce(sum(n), 0) FROM ends)"
+                " + (SELECT coalesce(sum(n), 0) FROM leases)"
+            ).fetchone()
             self._wipe(db)
-            self._after_boot(db, now)
+            self._after_boot(db, now, int(calls))
         else:
             self._wipe(db)
             if lost or meta:  # a budget was here, or a file this version cannot read
                 self._spent(db, now)
-            else:
-                self._after_boot(db, now)
         db.executemany(
             "INSERT INTO meta VALUES (?, ?)",
             [("schema", SCHEMA_VERSION), ("boot", self._boot), ("seen", repr(now))],
@@ -219,10 +224,11 @@ class FileStore:
             (now + self._lease, self._fewest),
         )
 
-    def _after_boot(self, db: sqlite3.Connection, now: float) -> None:
-        """Calls of an earlier boot ended before this one began (monotonic 0)."""
-        if now < self._longest:
-            self._add_end(db, 0.0, self._most)
+    def _after_boot(self, db: sqlite3.Connection, now: float, calls: int) -> None:
+        """The ``calls`` of an earlier boot (its ends and leases) ended before this one began,
+        at monotonic 0; their own times, on that boot's clock, mean nothing now."""
+        if calls and now < self._longest:
+            self._add_end(db, 0.0, min(calls, self._most))
 
     def _rejoin(self) -> None:
         """The file was deleted or replaced: join the one there now (or create it), bringing
