@@ -21,12 +21,24 @@ and, for a local output, the state beside the data::
     OUTPUT/_state/quarantine/run-ID.jsonl  answers that failed validation (redacted)
 
 An object store's state lives in the user's cache (``$XDG_CACHE_HOME/harvester/<hash>/``).
+
+A key's rate budget on one host, shared by every process of the user (see
+:mod:`harvester.pacing.protocol`)::
+
+    HOME/.cache/harvester/budget/<digest>.sqlite   the calls held and ended, the pause
+    HOME/.cache/harvester/budget/<digest>.known    that this budget has existed here
+
+``HOME`` is the user's home from the password database, not ``$HOME``; ``HARVESTER_BUDGET_DIR``
+replaces the whole folder.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ALL_ACCOUNTS",
+    "BUDGET_DIR_PARTS",
+    "BUDGET_FILE_SUFFIX",
+    "BUDGET_KNOWN_SUFFIX",
     "CATALOG_FILE",
     "DEFAULT_ACCOUNT",
     "DISCOVERED_FILE",
@@ -72,3 +84,8 @@ QUARANTINE_DIR = "quarantine"
 
 # Where ``harvester runs OUTPUT`` looks for reports, relative to the output.
 REPORT_FOLDERS = (RUNS_DIR, f"{STATE_DIR}/{REPORTS_DIR}")
+
+# A host's rate budgets: under the user's home, one file per budget and a mark that it existed.
+BUDGET_DIR_PARTS = (".cache", "harvester", "budget")
+BUDGET_FILE_SUFFIX = ".sqlite"
+BUDGET_KNOWN_SUFFIX = ".known"

@@ -29,28 +29,38 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         folder.mkdir(parents=True, exist_ok=True)
+        self._binary = binary
+        self._folder = folder
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._start()
+
+    def _start(self) -> None:
         self._process = subprocess.Popen(
             [
-                binary,
+                self._binary,
                 "--port",
                 str(self.port),
                 "--bind",
                 "127.0.0.1",
                 "--dir",
-                str(folder),
+                str(self._folder),
                 "--save",
                 "",
                 "--appendonly",
                 "no",
                 "--logfile",
-                str(folder / "redis.log"),
+                str(self._folder / "redis.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         self._wait_until_up()
+
+    def restart(self) -> None:
+        """Stop the server and start an empty one on the same port (no saving: all is lost)."""
+        self.stop()
+        self._start()
 
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT

@@ -44,7 +44,7 @@ def snap(resolved: int, to_fetch: int, elapsed: float, **kw: float) -> Snapshot:
 
 
 def _windows(*limits: RateLimit, recent: tuple[float, ...] = ()) -> tuple[WindowUse, ...]:
-    return tuple(WindowUse(r.calls, r.seconds, tuple(recent[-r.calls :])) for r in limits)
+    return tuple(WindowUse(r.calls, r.seconds, tuple(recent[-r.calls :]), 0, 0.0) for r in limits)
 
 
 def test_the_eta_is_never_below_what_the_limits_allow() -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Awaitable
 from typing import TypeVar
 
 import pytest
 
 from harvester.model import RateLimit
-from harvester.pacing.limiter import RateLimiter, window_margin
+from harvester.pacing.limiter import UNANSWERED_GRACE_SECONDS, RateLimiter, window_margin
+from tests.virtual_time import ManualTime, settle
 
 T = TypeVar("T")
 
@@ -142,111 +141,73 @@ async def test_wait_statistics_are_counted() -> None:
     assert limiter.waited_seconds == pytest.approx(1.0 + window_margin(1.0))
 
 
-# --- reserve, stamp, free: a call counts from when it is sent -------------------------------
-
-
-class ManualTime:
-    """A clock that moves only when told; sleepers wake when it reaches their deadline."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (self.now + seconds, wake)
-        self._sleepers.append(entry)
-        try:
-            await wake
-        finally:
-            if entry in self._sleepers:
-                self._sleepers.remove(entry)
-
-    async def advance(self, seconds: float) -> None:
-        """Move to ``now + seconds``, waking every sleeper due on the way, in order."""
-        target = self.now + seconds
-        while True:
-            await settle()
-            due = [s for s in self._sleepers if s[0] <= target and not s[1].done()]
-            if not due:
-                break
-            self.now = max(self.now, min(when for when, _ in due))
-            for when, wake in due:
-                if when <= self.now:
-                    wake.set_result(None)
-        self.now = target
-        await settle()
-
-    async def run(self, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable``, jumping to the next deadline whenever everything waits."""
-        task = asyncio.ensure_future(awaitable)
-        while not task.done():
-            await settle()
-            pending = [when for when, wake in self._sleepers if not wake.done()]
-            if task.done():
-                break
-            assert pending, "deadlock: every task waits and no sleeper is due"
-            await self.advance(min(pending) - self.now)
-        return task.result()
-
-
-async def settle() -> None:
-    """Let every ready task run until it waits again."""
-    for _ in range(20):
-        await asyncio.sleep(0)
+# --- reserve, mark sent, end: a call holds its place until its attempt ends -----------------
 
 
 def _manual(time: ManualTime, *limits: RateLimit) -> RateLimiter:
     return RateLimiter(limits, clock=time.clock, sleep=time.sleep)
 
 
-async def test_an_unsent_slot_holds_its_place_until_freed() -> None:
+async def test_a_live_slot_holds_its_place_until_it_ends() -> None:
     time = ManualTime()
     limiter = _manual(time, RateLimit(2, 1.0))
     first, second = await limiter.reserve(), await limiter.reserve()
     third = asyncio.ensure_future(limiter.reserve())
-    await time.advance(60.0)  # time alone makes no room: the two may start at any moment
-    assert not third.done() and limiter.unsent == 2
-    first.free()  # that request never went out
+    await time.advance(60.0)  # time alone makes no room: the two may reach the server any moment
+    assert not third.done() and limiter.live == 2
+    first.end()  # that request never went out: its place comes back at once
     await settle()
-    assert third.done() and time.now == 60.0  # woken by the free, not by a timer
-    assert limiter.calls == 0 and limiter.unsent == 2
-    second.stamp()
-    (await third).stamp()
-    assert limiter.calls == 2 and limiter.unsent == 0
+    assert third.done() and time.now == 60.0  # woken by the end, not by a timer
+    assert limiter.calls == 0 and limiter.live == 2
+    second.mark_sent()
+    second.end()
+    (await third).end()
+    assert limiter.calls == 1 and limiter.live == 0
 
 
-async def test_a_waiter_blocked_by_unsent_slots_wakes_when_one_is_stamped() -> None:
+async def test_a_sent_call_counts_from_its_end_not_its_send() -> None:
     time = ManualTime()
     limiter = _manual(time, RateLimit(2, 1.0))
     first, second = await limiter.reserve(), await limiter.reserve()
     third = asyncio.ensure_future(limiter.reserve())
+    first.mark_sent()  # sent at 0; the server may count it any time until its answer
     await time.advance(0.5)
-    first.stamp()  # sent at 0.5: it now holds the window until 0.5 + 1 s (and the margin)
+    assert not third.done()  # sent, not ended: it still holds its place
+    first.end()  # the answer came at 0.5: the window runs from there
     await settle()
     assert not third.done()
     await time.advance(1.0 + window_margin(1.0) - 1e-9)
     assert not third.done()
     await time.advance(1e-9)
     assert third.done() and time.now == pytest.approx(1.5 + window_margin(1.0))
-    second.free()
-    (await third).free()
+    second.end()
+    (await third).end()
 
 
-async def test_stamp_and_free_count_once() -> None:
+async def test_a_call_sent_and_never_answered_counts_a_grace_longer() -> None:
+    time = ManualTime()
+    limiter = _manual(time, RateLimit(1, 1.0))
+    slot = await limiter.reserve()
+    slot.mark_sent()
+    slot.end(answered=False)  # timed out: its bytes may still reach the server
+    later = asyncio.ensure_future(limiter.reserve())
+    await time.run(later)
+    assert time.now == pytest.approx(UNANSWERED_GRACE_SECONDS + 1.0 + window_margin(1.0))
+    (await later).end()
+
+
+async def test_mark_sent_and_end_count_once() -> None:
     time = ManualTime()
     limiter = _manual(time, RateLimit(3, 1.0))
     sent, unsent = await limiter.reserve(), await limiter.reserve()
-    sent.stamp()
-    sent.stamp()
-    sent.free()  # the request went out: the server counted it, so does the window
-    unsent.free()
-    unsent.stamp()  # a freed slot cannot come back
+    sent.mark_sent()
+    sent.mark_sent()
+    sent.end()
+    sent.end()  # the request went out and ended: the server counted it, so does the window
+    unsent.end()
+    unsent.mark_sent()  # an ended slot cannot come back
     assert (sent.sent, unsent.sent) == (True, False)
-    assert limiter.calls == 1 and limiter.unsent == 0
+    assert limiter.calls == 1 and limiter.live == 0
     starts = await _acquire_all(limiter, time, calls=2, workers=2)
     assert starts == [0.0, 0.0]  # one place taken, by the one sent call
     late = asyncio.ensure_future(limiter.acquire())
@@ -256,7 +217,7 @@ async def test_stamp_and_free_count_once() -> None:
     assert late.done()
 
 
-async def test_waiters_stay_first_come_first_served_behind_unsent_slots() -> None:
+async def test_waiters_stay_first_come_first_served_behind_live_slots() -> None:
     time = ManualTime()
     limiter = _manual(time, RateLimit(1, 1.0))
     slots = [await limiter.reserve()]
@@ -271,46 +232,30 @@ async def test_waiters_stay_first_come_first_served_behind_unsent_slots() -> Non
     await settle()
     for _ in range(4):
         assert len(order) == len(slots) - 1
-        slots[-1].free()
+        slots[-1].end()  # never sent
         await settle()
     await asyncio.gather(*waiters)
     assert order == [0, 1, 2, 3] and time.now == 0.0
 
 
-async def test_late_out_of_order_stamps_hold_every_window_as_the_server_counts() -> None:
-    """Workers whose sends lag their admission by up to 300 ms (a TLS handshake), some never
-    sent at all: in the stamps, as the server sees arrivals, no window overflows."""
+async def test_window_use_shows_the_calls_that_hold_a_place() -> None:
     time = ManualTime()
-    limits = (RateLimit(5, 1.0), RateLimit(30, 10.0))
-    limiter = _manual(time, *limits)
-    rng = random.Random(3)
-    remaining = iter(range(240))
-    sent: list[float] = []
-    admitted_then_sent: list[tuple[float, float]] = []
-
-    async def worker() -> None:
-        for _ in remaining:
-            slot = await limiter.reserve()
-            admitted = time.now
-            await time.sleep(rng.choice([0.0, 0.0, rng.uniform(0.0, 0.3)]))
-            if rng.random() < 0.15:
-                slot.free()  # refused, timed out or cancelled before the headers went out
-            else:
-                slot.stamp()
-                sent.append(time.now)
-                admitted_then_sent.append((admitted, time.now))
-            await time.sleep(rng.uniform(0.0, 0.05))  # the answer
-
-    await time.run(asyncio.gather(*(worker() for _ in range(8))))
-    assert sent == sorted(sent) and len(sent) == limiter.calls > 150
-    assert limiter.unsent == 0
-    _assert_windows_hold(sent, limits)
-    # What this test is about: sends lag admissions, and overtake each other.
-    by_admission = [s for _, s in sorted(admitted_then_sent)]
-    assert by_admission != sorted(by_admission)
-    # The limiter did not idle either: 30 per 10 s (and the margin) is the sustained pace.
-    rate = (len(sent) - 30) / (sent[-1] - sent[29])
-    assert rate > 30 / 10.1 * 0.85, rate
+    limiter = _manual(time, RateLimit(3, 1.0), RateLimit(5, 10.0))
+    done = await limiter.reserve()
+    done.mark_sent()
+    await time.advance(0.25)
+    done.end()
+    flying = await limiter.reserve()
+    await time.advance(0.5)
+    short, long_ = limiter.window_use()
+    assert (short.calls, short.seconds) == (3, 1.0 + window_margin(1.0))
+    assert short.ended == long_.ended == (0.25,) and short.live == long_.live == 1
+    assert short.at == 0.75
+    await time.advance(1.0)
+    short, long_ = limiter.window_use()
+    assert short.ended == () and long_.ended == (0.25,)  # left the second, not the ten
+    flying.end()
+    assert limiter.window_use()[0].live == 0
 
 
 async def test_held_seconds_is_wall_clock_and_waited_seconds_sums_the_waiters() -> None:
@@ -339,13 +284,13 @@ async def test_a_cancelled_waiter_leaves_no_trace() -> None:
     await settle()
     head.cancel()
     await settle()
-    assert head.cancelled() and not behind.done() and limiter.unsent == 1
-    blocker.free()
+    assert head.cancelled() and not behind.done() and limiter.live == 1
+    blocker.end()
     await settle()
-    assert behind.done() and limiter.unsent == 1
+    assert behind.done() and limiter.live == 1
 
 
-async def test_a_stop_raised_by_sleep_ends_a_wait_beside_unsent_slots() -> None:
+async def test_a_stop_raised_by_sleep_ends_a_wait_beside_live_slots() -> None:
     class Stopped(Exception):
         pass
 
@@ -355,12 +300,12 @@ async def test_a_stop_raised_by_sleep_ends_a_wait_beside_unsent_slots() -> None:
 
     time = ManualTime()
     limiter = RateLimiter([RateLimit(2, 1.0)], clock=time.clock, sleep=stopping_sleep)
-    (await limiter.reserve()).stamp()
-    unsent = await limiter.reserve()
+    await limiter.acquire()
+    live = await limiter.reserve()
     with pytest.raises(Stopped):
         await limiter.reserve()
-    unsent.free()
-    assert limiter.unsent == 0
+    live.end()
+    assert limiter.live == 0
 
 
 async def test_memory_stays_bounded_with_a_generous_limit() -> None:
@@ -369,4 +314,4 @@ async def test_memory_stays_bounded_with_a_generous_limit() -> None:
     for _ in range(20_000):
         await limiter.acquire()
         time.now += 0.001
-    assert max(len(w.starts) for w in limiter._windows) <= 1_100
+    assert max(len(w.ends) for w in limiter._windows) <= 1_100

@@ -109,6 +109,7 @@ async def open_lanes(
                 key=credentials.key,
                 timeout_seconds=account.api.timeout_seconds,
                 rate_budget=account.api.rate_budget,
+                shared=not account.api.uses_simulator,  # a simulator of this process alone
                 clock=clock.monotonic,
                 sleep=token.sleep,
             )

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from harvester.api import canonical_endpoint
+from harvester.layout import BUDGET_DIR_PARTS
 from harvester.model import RateLimit
 from harvester.pacing.limiter import HoldMeter, WindowUse, window_margin
 
@@ -21,6 +23,7 @@ __all__ = [
     "Pacer",
     "Sleep",
     "Ticket",
+    "WindowUse",
     "budget_digest",
     "budget_dir",
     "windows_of",
@@ -29,22 +32,24 @@ __all__ = [
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 # A store's answer to a reservation: the lease's id, or (seconds to wait, whether that wait is
-# exact: no lease anywhere could make room sooner).
+# exact: no call anywhere could make room sooner by ending or giving its place back).
 Admission = str | tuple[float, bool]
 
 BUDGET_DIR_ENV = "HARVESTER_BUDGET_DIR"
-POLL_SECONDS = 0.02  # the longest sleep while another process's unsent call may resolve
-LEASE_SLACK_SECONDS = 5.0  # past the request timeout, before an unsent lease lapses
+POLL_SECONDS = 0.02  # the longest sleep while another process's call may give its place back
+LEASE_SLACK_SECONDS = 2.0  # past the request timeout, before a lease lapses (its process died)
 
 
 class Ticket(Protocol):
-    """One admitted call's place: stamp it when sent, free it if never sent (idempotent)."""
+    """One admitted call's place: held from admission until its attempt ends."""
 
-    async def astamp(self) -> None:
-        """The request is going out now: its start enters every window."""
+    def mark_sent(self) -> None:
+        """The request's headers are going out now: its end will count in every window."""
 
-    async def afree(self) -> None:
-        """The request never went out: give its place back (no-op once stamped)."""
+    def end(self, answered: bool = True) -> None:
+        """The attempt is over (idempotent): a sent call counts from now, an unsent one gives
+        its place back. ``answered=False``: it went out but no answer came (it counts a little
+        longer). A shared budget writes this in the background."""
 
 
 class Pacer(Protocol):
@@ -62,10 +67,7 @@ class Pacer(Protocol):
 
     @property
     def waiting(self) -> int:
-        """Calls asking for a place or holding one unsent."""
-
-    def window_use(self) -> tuple[WindowUse, ...]:
-        """Each window's size and the send times of this process's calls still inside it."""
+        """Calls asking for a place or holding one (not ended yet)."""
 
     @property
     def enabled(self) -> bool:
@@ -76,10 +78,13 @@ class Pacer(Protocol):
         """The longest configured window in seconds."""
 
     async def reserve(self) -> Ticket:
-        """Wait until a call fits every window; its ticket holds a place until resolved."""
+        """Wait until a call fits every window; its ticket holds a place until it ends."""
 
     def admits_at(self) -> float:
         """When a call asking now would be admitted, as far as this process knows."""
+
+    def window_use(self) -> list[WindowUse]:
+        """Per window, this process's calls that hold a place in it now (read-only)."""
 
     def pause(self, seconds: float) -> bool:
         """Hold every call on the key back for ``seconds``; True when the pause is news."""
@@ -88,7 +93,7 @@ class Pacer(Protocol):
         """The window a 31 (shortest) or 32 (longest) answer says was exceeded."""
 
     async def aclose(self) -> None:
-        """Release the store (a no-op in process)."""
+        """Let pending writes land and release the store (a no-op in process)."""
 
 
 class BudgetStore(Protocol):
@@ -97,8 +102,9 @@ class BudgetStore(Protocol):
     async def reserve(self) -> Admission:
         """Lease a place if a call fits every window now; else say how long to wait."""
 
-    async def stamp(self, lease: str) -> None:
-        """The leased call is being sent: record its start, drop its lease."""
+    async def end(self, lease: str, grace: float = 0.0) -> None:
+        """The leased call went out and its attempt is over: count it from now (plus
+        ``grace``) in every window, drop its lease."""
 
     async def free(self, lease: str) -> None:
         """The leased call was never sent: drop its lease."""
@@ -111,21 +117,37 @@ class BudgetStore(Protocol):
 
 
 def budget_digest(base_url: str, key: str) -> str:
-    """The name of a key's budget: a hash of the API and the key, from which neither shows."""
-    return hashlib.sha256(f"{base_url}\0{key}".encode()).hexdigest()[:32]
+    """The name of a key's budget: a hash of the canonical API endpoint and the key, from
+    which neither shows. Spellings of one endpoint (``…/v1`` and ``…/V1/``… of the host's
+    case, a default port) name one budget."""
+    identity = f"{canonical_endpoint(base_url)}\0{key}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def _home() -> Path:
+    """The user's home from the password database (cron, sudo and services may set ``HOME``
+    otherwise); ``$HOME`` only where there is no entry for the user."""
+    try:
+        import pwd
+
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except (ImportError, KeyError):
+        return Path.home()
 
 
 def budget_dir(env: dict[str, str] | None = None) -> Path:
-    """Where a host's budget files live: ``$HARVESTER_BUDGET_DIR``, the runtime directory
-    (memory-backed, private to the user), or the user's cache directory."""
+    """Where a host's budget files live: ``$HARVESTER_BUDGET_DIR``, else
+    ``~/.cache/harvester/budget`` under the user's home as the password database has it.
+
+    One folder for every process of the user, whatever their environment: nothing here reads
+    ``XDG_RUNTIME_DIR``, ``XDG_CACHE_HOME`` or ``HOME``, which a cron job, a login shell and
+    a service set differently. Processes of several users share a budget through one
+    ``HARVESTER_BUDGET_DIR`` they can all write.
+    """
     env = dict(os.environ) if env is None else env
     if env.get(BUDGET_DIR_ENV):
         return Path(env[BUDGET_DIR_ENV]).expanduser()
-    runtime = env.get("XDG_RUNTIME_DIR")
-    if runtime and Path(runtime).is_dir():
-        return Path(runtime) / "harvester" / "budget"
-    cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache).expanduser() / "harvester" / "budget"
+    return _home().joinpath(*BUDGET_DIR_PARTS)
 
 
 def windows_of(limits: Sequence[RateLimit]) -> list[tuple[int, float]]:

@@ -4,23 +4,25 @@ The API counts calls per key, not per process: a nightly run and a backfill on t
 share its budget whether they know it or not. :class:`SharedBudget` keeps that budget in a
 store every process using the key reads and writes atomically, behind the same interface the
 paced session talks to as the in-process :class:`~harvester.pacing.limiter.RateLimiter` (the
-:class:`Pacer` protocol): ``reserve`` at admission, ``astamp`` when the request goes out,
-``afree`` when it never did, and ``pause`` after a 31/32 or 429 answer, for the whole key.
+:class:`Pacer` protocol): ``reserve`` at admission, the ticket's ``end`` when the attempt is
+over, and ``pause`` after a 31/32 or 429 answer, for the whole key.
 
 Two stores:
 
-- on one host, with no setting at all, a small SQLite file in the user's runtime directory
-  (``$XDG_RUNTIME_DIR``, else the cache directory; ``HARVESTER_BUDGET_DIR`` points elsewhere),
-  named by a hash of base URL and key: never the key itself (:mod:`harvester.pacing.file_store`);
-- across hosts, ``api.rate_budget: redis://…``: a sorted-set sliding log in Redis, stamped with
-  Redis's own clock (:mod:`harvester.pacing.redis_store`).
+- on one host, with no setting at all, a small SQLite file in the user's budget folder
+  (``~/.cache/harvester/budget/``; ``HARVESTER_BUDGET_DIR`` points elsewhere), named by a hash
+  of the canonical endpoint and the key: never the key itself (:mod:`harvester.pacing.file_store`);
+- across hosts, ``api.rate_budget: redis://…``: a log in Redis, on Redis's own clock
+  (:mod:`harvester.pacing.redis_store`).
 
-A store keeps the send times of the last calls (the *starts*) and the *leases* of calls
-admitted but not sent yet. A lease holds a place in every window, exactly as an unsent slot
-does in the in-process limiter, and expires on its own (``lease_seconds``, past the request's
-timeout) so that a process killed mid-request cannot hold a place forever. A waiter in another
-process cannot be woken by an asyncio event: it sleeps until the moment the store says a call
-fits, or at most :data:`POLL_SECONDS` while some lease, anywhere, may resolve sooner.
+Both keep the rule of :mod:`harvester.pacing.limiter`: a *lease* for every call admitted and
+not ended (it holds a place in every window), and the *ends* of the last calls. A lease expires
+on its own (``lease_seconds``, past the request's timeout) so that a process killed
+mid-request cannot hold a place forever; it then counts as a call that ended when it lapsed.
+A budget whose history may have been lost (a new file where one was before, a restarted Redis)
+starts as if the window before had been spent in full. A waiter in another process cannot be
+woken by an asyncio event: it sleeps until the moment the store says a call fits, or at most
+:data:`POLL_SECONDS` while some call, anywhere, may give its place back sooner.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ import time
 from collections.abc import Sequence
 
 from harvester.errors import BudgetUnavailable
+from harvester.layout import BUDGET_FILE_SUFFIX
 from harvester.model import RateLimit
 from harvester.pacing.file_store import FileStore
-from harvester.pacing.limiter import DISTINCT_PAUSE_SECONDS, PacerState, RateLimiter
+from harvester.pacing.limiter import UNANSWERED_GRACE_SECONDS, PacerState, RateLimiter
 from harvester.pacing.protocol import (
     LEASE_SLACK_SECONDS,
     POLL_SECONDS,
@@ -52,26 +55,41 @@ __all__ = ["SharedBudget", "SharedSlot", "open_budget"]
 
 
 class SharedSlot:
-    """A lease in a shared store, resolved once: stamped when sent, or freed."""
+    """A lease in a shared store, held until the attempt ends; then ended or freed, once."""
 
-    __slots__ = ("_budget", "_lease", "_state")
+    __slots__ = ("_budget", "_done", "_lease", "_sent", "_write")
 
     def __init__(self, budget: SharedBudget, lease: str) -> None:
         self._budget = budget
         self._lease = lease
-        self._state = "reserved"
+        self._sent = False
+        self._done = False
+        self._write: asyncio.Future[None] | None = None
 
-    async def astamp(self) -> None:
-        """Record the send in the store (before the headers go out: the call counts from now)."""
-        if self._state == "reserved":
-            self._state = "sent"
-            await self._budget._stamp(self._lease)
+    @property
+    def sent(self) -> bool:
+        """True once its request went out."""
+        return self._sent
 
-    async def afree(self) -> None:
-        """Drop the lease; a store that cannot be reached lets it lapse on its own."""
-        if self._state == "reserved":
-            self._state = "freed"
-            await self._budget._free(self._lease)
+    def mark_sent(self) -> None:
+        """The request is going out: nothing is written (the lease already holds its place)."""
+        if not self._done and not self._sent:
+            self._sent = True
+            self._budget.calls += 1
+
+    def end(self, answered: bool = True) -> None:
+        """The attempt is over: count it in the store from now (or give its place back if it
+        never went out), in the background; until that lands, the lease holds the place."""
+        if not self._done:
+            self._done = True
+            grace = 0.0 if answered else UNANSWERED_GRACE_SECONDS
+            self._write = self._budget._end(self._lease, self._sent, grace)
+
+    async def aend(self, answered: bool = True) -> None:
+        """:meth:`end`, and wait for the store to record it."""
+        self.end(answered)
+        if self._write is not None:
+            await asyncio.shield(self._write)
 
 
 class SharedBudget(PacerState):
@@ -79,7 +97,8 @@ class SharedBudget(PacerState):
 
     Within the process, waiters are served first come, first served (one asyncio lock); between
     processes, whoever asks the store first once a place frees. Counters as in
-    :class:`~harvester.pacing.limiter.RateLimiter`, for this process's calls.
+    :class:`~harvester.pacing.limiter.RateLimiter`, for this process's calls; its windows
+    record this process's ends only, for :meth:`window_use` (the store decides).
     """
 
     def __init__(
@@ -94,7 +113,7 @@ class SharedBudget(PacerState):
         self._store = store
         self._ready_at = -math.inf  # when the store last said a call may fit
         self._failure: BudgetUnavailable | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def reserve(self) -> SharedSlot:
         """Wait until the store admits a call; raise BudgetUnavailable if it cannot be asked."""
@@ -106,7 +125,7 @@ class SharedBudget(PacerState):
                 if holding or self._holds != holds:
                     self.waits += 1
                     self.waited_seconds += self._clock() - arrived
-                self._unsent += 1
+                self._live += 1
                 return SharedSlot(self, admitted)
         finally:
             self._queued -= 1
@@ -129,10 +148,12 @@ class SharedBudget(PacerState):
             await self._hold(delay if exact else min(delay, POLL_SECONDS))
 
     def admits_at(self) -> float:
-        """This process's view: its pause, or when the store last said a call may fit while
-        calls are still waiting for it."""
+        """This process's view: its pause, its own calls' places in every window (behind those
+        already waiting), and when the store last said a call may fit while calls still wait
+        for it. Other processes' calls can only make it later."""
         waiting = self._ready_at if self._queued else -math.inf
-        return max(self._paused_until, waiting)
+        ahead = self._live + self._queued
+        return max(self._paused_until, waiting, *(w.free_at(ahead) for w in self._windows))
 
     async def _hold(self, delay: float) -> None:
         """Sleep ``delay`` seconds (bounded by the callers), counting the time held."""
@@ -145,18 +166,24 @@ class SharedBudget(PacerState):
             self._holding = False
             self.hold_meter.end()
 
-    async def _stamp(self, lease: str) -> None:
-        self._unsent -= 1
-        self.calls += 1
-        now = self._clock()
-        for window in self._windows:  # this process's sends, for window_use()
-            window.record(now)
-        await self._store.stamp(lease)
+    def _end(self, lease: str, sent: bool, grace: float) -> asyncio.Future[None]:
+        """Count the attempt here at once and, in the background, in the store."""
+        self._live -= 1
+        if sent:
+            self._record_end(grace)
+        task = asyncio.ensure_future(self._write_end(lease, sent, grace))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
-    async def _free(self, lease: str) -> None:
-        self._unsent -= 1
-        with contextlib.suppress(BudgetUnavailable):  # the lease lapses on its own
-            await self._store.free(lease)
+    async def _write_end(self, lease: str, sent: bool, grace: float) -> None:
+        # A store that cannot be reached lets the lease lapse on its own (counted when it
+        # lapses, later than now: never too early); the next reservation says it failed.
+        with contextlib.suppress(BudgetUnavailable):
+            if sent:
+                await self._store.end(lease, grace)
+            else:
+                await self._store.free(lease)
 
     def pause(self, seconds: float) -> bool:
         """Pause the key here at once and, in the background, for every process sharing it.
@@ -164,11 +191,7 @@ class SharedBudget(PacerState):
         True when this is a new pause for this process (see RateLimiter.pause). A store that
         cannot be written fails the next reservation.
         """
-        self.pauses += 1
-        now = self._clock()
-        until = now + seconds
-        distinct = self._paused_until <= now or until >= self._paused_until + DISTINCT_PAUSE_SECONDS
-        self._paused_until = max(self._paused_until, until)
+        distinct = self._take_pause(seconds)
         task = asyncio.ensure_future(self._publish_pause(seconds))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -180,16 +203,14 @@ class SharedBudget(PacerState):
         except BudgetUnavailable as exc:
             self._failure = exc
 
-    def window_for_code(self, code: int | None) -> float:
-        """The window a 31 (shortest) or 32 (longest) answer says was exceeded, in seconds."""
-        if code == 32:
-            return self.longest_window
-        return min((limit.seconds for limit in self._limits), default=1.0)
+    async def settle(self) -> None:
+        """Wait for every write this process has started (ends, frees, pauses)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
-        """Let pending pause writes land, then release the store."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Let pending writes land, then release the store."""
+        await self.settle()
         await self._store.close()
 
 
@@ -200,12 +221,15 @@ async def open_budget(
     key: str,
     timeout_seconds: float,
     rate_budget: str | None = None,
+    shared: bool = True,
     clock: Clock = time.monotonic,
     sleep: Sleep = asyncio.sleep,
 ) -> Pacer:
     """The key's budget: in Redis when ``rate_budget`` names it, else in the host's budget
-    file; no limits need no sharing. Raises BudgetUnavailable (exit 2) when it cannot be used."""
-    if not limits:
+    file. No limits, or ``shared=False`` (the bundled simulator this process started, which
+    no other process talks to), need no sharing: an in-process limiter. Raises
+    BudgetUnavailable (exit 2) when the budget cannot be used."""
+    if not limits or not shared:
         return RateLimiter(limits, clock=clock, sleep=sleep)
     digest = budget_digest(base_url, key)
     lease = timeout_seconds + LEASE_SLACK_SECONDS
@@ -214,6 +238,9 @@ async def open_budget(
         store = await RedisStore.connect(rate_budget, digest, windows_of(limits), lease)
     else:
         store = FileStore(
-            budget_dir() / f"{digest}.sqlite", windows_of(limits), lease_seconds=lease, clock=clock
+            budget_dir() / f"{digest}{BUDGET_FILE_SUFFIX}",
+            windows_of(limits),
+            lease_seconds=lease,
+            clock=clock,
         )
     return SharedBudget(store, limits, clock=clock, sleep=sleep)

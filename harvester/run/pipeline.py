@@ -631,7 +631,7 @@ class _Harvest:
                 left = max(0, totals[lane.name] - self.handed[lane.name]) + lane.pacer.waiting
                 key = budget_digest(lane.base_url, lane.credentials.key)  # one key, one budget
                 calls, uses = budgets.get(key, (0, []))
-                budgets[key] = (calls + left, [*uses, lane.pacer.window_use()])
+                budgets[key] = (calls + left, [*uses, tuple(lane.pacer.window_use())])
             return least_seconds(budgets.values(), now)
 
         def snapshot() -> Snapshot:

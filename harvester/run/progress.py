@@ -136,7 +136,9 @@ def _merged(uses: Sequence[Sequence[WindowUse]]) -> list[tuple[WindowUse, ...]] 
     first = uses[0]
     return [
         tuple(
-            WindowUse(w.calls, w.seconds, tuple(sorted(t for ws in uses for t in ws[i].recent)))
+            WindowUse(
+                w.calls, w.seconds, tuple(sorted(t for ws in uses for t in ws[i].recent)), 0, w.at
+            )
             for i, w in enumerate(first)
         )
     ]

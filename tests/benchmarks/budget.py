@@ -9,8 +9,10 @@ arrival ``calls`` to arrival ``calls + N``:
 
     budget use = (N / (t[calls + N] - t[calls])) / (calls / seconds)
 
-It is at most 1 when the server's windows hold; the limiter's margin (``window_margin``) costs
-about 1 %, the client's jitter the rest.
+It is at most 1 when the server's windows hold. Each call holds its place from its admission
+to the end of its answer (:mod:`harvester.pacing.limiter`), so every period of the binding
+window gives up one round trip, plus the margin (``window_margin``): the ceiling is
+``seconds / (seconds + margin + mean latency)``, 0.996 at the real 60/min with 50-300 ms.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from tests.benchmarks.common import Figure, RecordingSimulator, run_harvester, s
 
 SCALED_LIMITS = (RateLimit(50, 1.0), RateLimit(300, 10.0))  # the real 5/s, 60/min, in ~1/6 time
 REAL_LIMITS = (RateLimit(5, 1.0), RateLimit(60, 60.0))
-LATENCY = (0.05, 1.0)
+LATENCY = (0.05, 0.3)  # the real API's
 CONCURRENCY = 48
-GOAL = 0.98
+GOAL = 0.99  # at the real limits
+# A 10 s window pays the same round trip per period as a 60 s one: six times the share.
+SCALED_GOAL = 0.97
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class BudgetRun:
     steady_rate: float  # calls/s between arrival `calls` and arrival `calls + N`
     use: float  # steady_rate / (calls / seconds)
     violations: int  # requests the simulator answered 31 or 32
-    ceiling: float  # the best `use` the limiter's margin allows
+    ceiling: float  # the best `use` the margin and one mean round trip per period allow
     elapsed: float  # the harvester's own elapsed_seconds
 
 
@@ -92,7 +96,8 @@ def measure(
     codes = counters["codes"]
     violations = codes.get("31", 0) + codes.get("32", 0)
     measured, rate = steady_use(arrivals, limit)
-    ceiling = limit.seconds / (limit.seconds + window_margin(limit.seconds))
+    round_trip = sum(latency) / 2
+    ceiling = limit.seconds / (limit.seconds + window_margin(limit.seconds) + round_trip)
     return BudgetRun(
         limit,
         len(arrivals),
@@ -105,17 +110,17 @@ def measure(
     )
 
 
-def figures(run: BudgetRun, label: str) -> list[Figure]:
+def figures(run: BudgetRun, label: str, goal: float) -> list[Figure]:
     """The table rows for one budget run."""
     limit = run.limit
     return [
         Figure(
             f"budget use, {label}",
             f"{run.use:.3f}",
-            f">= {GOAL}",
-            run.use >= GOAL,
+            f">= {goal}",
+            run.use >= goal,
             f"{run.steady_rate:.2f} calls/s over {run.periods} periods of {limit.calls}/"
-            f"{limit.seconds:g}s (ceiling with margin {run.ceiling:.3f}); "
+            f"{limit.seconds:g}s (ceiling with margin and round trip {run.ceiling:.3f}); "
             f"{run.requests} requests, run {run.elapsed:.0f} s",
         ),
         Figure(f"31/32 answers, {label}", str(run.violations), "0", run.violations == 0),
@@ -123,12 +128,12 @@ def figures(run: BudgetRun, label: str) -> list[Figure]:
 
 
 def run(workdir: Path) -> list[Figure]:
-    """50/1 s + 300/10 s, latency 50 ms..1 s, concurrency 48, about a minute."""
+    """50/1 s + 300/10 s, latency 50..300 ms, concurrency 48, about a minute."""
     result = measure(workdir, SCALED_LIMITS, periods=5)
-    return figures(result, "50/1s+300/10s")
+    return figures(result, "50/1s+300/10s", SCALED_GOAL)
 
 
 def run_long(workdir: Path) -> list[Figure]:
     """The real default limits, 5/s + 60/min: two steady minutes after the first, ~3 min."""
     result = measure(workdir, REAL_LIMITS, periods=2)
-    return figures(result, "5/s+60/min (long)")
+    return figures(result, "5/s+60/min (long)", GOAL)
