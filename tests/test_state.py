@@ -73,7 +73,7 @@ def test_new_store_is_wal_versioned_and_empty(store: StateStore) -> None:
     assert store.path.exists()
     db = sqlite3.connect(store.path)
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert db.execute("PRAGMA user_version").fetchone() == (3,)
     assert three(store.counts()) == (0, 0, 0)
     assert store.staged_periods() == []
     assert store.failed() == []
