@@ -39,6 +39,7 @@ from harvester.lake.lock import OutputLock
 from harvester.layout import STATE_DIR, STATE_FILE
 from harvester.model import GRANULARITIES, Fetched, Fingerprint, Unit, is_final, period_of
 from harvester.redact import redact, redact_data
+from harvester.state.tables import FILES_SCHEMA, READABLE_VERSIONS, SCHEMA_VERSION, upgrade
 
 __all__ = [
     "FailedUnit",
@@ -49,9 +50,6 @@ __all__ = [
     "default_state_path",
 ]
 
-SCHEMA_VERSION = 3
-# Read-only readers (status, verify) use none of version 3's columns: a version-2 file is fine.
-READABLE_VERSIONS = (2, 3)
 # 300 units x 2 values stays well under SQLite's historical limit of 999 bound parameters.
 CHUNK_UNITS = 300
 # A period shared by this many units of a batch is read whole (see lookup).
@@ -62,45 +60,6 @@ DONE = "done"
 FAILED = "failed"
 GONE = "gone"
 STATUSES = (DONE, STAGED, FAILED, GONE)
-
-# The partial indexes keep "what is staged / failed / gone" cheap to find among a million done
-# units; queries must spell the status as the same literal for SQLite to use them.
-_SCHEMA = """
-CREATE TABLE units (
-    collection_hash TEXT NOT NULL,
-    period          TEXT NOT NULL,
-    period_start    TEXT NOT NULL,
-    period_end      TEXT NOT NULL,
-    status          TEXT NOT NULL CHECK (status IN ('staged', 'done', 'failed', 'gone')),
-    final           INTEGER NOT NULL DEFAULT 0,
-    pages           INTEGER NOT NULL DEFAULT 0,
-    written_start   TEXT,
-    written_end     TEXT,
-    fetched_at      TEXT,
-    written_at      TEXT,
-    written_pages   INTEGER,
-    payload         TEXT,
-    staged_at       TEXT,
-    done_at         TEXT,
-    error_kind      TEXT,
-    error_reason    TEXT,
-    attempts        INTEGER,
-    failed_at       TEXT,
-    PRIMARY KEY (period, collection_hash)
-) WITHOUT ROWID;
-CREATE INDEX units_staged ON units (period_start) WHERE status = 'staged';
-CREATE INDEX units_failed ON units (period) WHERE status = 'failed';
-CREATE INDEX units_gone ON units (collection_hash) WHERE status = 'gone';
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE runs (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    recorded_at TEXT NOT NULL,
-    summary     TEXT NOT NULL
-);
-"""
 
 # A done unit staged again keeps what the dataset holds (its window, when it was fetched, its
 # pages), to remove those rows at the commit, or to keep them when they are the newer answer.
@@ -155,17 +114,6 @@ ON CONFLICT DO UPDATE SET
     attempts = excluded.attempts, failed_at = excluded.failed_at
 """
 
-
-# The partition files as commits left them: a listing that matches needs no read of the data.
-_FILES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    dataset      TEXT NOT NULL,
-    period_start TEXT NOT NULL,
-    size         INTEGER NOT NULL,
-    mtime_ns     INTEGER NOT NULL,
-    PRIMARY KEY (dataset, period_start)
-) WITHOUT ROWID
-"""
 
 # A unit the dataset holds is done, unless the state has it staged, failed or gone.
 _ADOPT = """
@@ -410,7 +358,8 @@ class StateStore:
                     f"{self.path}: state schema version {version} predates this harvester;"
                     " the next run upgrades it"
                 )
-            self._upgrade(version, granularity or "day")
+            with self._transaction():
+                upgrade(self._db, version, granularity or "day")
         recorded = self.get_meta("granularity")
         if granularity is not None and recorded is not None and recorded != granularity:
             raise JobError(
@@ -426,56 +375,11 @@ class StateStore:
         if recorded is None and not self.readonly:
             self.set_meta("granularity", granularity or "day")
         if not self.readonly:
-            self._db.execute(_FILES_SCHEMA)
+            self._db.execute(FILES_SCHEMA)
         result = recorded or granularity or "day"
         if result not in GRANULARITIES:
             raise HarvesterError(f"{self.path}: unknown granularity {result!r} recorded")
         return result
-
-    def _upgrade(self, version: int, granularity: str) -> None:
-        """Create the schema in a new file, or carry an older file over."""
-        if version == 2:
-            self._upgrade_2()
-            return
-        with self._transaction():
-            old: list[tuple[Any, ...]] = []
-            runs: list[tuple[Any, ...]] = []
-            if version == 1:
-                old = self._db.execute(
-                    "SELECT collection_hash, period_start, period_end, status, payload,"
-                    " staged_at, done_at, error_kind, error_reason, attempts, failed_at"
-                    " FROM units"
-                ).fetchall()
-                runs = self._db.execute("SELECT recorded_at, summary FROM runs").fetchall()
-                self._db.execute("DROP TABLE units")
-                self._db.execute("DROP TABLE runs")
-            for statement in _SCHEMA.split(";"):  # executescript() would commit first
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.executemany("INSERT INTO runs (recorded_at, summary) VALUES (?, ?)", runs)
-            self._db.executemany(_UPGRADE_INSERT, _newest_per_period(old, granularity))
-            self._db.execute(
-                "INSERT INTO meta (key, value) VALUES ('granularity', ?)", (granularity,)
-            )
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def _upgrade_2(self) -> None:
-        """Version 2 → 3: when each answer was fetched, and what a staged unit is staged over.
-
-        Staged answers carry their ``fetched_at`` in the payload. Done units' is unknown: the
-        files recorded are forgotten, so the next run reads the partitions of its window once
-        and learns it from the dataset.
-        """
-        with self._transaction():
-            for column in ("fetched_at TEXT", "written_at TEXT", "written_pages INTEGER"):
-                self._db.execute(f"ALTER TABLE units ADD COLUMN {column}")
-            self._db.execute(
-                "UPDATE units SET fetched_at = json_extract(payload, '$[0]')"
-                " WHERE status = 'staged' AND payload IS NOT NULL"
-            )
-            self._db.execute(_FILES_SCHEMA)
-            self._db.execute("DELETE FROM files")
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -822,42 +726,3 @@ def _stored(status: str, start: str, end: str, final: int, pages: int) -> Stored
     return Stored(
         status, date.fromisoformat(start), date.fromisoformat(end), bool(final), bool(pages)
     )
-
-
-_UPGRADE_INSERT = """
-INSERT INTO units (collection_hash, period, period_start, period_end, status, final, pages,
-                   fetched_at, payload, staged_at, done_at, error_kind, error_reason, attempts,
-                   failed_at)
-VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-
-
-def _newest_per_period(rows: Sequence[tuple[Any, ...]], granularity: str) -> list[tuple[Any, ...]]:
-    """Version-1 rows keyed by period, keeping the newest window of each.
-
-    Version 1 kept one row per window sent: a clipped week fetched on three nights left three.
-    Newest: the latest recorded activity, then the longest window. A staged answer's
-    ``fetched_at`` is in its payload; a done unit's is not recorded, so the time it was written
-    stands in for it when deciding whether it is final (version 1 wrote soon after fetching).
-    Version 1 always asked for pages when it kept them.
-    """
-    best: dict[tuple[str, str], tuple[tuple[str, str], tuple[Any, ...]]] = {}
-    for row in rows:
-        h, start, end, status, payload, staged_at, done_at, kind, reason, attempts, failed = row
-        period = period_of(granularity, date.fromisoformat(start)).isoformat()
-        fetched = orjson.loads(payload)[0] if payload else None
-        when = fetched or done_at
-        final = int(bool(when) and is_final(date.fromisoformat(end), _moment(str(when))))
-        rank = (max(staged_at or "", done_at or "", failed or ""), end)
-        new = (h, period, start, end, status, final, fetched, payload, staged_at, done_at,
-               kind, reason, attempts, failed)  # fmt: skip
-        key = (period, h)
-        if key not in best or rank > best[key][0]:
-            best[key] = (rank, new)
-    return [new for _, new in best.values()]
-
-
-def _moment(text: str) -> datetime:
-    """A stored time back; one without a zone (never written so, but read defensively) is UTC."""
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
