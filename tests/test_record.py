@@ -192,7 +192,14 @@ def test_forty_nights_with_a_rolling_start_leave_what_one_run_over_their_union_w
 
 
 @pytest.mark.parametrize(
-    ("where", "fmt"), [("local", "parquet"), ("s3", "parquet"), ("local", "delta"), ("s3", "delta")]
+    ("where", "fmt"),
+    [
+        ("local", "parquet"),
+        ("s3", "parquet"),
+        ("local", "delta"),
+        ("s3", "delta"),
+        ("local", "iceberg"),
+    ],
 )
 def test_a_new_state_on_a_lake_with_zero_page_days_makes_no_call(
     where: str,
