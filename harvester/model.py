@@ -22,6 +22,9 @@ __all__ = [
     "Fingerprint",
     "RateLimit",
     "Unit",
+    "is_complete",
+    "is_final",
+    "period_end",
     "period_of",
     "system_clock",
 ]
@@ -58,6 +61,7 @@ class Fetched(NamedTuple):
     time_spent: int
     downloads: int
     pages: tuple[tuple[int, int, int, int], ...]  # (page, views, clicks, time_spent) by page
+    pages_requested: bool = True  # asked with includePageStats: no pages then means none came
 
 
 class Fingerprint(NamedTuple):
@@ -99,6 +103,28 @@ def period_end(granularity: str, period: date) -> date | None:
     if granularity == "month":
         return period.replace(day=monthrange(period.year, period.month)[1])
     return None
+
+
+def is_final(end: date, fetched_at: datetime) -> bool:
+    """Whether an answer for a window ending on ``end`` is final: fetched on a later UTC day.
+
+    The one rule, wherever finality is decided: when a result is staged, when the dataset's
+    rows are read back (their ``fetched_at``), and when an old state is upgraded. An answer
+    fetched while its window had not ended is *provisional*: later runs fetch it again.
+    """
+    return fetched_at.astimezone(UTC).date() > end
+
+
+def is_complete(granularity: str, start: date, end: date) -> bool:
+    """Whether the window ``start..end`` is its whole calendar period (a range always is).
+
+    A window clipped by the job's dates (a rolling ``start: -30d``, an ``end: yesterday``
+    inside the current week) is *partial*: the dataset marks it so (``complete`` false).
+    """
+    if granularity == "range":
+        return True
+    first = period_of(granularity, start)
+    return start == first and end == period_end(granularity, first)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from harvester.job.model import Job
 from harvester.job.parse import load_job
 from harvester.lake.parquet import read_dataset
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
-from harvester.model import RateLimit, Unit
+from harvester.model import Clock, RateLimit, Unit, is_complete
 from harvester.pacing.protocol import BUDGET_DIR_ENV
 from harvester.plan.windows import iter_units
 from harvester.simulator import SimulatorConfig, SimulatorThread, expected_stats
@@ -123,7 +125,10 @@ def job_file(tmp_path: Path, simulator: SimulatorThread, output_dir: Path) -> Ca
 def expected_rows(
     job: Job, config: SimulatorConfig
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The exact page and collection rows (without fetched_at) a complete run must write."""
+    """The exact page and collection rows (without fetched_at) a complete run must write.
+
+    A collection row: hash, start, end, impressions, views, time_spent, downloads, complete,
+    pages_requested, page_count."""
     pages: list[tuple[Any, ...]] = []
     collections: list[tuple[Any, ...]] = []
     for unit in iter_units(job):
@@ -131,9 +136,10 @@ def expected_rows(
             unit.collection_hash, unit.start, unit.end, config, page_stats=job.page_stats
         )
         key = (unit.collection_hash, unit.start, unit.end)
-        collections.append(
-            (*key, data["impressions"], data["views"], data["time_spent"], data["downloads"])
-        )
+        figures = (data["impressions"], data["views"], data["time_spent"], data["downloads"])
+        complete = is_complete(job.granularity, unit.start, unit.end)
+        count = len(data.get("pages", []))
+        collections.append((*key, *figures, complete, job.page_stats, count))
         for page in data.get("pages", []) if job.page_stats else []:
             pages.append((*key, page["page"], page["views"], page["clicks"], page["time_spent"]))
     return sorted(pages), sorted(collections)
@@ -153,6 +159,14 @@ def assert_complete(job_path: Path, config: SimulatorConfig) -> None:
     """The job's datasets hold exactly the expected rows: no more, no fewer, no duplicates."""
     job = load_job(job_path)
     assert actual_rows(job.output) == expected_rows(job, config)
+
+
+def clock_on(day: date, hour: int = 3) -> Clock:
+    """The real clock moved to ``day`` (from ``hour`` o'clock UTC on): a run "on that night",
+    whose answers are stamped that day (so finality follows it), with real sleeps."""
+    started = time.monotonic()
+    at = datetime.combine(day, dt_time(hour), UTC)
+    return Clock(now=lambda: at + timedelta(seconds=time.monotonic() - started))
 
 
 def run_cli(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,6 @@ from harvester.state.store import StateStore
 
 D1, D2, D3 = date(2026, 1, 1), date(2026, 1, 2), date(2026, 1, 3)
 TODAY = date(2026, 2, 1)
-AT = datetime(2026, 2, 1, 12, tzinfo=UTC)
 
 
 def _unit(h: str, d: date, end: date | None = None) -> Unit:
@@ -27,8 +26,12 @@ def store(tmp_path: Path) -> Iterator[StateStore]:
         yield s
 
 
-def _done(store: StateStore, units: list[Unit], *, today: date = TODAY, pages: bool = True) -> None:
-    store.stage([Fetched(u, AT, 1, 2, 3, 4, ()) for u in units], today=today, pages=pages)
+def _done(
+    store: StateStore, units: list[Unit], *, fetched_on: date = TODAY, pages: bool = True
+) -> None:
+    """Record ``units`` as written, fetched at noon (UTC) on ``fetched_on``."""
+    at = datetime.combine(fetched_on, time(12), UTC)
+    store.stage([Fetched(u, at, 1, 2, 3, 4, (), pages) for u in units])
     store.mark_done(units)
 
 
@@ -83,11 +86,11 @@ def test_windows_after_today_are_neither_handed_out_nor_counted_as_work(
 def test_a_provisional_unit_is_fetched_again_until_fetched_after_its_end(
     store: StateStore,
 ) -> None:
-    _done(store, [_unit("a", D1)], today=D1)  # fetched on the day itself: provisional
+    _done(store, [_unit("a", D1)], fetched_on=D1)  # fetched on the day itself: provisional
     ledger = Ledger(store, Rules(D2), set())
     assert list(ledger.pending([[_unit("a", D1)]])) == [_unit("a", D1)]
     assert ledger.counts.provisional == 1
-    _done(store, [_unit("a", D1)], today=D2)  # fetched after its end: final
+    _done(store, [_unit("a", D1)], fetched_on=D2)  # fetched after its end: final
     ledger = Ledger(store, Rules(D3), set())
     assert list(ledger.pending([[_unit("a", D1)]])) == []
 
@@ -127,3 +130,55 @@ def test_refresh_fetches_done_units_ending_on_or_after_its_date(store: StateStor
     _done(store, [_unit("a", D1), _unit("a", D2)])
     ledger = Ledger(store, Rules(TODAY, refresh_from=D2), set())
     assert list(ledger.pending([[_unit("a", D1)], [_unit("a", D2)]])) == [_unit("a", D2)]
+
+
+# --- done: a stored final window that covers the planned one ----------------------------------
+
+MONDAY, WEDNESDAY, SUNDAY = date(2026, 1, 5), date(2026, 1, 7), date(2026, 1, 11)
+
+
+@pytest.fixture
+def weekly(tmp_path: Path) -> Iterator[StateStore]:
+    with StateStore(tmp_path / "week.sqlite", granularity="week") as s:
+        yield s
+
+
+def test_a_start_that_moves_later_leaves_a_finished_week_as_it_is_stored(
+    weekly: StateStore,
+) -> None:
+    _done(weekly, [_unit("a", MONDAY, SUNDAY)])  # fetched after the week: final
+    ledger = Ledger(weekly, Rules(TODAY, granularity="week"), set())
+    assert list(ledger.pending([[_unit("a", WEDNESDAY, SUNDAY)]])) == []
+    assert ledger.counts.already_done == 1 and ledger.counts.changed == 0
+    assert ledger.take_ready() == [WEDNESDAY]  # nothing handed out: complete at once
+
+
+def test_a_provisional_period_is_fetched_again_over_its_whole_stored_window(
+    weekly: StateStore,
+) -> None:
+    _done(weekly, [_unit("a", MONDAY, SUNDAY)], fetched_on=WEDNESDAY)  # not over: provisional
+    ledger = Ledger(weekly, Rules(TODAY, granularity="week"), set())
+    units = ledger.pending([[_unit("a", WEDNESDAY, SUNDAY)]])
+    whole = _unit("a", MONDAY, SUNDAY)
+    assert next(units) == whole  # not clipped to the new start: a stored window never shrinks
+    assert next(units, None) is None
+    assert ledger.counts.provisional == 1 and ledger.counts.changed == 0
+    ledger.resolved(whole)
+    assert sorted(ledger.take_ready()) == [MONDAY, WEDNESDAY]  # its partition, and the planned
+
+
+def test_a_window_that_grows_is_fetched_again_over_both_windows(weekly: StateStore) -> None:
+    _done(weekly, [_unit("a", WEDNESDAY, SUNDAY)])  # clipped at its start by the job then
+    ledger = Ledger(weekly, Rules(TODAY, granularity="week"), set())
+    grown = _unit("a", MONDAY, SUNDAY)
+    assert list(ledger.pending([[grown]])) == [grown]
+    assert ledger.counts.changed == 1
+    # Grown at one end and clipped at the other: the union, never less than was stored.
+    ledger = Ledger(weekly, Rules(TODAY, granularity="week"), set())
+    assert list(ledger.pending([[_unit("a", MONDAY, date(2026, 1, 9))]])) == [grown]
+
+
+def test_a_refresh_of_everything_keeps_stored_windows_whole(weekly: StateStore) -> None:
+    _done(weekly, [_unit("a", MONDAY, SUNDAY)])
+    ledger = Ledger(weekly, Rules(TODAY, refresh_from=date.min, granularity="week"), set())
+    assert list(ledger.pending([[_unit("a", WEDNESDAY, SUNDAY)]])) == [_unit("a", MONDAY, SUNDAY)]

@@ -86,7 +86,9 @@ def test_refresh_days_replaces_recent_rows(
     report = harvest(job, RunOptions(today=today), env)
     assert report.exit_code == 0
     assert simulator.counters()["requests"] == 4  # 2 collections × 2 days, nothing else
-    new_config = SimulatorConfig(**{**sim_config.__dict__, "revisions": changed})
+    new_config = SimulatorConfig(
+        **{**sim_config.__dict__, "revisions": changed, "pages": {HASHES[0]: 2}}
+    )
     pages, collections = actual_rows(job.output)
     recent = {date(2026, 3, 13), date(2026, 3, 14)}
     # Older days untouched, recent days replaced (not appended), vanished pages gone.

@@ -71,6 +71,9 @@ def collection_row(r: Fetched) -> dict[str, Any]:
         "downloads": r.downloads,
         "fetched_at": r.fetched_at,
         "account": "default",
+        "complete": u.start == u.end,  # the sink's default granularity is day
+        "pages_requested": r.pages_requested,
+        "page_count": len(r.pages),
     }
 
 
@@ -135,6 +138,9 @@ def test_schemas_are_the_contract() -> None:
             ("downloads", pa.int64()),
             ("fetched_at", TS),
             ("account", pa.string()),
+            ("complete", pa.bool_()),
+            ("pages_requested", pa.bool_()),
+            ("page_count", pa.int32()),
         ]
     ).equals(COLLECTION_SCHEMA, check_metadata=True)
 

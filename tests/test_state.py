@@ -73,7 +73,7 @@ def test_new_store_is_wal_versioned_and_empty(store: StateStore) -> None:
     assert store.path.exists()
     db = sqlite3.connect(store.path)
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert db.execute("PRAGMA user_version").fetchone() == (3,)
     assert three(store.counts()) == (0, 0, 0)
     assert store.staged_periods() == []
     assert store.failed() == []
@@ -468,3 +468,98 @@ def test_two_locks_in_one_process_exclude_each_other(tmp_path: Path) -> None:
     first.release()  # releasing twice is harmless
     with OutputLock(tmp_path):
         pass
+
+
+# --- version 3: when each answer was fetched, and what a staged unit is staged over -----------
+
+
+def test_finality_follows_the_answer_fetched_at(store: StateStore) -> None:
+    on_the_day, after = unit("a"), unit("b")
+    store.stage(
+        [
+            fetched(on_the_day)._replace(fetched_at=datetime(2026, 1, 1, 23, 59, tzinfo=UTC)),
+            fetched(after)._replace(fetched_at=datetime(2026, 1, 2, 0, 0, tzinfo=UTC)),
+        ]
+    )
+    found = store.lookup([on_the_day, after])
+    assert (found[on_the_day].final, found[after].final) == (False, True)
+
+
+def test_pages_asked_for_are_recorded_even_when_none_came(store: StateStore) -> None:
+    asked, not_asked = unit("a"), unit("b")
+    store.stage(
+        [fetched(asked, pages=0), fetched(not_asked, pages=0)._replace(pages_requested=False)]
+    )
+    assert [r.pages_requested for r in store.staged(JAN1)] == [True, False]
+    store.mark_done([asked, not_asked])
+    found = store.lookup([asked, not_asked])
+    assert (found[asked].pages, found[not_asked].pages) == (True, False)
+
+
+def test_an_answer_staged_over_newer_rows_is_superseded_and_the_rows_stay_done(
+    store: StateStore,
+) -> None:
+    from harvester.state.store import Held
+
+    u = unit("a")
+    store.stage([fetched(u)])  # staged by a run then killed
+    newer = AT + timedelta(hours=5)
+    theirs = Unit("a", JAN1, JAN1)
+    store.reconcile([], [], {}, written=[Held(theirs, newer, True)])  # another run wrote it
+    staged = store.staged(JAN1)
+    assert store.superseded(staged) == staged
+    store.keep_written([u])
+    assert three(store.counts()) == (1, 0, 0)
+    assert store.lookup([u])[u] == ("done", JAN1, JAN1, True, True)
+    assert store.staged(JAN1) == []
+    # An answer newer than the rows under it is not superseded.
+    store.stage([fetched(u)._replace(fetched_at=newer + timedelta(seconds=1))])
+    assert store.superseded(store.staged(JAN1)) == []
+
+
+def test_staging_over_a_done_unit_remembers_when_its_rows_were_fetched(store: StateStore) -> None:
+    u = unit("a")
+    mark_done(store, [u])
+    older = fetched(u)._replace(fetched_at=AT - timedelta(days=1))  # a clock set back, say
+    store.stage([older])
+    assert store.superseded([older]) == [older]  # fetched_at never moves backwards
+
+
+V2_REMOVED = (
+    "    fetched_at      TEXT,\n",
+    "    written_at      TEXT,\n",
+    "    written_pages   INTEGER,\n",
+)
+
+
+def test_a_version_2_state_is_upgraded_in_place(tmp_path: Path) -> None:
+    from harvester.state import tables
+
+    schema = tables.SCHEMA
+    for line in V2_REMOVED:
+        assert line in schema
+        schema = schema.replace(line, "")
+    path = tmp_path / "v2.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(schema + ";" + tables.FILES_SCHEMA)
+    payload = json.dumps([AT.isoformat(), 1, 2, 3, 4, []])
+    db.executemany(
+        "INSERT INTO units (collection_hash, period, period_start, period_end, status, final,"
+        " pages, payload) VALUES (?, ?, ?, ?, ?, 1, 1, ?)",
+        [("a", "2026-01-01", "2026-01-01", "2026-01-01", "done", None),
+         ("b", "2026-01-01", "2026-01-01", "2026-01-01", "staged", payload)],
+    )  # fmt: skip
+    db.execute("INSERT INTO meta VALUES ('granularity', 'day')")
+    db.execute("INSERT INTO files VALUES ('collection_stats', '2026-01-01', 10, 20)")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    with StateStore(path, readonly=True) as old:  # status and verify read it as it is
+        assert three(old.counts()) == (1, 1, 0)
+    with StateStore(path) as s:
+        assert s.files() == {}  # forgotten: the next run reads its window once, learning when
+        (staged,) = s.staged(JAN1)
+        assert staged.fetched_at == AT
+        at = sqlite3.connect(path).execute("SELECT fetched_at FROM units WHERE status = 'staged'")
+        assert at.fetchone() == (AT.isoformat(),)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (3,)

@@ -176,7 +176,9 @@ def test_weekly_gaps_with_clipped_weeks(tmp_path: Path) -> None:
     summary = summarize(tmp_path)
     assert summary.granularity == "week"
     (only,) = summary.collections
-    assert str(only.coverage) == "4/6 weeks; missing 2026-03-16..2026-03-29"
+    # Partial periods are present, and counted apart: the first and the last week are clipped.
+    assert str(only.coverage) == "4/6 weeks (2 partial); missing 2026-03-16..2026-03-29"
+    assert (only.coverage.present, only.coverage.partial) == (4, 2)
     assert [d for d, _ in only.views_by_period] == [
         date(2026, 2, 23),
         date(2026, 3, 2),
@@ -197,7 +199,7 @@ def test_monthly_gaps(tmp_path: Path) -> None:
     assert summary.granularity == "month"
     by_hash = {c.collection_hash: c.coverage for c in summary.collections}
     assert str(by_hash["mo"]) == "2/4 months; missing 2026-02-01..2026-03-31"
-    assert str(by_hash["mo2"]) == "2/2 months"
+    assert str(by_hash["mo2"]) == "2/2 months (1 partial)"  # January from the 15th
 
 
 def test_range_coverage_is_present_or_absent(tmp_path: Path) -> None:
@@ -220,7 +222,7 @@ def test_the_output_record_names_the_granularity(tmp_path: Path) -> None:
     record.write_text(json.dumps({"id": "ab" * 16, "granularity": "week", "page_stats": True}))
     summary = summarize(tmp_path)
     assert (summary.granularity, summary.granularity_source) == ("week", "output.json")
-    assert str(summary.collections[0].coverage) == "2/2 weeks"
+    assert str(summary.collections[0].coverage) == "2/2 weeks (2 partial)"
 
 
 def test_a_broken_output_record_is_ignored(tmp_path: Path) -> None:
@@ -312,6 +314,21 @@ def test_render_names_every_collection_and_the_totals(harvested: Path) -> None:
     assert "coverage: complete" in text
     assert not any(line.endswith(" ") for line in text.splitlines())
     assert "... and 2 more collections (--top)" in _rendered(summary, top=1)
+
+
+def test_render_counts_partial_periods_apart(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        [
+            ("wk", date(2026, 2, 25), date(2026, 3, 1)),  # clipped at the job's start
+            ("wk", date(2026, 3, 2), date(2026, 3, 8)),
+            ("wk", date(2026, 3, 9), date(2026, 3, 11)),  # clipped at its end
+        ],
+    )
+    text = _rendered(summarize(tmp_path))
+    assert "3/3 weeks (2 partial)" in text
+    assert "partial periods: 2 (their window covers only part of the week" in text
+    assert "complete ones: 1)" in text and "coverage: complete" in text
 
 
 def test_empty_and_missing_outputs(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from harvester.run.options import RunOptions
 from harvester.run.pipeline import harvest
 from harvester.simulator import SimulatorConfig, SimulatorThread, expected_stats
 from harvester.state.store import StateStore, default_state_path
-from tests.conftest import HASHES, actual_rows, expected_rows, job_dict, run_cli
+from tests.conftest import HASHES, actual_rows, clock_on, expected_rows, job_dict, run_cli
 
 JobFile = Callable[..., Path]
 TWO = [{"hash": HASHES[0]}, {"hash": HASHES[1]}]
@@ -32,6 +32,11 @@ TWO = [{"hash": HASHES[0]}, {"hash": HASHES[1]}]
 def parquet_files(output: Path) -> dict[str, bytes]:
     """Every dataset file under ``output`` and its bytes."""
     return {str(p.relative_to(output)): p.read_bytes() for p in output.rglob("*.parquet")}
+
+
+def night(day: date, hour: int = 3) -> RunOptions:
+    """A run on ``day``: its today, and a clock that stamps its answers that day."""
+    return RunOptions(today=day, clock=clock_on(day, hour))
 
 
 def assert_exact(path: Path, config: SimulatorConfig, *, today: date | None = None) -> None:
@@ -76,24 +81,39 @@ def test_a_growing_end_leaves_one_row_per_period(
 
 
 @pytest.mark.parametrize("granularity", sorted(MOVING))
-def test_a_moving_start_leaves_one_row_per_period(
+def test_a_start_that_moves_later_leaves_finished_periods_as_they_are_stored(
     granularity: str,
     job_file: JobFile,
     simulator: SimulatorThread,
     sim_config: SimulatorConfig,
     env: dict[str, str],
 ) -> None:
-    # As `start: -30d` moves each night: the first window shrinks at its start, and so moves
-    # to another partition (its period_start changed).
+    # As `start: -30d` moves each night: the first period's window would shrink at its start.
+    # It is stored final, so it stays as it is; only a period not stored yet (here: a
+    # collection new to the job) is clipped to the new start.
     starts, end = MOVING[granularity][1]
-    for start in starts:
+    first = job_file(granularity=granularity, start=starts[0], end=end, collections=TWO)
+    assert run_cli("run", str(first), env=env).returncode == 0
+    before = parquet_files(load_job(first).output.path)
+    newcomer = {"hash": HASHES[2]}
+    for start in starts[1:]:
+        simulator.reset_counters()
         path = job_file(granularity=granularity, start=start, end=end, collections=TWO)
         done = run_cli("run", str(path), env=env)
         assert done.returncode == 0, done.stderr
-        assert_exact(path, sim_config)
-    output = load_job(path).output.path
-    first_partitions = {p.parent.name for p in (output / "collection_stats").glob("*/*.parquet")}
-    assert f"period_start={starts[0]}" not in first_partitions  # the old window's file went
+        assert simulator.counters()["requests"] == 0, done.stderr
+        assert parquet_files(load_job(path).output.path) == before  # not a byte rewritten
+    path = job_file(
+        granularity=granularity, start=starts[-1], end=end, collections=[*TWO, newcomer]
+    )
+    assert run_cli("run", str(path), env=env).returncode == 0
+    union = job_file(
+        granularity=granularity,
+        start=starts[0],
+        end=end,
+        collections=[*TWO, {**newcomer, "start": starts[-1]}],
+    )
+    assert_exact(union, sim_config)
 
 
 def test_an_output_from_before_the_period_identity_is_repaired_by_its_first_run(
@@ -129,7 +149,7 @@ def test_a_window_that_holds_today_is_provisional_until_fetched_after_its_end(
 ) -> None:
     today = date(2026, 3, 10)  # the run's "today", a parameter of harvest()
     path = job_file(start="2026-03-08", end="today", collections=TWO[:1])
-    report = harvest(load_job(path, today=today), RunOptions(today=today), env)
+    report = harvest(load_job(path, today=today), night(today), env)
     assert report.units_committed == 3 and report.exit_code == 0
     job = load_job(path, today=today)
     with StateStore(default_state_path(job.output), readonly=True) as store:
@@ -141,17 +161,17 @@ def test_a_window_that_holds_today_is_provisional_until_fetched_after_its_end(
     revised = replace(sim_config, revisions={today.isoformat(): 1})
     simulator.reconfigure(revisions=revised.revisions)
     simulator.reset_counters()
-    again = harvest(job, RunOptions(today=today), env)
+    again = harvest(job, night(today, hour=15), env)
     assert simulator.counters()["requests"] == 1 and again.units_provisional == 1
     assert actual_rows(job.output) == expected_rows(job, revised)
 
     # The first run after its end fetches it once more, and then it is final.
     tomorrow = today + timedelta(days=1)
     simulator.reset_counters()
-    after = harvest(job, RunOptions(today=tomorrow), env)
+    after = harvest(job, night(tomorrow), env)
     assert simulator.counters()["requests"] == 1 and after.units_provisional == 1
     simulator.reset_counters()
-    final = harvest(job, RunOptions(today=tomorrow + timedelta(days=1)), env)
+    final = harvest(job, night(tomorrow + timedelta(days=1)), env)
     assert simulator.counters()["requests"] == 0 and final.outcome == "nothing to do"
     assert actual_rows(job.output) == expected_rows(job, revised)
 
@@ -165,7 +185,7 @@ def test_a_range_into_the_future_harvests_only_days_that_have_begun(
     today = date(2026, 3, 10)
     path = job_file(start="2026-03-08", end="2026-12-31", collections=TWO[:1])
     job = load_job(path)
-    report = harvest(job, RunOptions(today=today), env)
+    report = harvest(job, night(today), env)
     not_begun = (date(2026, 12, 31) - today).days
     assert report.units_committed == 3 and report.units_not_begun == not_begun
     assert simulator.counters()["requests"] == 3
@@ -178,7 +198,7 @@ def test_a_range_into_the_future_harvests_only_days_that_have_begun(
 
     later = today + timedelta(days=2)
     simulator.reset_counters()
-    report = harvest(job, RunOptions(today=later), env)  # today again (now over), and two more
+    report = harvest(job, night(later), env)  # today again (now over), and two more
     assert simulator.counters()["requests"] == 3
     began = replace(job, collections=(replace(job.collections[0], end=later),))
     assert actual_rows(job.output) == expected_rows(began, sim_config)

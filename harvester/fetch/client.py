@@ -111,7 +111,7 @@ def parse_stats(unit: Unit, data: Any, *, page_stats: bool, fetched_at: datetime
         exc.payload = data
         raise
     impressions, views, time_spent, downloads = figures
-    return Fetched(unit, fetched_at, impressions, views, time_spent, downloads, pages)
+    return Fetched(unit, fetched_at, impressions, views, time_spent, downloads, pages, page_stats)
 
 
 # --- one request --------------------------------------------------------------------------------

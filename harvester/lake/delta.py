@@ -29,7 +29,14 @@ import pyarrow.fs as pafs
 from harvester.errors import UsageError
 from harvester.job.location import Location, storage_env
 from harvester.lake.parquet import ParquetSink
-from harvester.lake.schema import FILE_SCHEMAS, PARTITION_KEY, SCHEMAS, SORT_KEYS, UNIT_KEY
+from harvester.lake.schema import (
+    FILE_SCHEMAS,
+    PARTITION_KEY,
+    SCHEMAS,
+    SORT_KEYS,
+    UNIT_KEY,
+    conform,
+)
 from harvester.model import Fingerprint
 
 __all__ = ["DEFAULT_RETENTION_HOURS", "DeltaSink"]
@@ -50,8 +57,14 @@ def _deltalake() -> Any:
 class DeltaSink(ParquetSink):
     """The Parquet sink's partition upserts, each stored as one Delta commit per dataset."""
 
-    def __init__(self, output: Path | Location, owners: Mapping[str, str] | None = None) -> None:
-        super().__init__(output, owners)
+    def __init__(
+        self,
+        output: Path | Location,
+        owners: Mapping[str, str] | None = None,
+        *,
+        granularity: str = "day",
+    ) -> None:
+        super().__init__(output, owners, granularity=granularity)
         self._delta = _deltalake()
         self.storage_options = delta_storage_options(self.location)
         self._tables: dict[str, Any] = {}
@@ -125,16 +138,18 @@ class DeltaSink(ParquetSink):
         filters = None
         if starts is not None:
             filters = [(PARTITION_KEY, "in", [s.isoformat() for s in starts])]
-        rows = table.to_pyarrow_table(columns=columns, filters=filters)
-        return rows.cast(pa.schema([schema.field(c) for c in columns]))
+        # A table created before a column existed lacks it until its first write: null there.
+        present = {field.name for field in table.schema().fields}
+        rows = table.to_pyarrow_table(columns=[c for c in columns if c in present], filters=filters)
+        return conform(rows, pa.schema([schema.field(c) for c in columns]))
 
     def _upsert(self, name: str, period_start: date, rows: pa.Table, keys: pa.Table) -> int:
         """Replace the units in ``keys`` with ``rows`` in one partition: one Delta commit."""
         file_schema = FILE_SCHEMAS[name]
-        old = self.read(name, starts=[period_start]).drop([PARTITION_KEY]).cast(file_schema)
+        old = conform(self.read(name, starts=[period_start]), file_schema)
         had_rows = old.num_rows > 0
         old = old.join(keys, keys=UNIT_KEY, join_type="left anti")
-        rows = pa.concat_tables([old.select(file_schema.names), rows.cast(file_schema)])
+        rows = pa.concat_tables([old.select(file_schema.names), conform(rows, file_schema)])
         predicate = f"{PARTITION_KEY} = '{period_start.isoformat()}'"
         if rows.num_rows == 0:
             if had_rows:
@@ -153,6 +168,7 @@ class DeltaSink(ParquetSink):
             partition_by=[PARTITION_KEY],
             mode="overwrite",
             predicate=predicate,
+            schema_mode="merge",  # a table from before a column existed gains it here
             storage_options=self.storage_options,
         )
         self._touched[(name, period_start)] = self.list_parts(name).get(period_start)

@@ -90,17 +90,19 @@ def open_sink(
     owners: Mapping[str, str] | None = None,
     *,
     catalog: CatalogSettings | None = None,
+    granularity: str = "day",
 ) -> ParquetSink:
     """The writer for an output: Hive-partitioned Parquet, Delta tables (``format: delta``) or
     Iceberg tables (``format: iceberg``, in ``catalog``; None: the one the output records).
 
-    ``owners`` maps each collection hash to its account (the ``account`` column).
+    ``owners`` maps each collection hash to its account (the ``account`` column);
+    ``granularity`` says which windows are whole calendar periods (the ``complete`` column).
     """
     if fmt == "delta":
-        return DeltaSink(location, owners)
+        return DeltaSink(location, owners, granularity=granularity)
     if fmt == "iceberg":
-        return IcebergSink(location, owners, catalog)
-    return ParquetSink(location, owners)
+        return IcebergSink(location, owners, catalog, granularity=granularity)
+    return ParquetSink(location, owners, granularity=granularity)
 
 
 @contextlib.contextmanager

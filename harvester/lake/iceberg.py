@@ -97,8 +97,10 @@ class IcebergSink(ParquetSink):
         output: Path | Location,
         owners: Mapping[str, str] | None = None,
         catalog: CatalogSettings | None = None,
+        *,
+        granularity: str = "day",
     ) -> None:
-        super().__init__(output, owners)
+        super().__init__(output, owners, granularity=granularity)
         recorded = None if catalog is not None else read_record(self.location, self.objects)[0]
         default = CatalogSettings() if self.location.is_local else None
         self.settings: CatalogSettings | None = catalog or recorded or default

@@ -26,6 +26,7 @@ from harvester.layout import DISCOVERED_FILE, META_DIR, META_FILE
 
 __all__ = [
     "META_FILE",
+    "OUTPUT_SCHEMA_VERSION",
     "OutputMeta",
     "load_meta",
     "read_discovered",
@@ -36,7 +37,8 @@ __all__ = [
 
 log = logging.getLogger("harvester.output")
 
-OUTPUT_SCHEMA_VERSION = 1
+# 2: collection_stats has complete, pages_requested and page_count (files from 1 lack them).
+OUTPUT_SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def _parse_meta(text: str, path: str) -> OutputMeta:
             id=str(data["id"]),
             granularity=str(data["granularity"]),
             page_stats=bool(data["page_stats"]),
-            schema_version=int(data.get("schema_version", OUTPUT_SCHEMA_VERSION)),
+            schema_version=int(data.get("schema_version", 1)),  # 1 wrote it already
             created_at=str(data.get("created_at", "")),
             format=str(data.get("format", "parquet")),
             endpoints=_names(data.get("endpoints", [])),

@@ -52,6 +52,7 @@ from harvester.lake.schema import (
     UNIT_KEY,
     WriteResult,
     collection_rows,
+    conform,
     page_rows,
     partition_of,
     partitioning,
@@ -89,10 +90,17 @@ def encode(rows: pa.Table) -> bytes:
 class ParquetSink:
     """Writes whole partitions of both datasets, atomically, as upserts by unit."""
 
-    def __init__(self, output: Path | Location, owners: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        output: Path | Location,
+        owners: Mapping[str, str] | None = None,
+        *,
+        granularity: str = "day",
+    ) -> None:
         self.location = output if isinstance(output, Location) else Location.local(output)
         self.fs: pafs.FileSystem = self.location.filesystem()
         self.owners: dict[str, str] = dict(owners or {})  # hash → account; else "default"
+        self.granularity = granularity  # whether a window is its whole period (``complete``)
         # Files written or removed since the last take_touched(): (dataset, period) -> file.
         self._touched: dict[tuple[str, date], Fingerprint | None] = {}
         # Called before every write: raises when this run may no longer write (its lock lost).
@@ -132,7 +140,7 @@ class ParquetSink:
                 if ACCOUNT in old.schema.names:
                     continue
                 column = pa.array([DEFAULT_ACCOUNT] * old.num_rows, pa.string())
-                rows = old.append_column(ACCOUNT, column).select(schema.names).cast(schema)
+                rows = conform(old.append_column(ACCOUNT, column), schema)
                 self.objects.put(target, encode(rows), expect=found[1])
                 migrated += 1
         return migrated
@@ -216,7 +224,7 @@ class ParquetSink:
         if not latest:
             return WriteResult(0, 0, 0)
         pages = page_rows(latest, self.owners)
-        collections = collection_rows(latest, self.owners)
+        collections = collection_rows(latest, self.owners, self.granularity)
         here = [u for u in replaced if u.start == period_start]
         keys = pa.concat_tables([collections.select(UNIT_KEY), unit_keys(here)])
         files = self._upsert(PAGE_STATS, period_start, pages, keys)
@@ -253,7 +261,7 @@ class ParquetSink:
         if found is not None:
             data, expect = found
             # Every row of a rewritten unit goes, so pages missing from the new answer vanish.
-            old = pq.read_table(pa.BufferReader(data)).cast(rows.schema)
+            old = conform(pq.read_table(pa.BufferReader(data)), rows.schema)
             old = old.join(keys, keys=UNIT_KEY, join_type="left anti")
             rows = pa.concat_tables([old.select(rows.schema.names), rows])
         if rows.num_rows == 0:

@@ -3,6 +3,13 @@
 Two Hive-partitioned datasets, ``page_stats`` and ``collection_stats``, partitioned by
 ``period_start``. Every writer (Parquet, Delta) builds its rows and reads its keys through
 here, so a new column is added in one place.
+
+Columns are only ever added, at the end (``account``; then ``complete``, ``pages_requested``
+and ``page_count`` in ``collection_stats``, output schema version 2). A file written before a
+column existed lacks it: readers see null there (:func:`conform`), and the file gets the column
+when a run next rewrites its partition (its old rows keep null: what they did not record is not
+invented). Null in ``pages_requested`` means "written before it was recorded": readers then
+fall back to whether ``page_stats`` holds rows for the unit.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from harvester.layout import DEFAULT_ACCOUNT
-from harvester.model import Fetched, Unit
+from harvester.model import Fetched, Unit, is_complete
 
 __all__ = [
     "COLLECTION_SCHEMA",
@@ -30,6 +37,7 @@ __all__ = [
     "UNIT_KEY",
     "WriteResult",
     "collection_rows",
+    "conform",
     "page_rows",
     "partition_of",
     "partitioning",
@@ -71,6 +79,11 @@ COLLECTION_SCHEMA = pa.schema(
         ("downloads", pa.int64()),
         ("fetched_at", FETCHED_AT),
         ("account", pa.string()),
+        # Output schema version 2: whether the window is its whole calendar period, whether
+        # pages were asked for, and how many came (0: asked, none came, e.g. nobody opened it).
+        ("complete", pa.bool_()),
+        ("pages_requested", pa.bool_()),
+        ("page_count", pa.int32()),
     ]
 )
 ACCOUNT = "account"  # the account's name; outputs written before it are migrated to "default"
@@ -121,9 +134,12 @@ def page_rows(results: Sequence[Fetched], owners: Mapping[str, str]) -> pa.Table
     )
 
 
-def collection_rows(results: Sequence[Fetched], owners: Mapping[str, str]) -> pa.Table:
+def collection_rows(
+    results: Sequence[Fetched], owners: Mapping[str, str], granularity: str
+) -> pa.Table:
     """One row per unit, also when it has no pages or no traffic."""
     units = unit_columns(results, owners)
+    complete = [is_complete(granularity, r.unit.start, r.unit.end) for r in results]
     return pa.Table.from_arrays(
         [
             units["collection_hash"],
@@ -134,9 +150,21 @@ def collection_rows(results: Sequence[Fetched], owners: Mapping[str, str]) -> pa
             pa.array([r.downloads for r in results], pa.int64()),
             units["fetched_at"],
             units[ACCOUNT],
+            pa.array(complete, pa.bool_()),
+            pa.array([r.pages_requested for r in results], pa.bool_()),
+            pa.array([len(r.pages) for r in results], pa.int32()),
         ],
         schema=COLLECTION_FILE_SCHEMA,
     )
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: those it lacks (a file written before they
+    existed) added as nulls, the rest in order and cast."""
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(schema.names).cast(schema)
 
 
 def unit_columns(results: Sequence[Fetched], owners: Mapping[str, str]) -> pa.Table:

@@ -4,6 +4,9 @@
 :func:`render` prints them as tables. Coverage is the data-quality view: for each collection,
 the calendar periods (days, ISO weeks or months) present from its first period to its last,
 and the missing ones named as date ranges, so that a hole in a nightly harvest shows at once.
+Present periods are counted apart when they are *partial*: their window covers only part of
+the calendar period (clipped by the job's dates: a rolling start, an end inside the current
+week), as :func:`harvester.model.is_complete` decides and the ``complete`` column records.
 
 The granularity comes from the output's metadata record (``_harvester/output.json``) when there
 is one, else from the data: a day's window starts and ends on the same day, a week's fits one
@@ -36,7 +39,7 @@ from harvester.lake.output import OutputMeta, read_meta
 from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import COLLECTION_SCHEMA, COLLECTION_STATS, PAGE_SCHEMA, PAGE_STATS
 from harvester.layout import DEFAULT_ACCOUNT, ICEBERG_FILE, META_DIR, META_FILE
-from harvester.model import GRANULARITIES, period_end, period_of
+from harvester.model import GRANULARITIES, is_complete, period_end, period_of
 from harvester.ops.display import Column, fitted_table, print_table
 
 __all__ = [
@@ -81,6 +84,7 @@ class Coverage:
     present: int
     expected: int
     gaps: tuple[Gap, ...] = ()
+    partial: int = 0  # of present: windows covering only part of their calendar period
 
     @property
     def complete(self) -> bool:
@@ -89,8 +93,9 @@ class Coverage:
 
     @property
     def counts(self) -> str:
-        """``28/31 days``."""
-        return f"{self.present}/{self.expected} {_PLURAL[self.granularity]}"
+        """``28/31 days``, ``5/5 weeks (2 partial)``."""
+        text = f"{self.present}/{self.expected} {_PLURAL[self.granularity]}"
+        return f"{text} ({self.partial} partial)" if self.partial else text
 
     def __str__(self) -> str:
         if self.complete:
@@ -297,6 +302,7 @@ def _collections(
     }
     top = _top_pages(pages)
     periods = _views_by_period(units, granularity)
+    partial = _partial(units, granularity)
     for row in sums.to_pylist():
         key: _Key = (row[ACCOUNT], row["collection_hash"])
         by_period = periods[key]
@@ -312,7 +318,7 @@ def _collections(
             downloads=row["downloads_sum"],
             top_pages=top.get(key, ()),
             views_by_period=tuple(sorted(by_period.items())),
-            coverage=coverage(granularity, by_period, since, until),
+            coverage=coverage(granularity, by_period, since, until, partial=partial.get(key, 0)),
         )
 
 
@@ -343,6 +349,17 @@ def _views_by_period(units: pa.Table, granularity: str) -> dict[_Key, dict[date,
     return found
 
 
+def _partial(units: pa.Table, granularity: str) -> dict[_Key, int]:
+    """How many of each collection's windows cover only part of their calendar period."""
+    found: dict[_Key, int] = defaultdict(int)
+    columns = (units[c].to_pylist() for c in (ACCOUNT, "collection_hash", "period_start"))
+    ends = units["period_end"].to_pylist()
+    for (account, collection, start), end in zip(zip(*columns, strict=True), ends, strict=True):
+        if not is_complete(granularity, start, end):
+            found[(account, collection)] += 1
+    return found
+
+
 def calendar_periods(granularity: str, first: date, last: date) -> Iterator[date]:
     """The first day of every calendar period from the one holding ``first`` to ``last``'s."""
     period = period_of(granularity, first)
@@ -358,12 +375,15 @@ def coverage(
     periods: Iterable[date],
     since: date | None = None,
     until: date | None = None,
+    *,
+    partial: int = 0,
 ) -> Coverage:
     """Calendar periods present (by first day) versus expected: every period from the first
-    present to the last, clipped to since..until; the missing ones merged into gaps."""
+    present to the last, clipped to since..until; the missing ones merged into gaps.
+    ``partial``: how many of the present ones are windows covering part of their period."""
     present = sorted(set(periods))
     if granularity == "range" or not present:
-        return Coverage(granularity, len(present), len(present))
+        return Coverage(granularity, len(present), len(present), partial=partial)
     expected = [
         p
         for p in calendar_periods(granularity, present[0], present[-1])
@@ -379,7 +399,7 @@ def coverage(
             gaps.append(Gap(run[0], _end(granularity, run[-1])))
             run = []
     missing = sum(1 for p in expected if p not in have)
-    return Coverage(granularity, len(expected) - missing, len(expected), tuple(gaps))
+    return Coverage(granularity, len(expected) - missing, len(expected), tuple(gaps), partial)
 
 
 def _end(granularity: str, period: date) -> date:
@@ -405,6 +425,13 @@ def render(summary: Summary, console: Console, *, top: int = DEFAULT_TOP) -> Non
         say(f"... and {len(summary.collections) - len(shown)} more collections (--top)")
     if any(c.top_pages for c in shown):
         print_table(console, _pages_table(summary, shown, console))
+    partial = sum(c.coverage.partial for c in summary.collections)
+    if partial:
+        say(
+            f"partial periods: {partial} (their window covers only part of the"
+            f" {summary.granularity}: clipped by the job's dates; complete ones:"
+            f" {sum(c.coverage.present for c in summary.collections) - partial})"
+        )
     if not summary.gaps:
         say(
             f"coverage: complete (every {summary.granularity} from each collection's first to last)"

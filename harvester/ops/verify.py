@@ -1,8 +1,14 @@
-"""``harvester verify OUTPUT``: the state's done units against the dataset's rows, no request."""
+"""``harvester verify OUTPUT``: the state's done units against the dataset's rows, no request.
+
+Every partition is read, page rows included: a unit is *missing* when the state calls it done
+and ``collection_stats`` has no row for it, or when it was asked with page statistics and its
+page rows are not all there (``page_count`` says how many came; its ``page_stats`` partition
+deleted, say). Either makes ``verify`` exit 1, and the next run fetches the unit again.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -25,29 +31,43 @@ class Verified:
     in_dataset: int
     missing: list[Unit]  # done in the state, no rows in the dataset: the next run fetches them
     unknown: int  # rows the state does not hold as done (it learns them at the next run)
+    missing_pages: list[Unit] = field(default_factory=list)  # asked with pages, rows gone
+
+    @property
+    def failed(self) -> bool:
+        """Whether anything is missing (``harvester verify`` exits 1)."""
+        return bool(self.missing or self.missing_pages)
 
     def text(self, output: object, state: Path) -> str:
         """The lines ``harvester verify`` prints."""
         lines = [
             f"{output}: {self.in_dataset} units in the dataset; state {state}:"
             f" {len(self.missing)} done there but missing from the dataset,"
-            f" {self.unknown} in the dataset it does not know"
+            f" {self.unknown} in the dataset it does not know;"
+            f" {len(self.missing_pages)} asked with page statistics whose page rows are missing"
         ]
-        lines += [f"missing: {u}" for u in self.missing[:20]]
-        if len(self.missing) > 20:
-            lines.append(f"... and {len(self.missing) - 20} more missing units")
-        if self.missing:
+        lines += _listed("missing", self.missing)
+        lines += _listed("missing pages", self.missing_pages)
+        if self.failed:
             lines.append("the next run fetches the missing units again")
         elif not self.unknown:
             lines.append("the dataset and the state agree")
         return "\n".join(lines)
 
 
+def _listed(label: str, units: list[Unit]) -> list[str]:
+    """``label: unit`` lines, at most 20 of them."""
+    lines = [f"{label}: {u}" for u in units[:20]]
+    if len(units) > 20:
+        lines.append(f"... and {len(units) - 20} more ({label})")
+    return lines
+
+
 def verify(sink: ParquetSink, store: StateStore) -> Verified:
     """Compare every partition's keys with the state; read only, no request."""
     found = reconcile(sink, store, (date.min, date.max), store.granularity, trust_files=False)
     in_dataset = sum(1 for v in found.overlay.values() if v is not None)
-    return Verified(in_dataset, sorted(found.dropped), found.learnt)
+    return Verified(in_dataset, sorted(found.dropped), found.learnt, sorted(found.missing_pages))
 
 
 def verify_output(output: str, state_path: Path | None = None) -> tuple[Verified, Path]:

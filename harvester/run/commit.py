@@ -1,15 +1,24 @@
 """From fetched answers to committed rows: the plan filter, partition bookkeeping, commits.
 
 :class:`Ledger` is the one owner of partition bookkeeping. It filters the plan against the
-state (what is done, final and complete needs no call), counts what it hands out per output
-partition (``period_start``), and knows when a partition is complete: every unit handed out
-for it has been resolved (fetched, failed, skipped or abandoned).
+state, counts what it hands out per output partition (``period_start``), and knows when a
+partition is complete: every unit handed out for it has been resolved (fetched, failed, skipped
+or abandoned).
+
+*Done* is one rule (:meth:`Ledger.pending`): a period stored final, with pages when pages are
+on, whose stored window covers the planned one, needs no call. A window that grows (an earlier
+start, a later end) or a provisional one is fetched again, and then over the union of the two
+windows: a stored window never shrinks. So when a rolling ``start: -30d`` moves later, the
+finished periods stay as they are stored, and only periods not stored yet are clipped to the
+new start.
 
 :class:`Committer` is the single writer. A fetched unit is staged in the state store at once
 (group-committed), so a kill loses at most the units in flight. When the ledger says a
 partition is complete, it is rewritten in Parquet from the staged answers (replacing older
 windows of the same calendar periods, wherever they sit) and its units are marked done. A
-crash between the two is repaired by :meth:`Committer.flush_all` at the next start.
+crash between the two is repaired by :meth:`Committer.flush_all` at the next start. The newest
+answer wins: a staged answer is dropped when the dataset already holds a newer ``fetched_at``
+for its unit (another run wrote it meanwhile), so ``fetched_at`` never moves backwards.
 
 Both return their counts; :mod:`harvester.run.pipeline` builds the report from them.
 """
@@ -88,7 +97,7 @@ class PlanCounts:
     already_done: int = 0
     to_fetch: int = 0
     provisional: int = 0  # of to_fetch: written before their window ended
-    changed: int = 0  # of to_fetch: written for another window of the same calendar period
+    changed: int = 0  # of to_fetch: stored with a window that does not cover the planned one
     not_begun: int = 0  # windows that start after today: neither fetched nor recorded
     gone: int = 0  # units of collections recorded as gone, skipped
     outside: int = 0  # outside the window the run was narrowed to (RunOptions start/end)
@@ -121,7 +130,9 @@ class Ledger:
     def pending(self, batches: Iterable[list[Unit]]) -> Iterator[Unit]:
         """The units that need a call, lazily, batch by batch (a batch is one window)."""
         rules, counts = self._rules, self.counts
-        refresh_all = rules.refresh_from == date.min
+        # A refresh of everything needs no lookup, except to keep stored windows whole (a day's
+        # window is always its whole period).
+        skip_lookup = rules.refresh_from == date.min and rules.granularity == "day"
         narrowed = rules.start is not None or rules.end is not None
         for batch in batches:
             selected = [u for u in batch if rules.selects(u)] if narrowed else batch
@@ -133,7 +144,7 @@ class Ledger:
                 counts.gone += len(begun) - len(kept)
                 begun = kept
             # One state lookup per batch, not per unit: a million-unit plan spends its time here.
-            lookup = begun and not refresh_all and self._store is not None
+            lookup = begun and not skip_lookup and self._store is not None
             stored = self._store.lookup(begun) if lookup and self._store is not None else {}
             # The loop below runs once per unit of the plan: locals, and the cover test inline.
             pages, refresh_from, outstanding = (
@@ -142,23 +153,28 @@ class Ledger:
                 self._outstanding,
             )
             done = 0
+            widened: set[date] = set()  # partitions of stored windows wider than the planned
             for unit in begun:
                 row = stored.get(unit)
                 if row is not None and row.status == DONE:
-                    same = row.start == unit.start and row.end == unit.end
-                    if same and row.final and (row.pages or not pages):
-                        if refresh_from is None or unit.end < refresh_from:
-                            done += 1
-                            continue
-                    elif not same:
+                    covers = row.start <= unit.start and row.end >= unit.end
+                    whole = covers and row.final and (row.pages or not pages)
+                    if whole and (refresh_from is None or unit.end < refresh_from):
+                        done += 1
+                        continue
+                    if not covers:
                         counts.changed += 1
                     elif not row.final:
                         counts.provisional += 1
+                    if row.start < unit.start or row.end > unit.end:  # never shrink it
+                        start, end = min(row.start, unit.start), max(row.end, unit.end)
+                        unit = Unit(unit.collection_hash, start, end)
+                        widened.add(start)
                 counts.to_fetch += 1
                 outstanding[unit.start] += 1
                 yield unit
             counts.already_done += done
-            self._close({unit.start for unit in batch})
+            self._close({unit.start for unit in batch} | widened)
 
     def _close(self, starts: Iterable[date]) -> None:
         """No more units will be handed out for these partitions."""
@@ -232,6 +248,7 @@ class CommitCounts:
     fetched: int = 0  # answers staged by this run
     committed: int = 0  # of those, written to the datasets and marked done
     recovered: int = 0  # answers an interrupted run had staged, written at the start
+    superseded: int = 0  # staged answers dropped: the dataset already held newer ones
     failed: int = 0
     gone: int = 0  # units whose collection the API said is gone (43/46), this run
     page_rows: int = 0
@@ -286,8 +303,7 @@ class Committer:
     def _stage(self) -> None:
         """Stage every result not staged yet, in one transaction."""
         if self._unstaged:
-            rules = self._rules
-            self._store.stage(self._unstaged, today=rules.today, pages=rules.page_stats)
+            self._store.stage(self._unstaged)
             self.counts.fetched += len(self._unstaged)
             for result in self._unstaged:
                 self._staged_here[result.unit.start].append(result)
@@ -365,6 +381,7 @@ class Committer:
         """
         here = self._staged_here.pop(period_start, None)
         results = self._store.staged(period_start) if from_store or here is None else here
+        results = self._drop_superseded(period_start, results)
         if not results:
             return 0
         replaced = self._store.replaced([r.unit for r in results])
@@ -381,6 +398,23 @@ class Committer:
         counts.partitions += 1
         log.debug("committed %s: %d units", period_start, len(units))
         return len(units)
+
+    def _drop_superseded(self, period_start: date, results: list[Fetched]) -> list[Fetched]:
+        """The results to write: those the dataset holds no newer answer for (the others are
+        dropped, and their units are done as the dataset holds them)."""
+        older = self._store.superseded(results)
+        if not older:
+            return results
+        units = {r.unit for r in older}
+        self._store.keep_written(list(units))
+        self.counts.superseded += len(units)
+        log.warning(
+            "%s: dropped %d fetched answers: the dataset already holds newer ones for their"
+            " units (written by another run), which stay as they are",
+            period_start,
+            len(units),
+        )
+        return [r for r in results if r.unit not in units]
 
     async def flush_all(self, *, recovery: bool = False) -> int:
         """Write every partition that still has staged answers; return the units written.

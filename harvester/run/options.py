@@ -43,7 +43,9 @@ class RunOptions:
     refresh: bool = False
     wait_for_lock: bool = False
     grace_seconds: float = DEFAULT_GRACE_SECONDS
-    today: date | None = None  # UTC; default: the clock's date, read once per run
+    # UTC; default: the clock's date, read once per run. Finality follows the answers'
+    # fetched_at (the clock's): a run that plays another day passes a clock on that day too.
+    today: date | None = None
     clock: Clock | None = None  # wall time, monotonic time and sleep; default: the real ones
     retry_gone: bool = False  # fetch collections recorded as gone (43/46) again
     # Narrow the job to the units whose calendar window meets [start, end] (an orchestrator's

@@ -63,7 +63,7 @@ from harvester.run.commit import Committer, Gone, Ledger, Quarantine, Rules
 from harvester.run.options import PROGRESS_EVERY_SECONDS, RunOptions, rules_of, state_path_of
 from harvester.run.progress import Progress, Snapshot, least_seconds
 from harvester.run.report import RunReport, report_accounts, report_dict, write_report
-from harvester.state.binding import bind_output, check_output
+from harvester.state.binding import bind_output, check_output, discard_vanished
 from harvester.state.record import DatasetView, job_window
 from harvester.state.store import StateStore
 
@@ -170,8 +170,12 @@ async def _run(
     )
     report.units_in_job = count_units(job)
     quarantine = Quarantine(state_path.parent / QUARANTINE_DIR / f"run-{report.run_id}.jsonl")
-    sink = open_sink(job.output, job.format, _owners(job), catalog=job.catalog)
+    sink = open_sink(
+        job.output, job.format, _owners(job), catalog=job.catalog, granularity=job.granularity
+    )
     failure: LockedError | StorageError | None = None
+    with storage_errors(job.output):
+        discard_vanished(job, state_path, sink)  # before the state is opened
     with StateStore(state_path, clock=clock.now, granularity=job.granularity) as store:
         run = _Harvest(job, options, store, sink, quarantine, clock, rules_of(job, options, today))
         if isinstance(lock, ObjectLock):
@@ -300,8 +304,8 @@ class _Harvest:
         # Collections the API said are gone: the ledger skips them, workers too, mid-run.
         self.gone = store.gone_collections() if not rules.retry_gone else set()
         # What is done: the state, checked against the dataset's files (see harvester.state.record).
-        view = DatasetView(store, sink, job_window(job), write=True)
-        self.ledger = Ledger(view, rules, self.gone)
+        self.view = DatasetView(store, sink, job_window(job), write=True)
+        self.ledger = Ledger(self.view, rules, self.gone)
         self.committer = Committer(store, sink, self.ledger, quarantine, rules, self.gone)
         self.breaker = CircuitBreaker(job.retry.circuit_breaker_seconds, clock=clock.monotonic)
         self.pool: WorkerPool[tuple[Lane, Unit]] = WorkerPool(job.concurrency, self.token)
@@ -361,7 +365,9 @@ class _Harvest:
         await writer
 
     async def _recover(self) -> None:
-        """Write what an interrupted run fetched and did not write."""
+        """Write what an interrupted run fetched and did not write, unless the dataset holds
+        newer answers (another run's): the dataset is read first."""
+        await asyncio.to_thread(self.view.load)
         recovered = await self.committer.flush_all(recovery=True)
         if recovered:
             log.info("wrote %d fetched units an interrupted run had not written", recovered)
@@ -379,6 +385,7 @@ class _Harvest:
         report.units_fetched = done.fetched
         report.units_committed = done.committed
         report.units_recovered = done.recovered
+        report.units_superseded = done.superseded
         report.units_failed = done.failed
         report.units_gone = plan.gone + done.gone
         report.failed = list(done.failures)

@@ -76,6 +76,7 @@ class RunReport:
     units_fetched: int = 0
     units_committed: int = 0  # fetched by this run and written
     units_recovered: int = 0  # fetched by an interrupted run, written at this run's start
+    units_superseded: int = 0  # fetched answers dropped: the dataset already held newer ones
     units_failed: int = 0
     units_gone: int = 0  # of collections the API says are deleted or not ours (43/46)
     units_not_attempted: int = 0
@@ -161,6 +162,10 @@ class RunReport:
         ]
         notes = [
             (self.units_recovered, "written from the answers an interrupted run had fetched"),
+            (
+                self.units_superseded,
+                "fetched answers dropped: the dataset already held newer ones (another run's)",
+            ),
             (self.units_provisional, "re-fetched because their window had not ended"),
             (self.units_changed, "re-fetched because their calendar period's window changed"),
             (self.units_gone, "of collections the API says are deleted or not ours (gone)"),

@@ -59,6 +59,9 @@ class SimulatorConfig:
     revisions: dict[str, int] = field(default_factory=dict)
     catalog: tuple[str, ...] = DEMO_CATALOG
     list_ignores_from: bool = False  # getList answers the first page whatever `from` says
+    # A window in which nobody opened the flipbook answers `pages: []` (as an unopened
+    # flipbook's may), not a row of zeros per page.
+    quiet_without_pages: bool = False
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -126,6 +129,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "max_pages": _check_max_pages,
     "revisions": _check_revisions,
     "list_ignores_from": _check_bool,
+    "quiet_without_pages": _check_bool,
 }
 
 
@@ -250,6 +254,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "revisions": _str_to_int,
     "catalog": _str_tuple,
     "list_ignores_from": _bool,
+    "quiet_without_pages": _bool,
 }
 
 

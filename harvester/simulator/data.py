@@ -117,8 +117,10 @@ def day_stats(
 ) -> dict[str, Any]:
     """The ``data`` payload for one day."""
     key = (config.seed, collection_hash, day.toordinal(), _revision(config, day))
-    totals = _collection_row(*key)[1:]
+    active, *totals = _collection_row(*key)
     pages = list(_page_rows(*key, pages_of(collection_hash, config))) if page_stats else None
+    if pages is not None and config.quiet_without_pages and not active:
+        pages = []
     return _payload(totals, pages)
 
 
@@ -138,11 +140,13 @@ def expected_stats(
         (config.seed, collection_hash, ordinal, revisions.get(ordinal, 0))
         for ordinal in range(start.toordinal(), end.toordinal() + 1)
     ]
-    days = (_collection_row(*key)[1:] for key in keys)
-    totals = [sum(column) for column in zip(*days, strict=True)]
+    days = [_collection_row(*key) for key in keys]
+    totals = [sum(column) for column in zip(*(day[1:] for day in days), strict=True)]
     pages: list[int] | None = None
     if page_stats:
         count = pages_of(collection_hash, config)
         rows = (_page_rows(*key, count) for key in keys)
         pages = [sum(column) for column in zip(*rows, strict=True)] if count else []
+        if config.quiet_without_pages and not any(day[0] for day in days):
+            pages = []  # nobody opened it in the whole window
     return _payload(totals, pages)

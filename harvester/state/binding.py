@@ -3,9 +3,13 @@
 A run refuses (exit 2) a job whose granularity, format or page statistics do not fit what the
 output holds, a job against another API endpoint than the output was filled from (the demo's
 simulator rows must never pass for the real API's; ``other_endpoint`` lets a run through, and
-the record then names both), and a state bound to another output. An output written before
-the record existed is adopted by its first run, which repairs it: where a calendar period holds
-several windows, the newest stays and the others go.
+the record then names both), and a state bound to another output that is there. A state whose
+output has vanished (no output record and no data: a test bucket wiped, a lake moved away)
+describes nothing: it is discarded with a warning, and the run starts afresh from what the lake
+holds. An output written before the record existed is adopted by its first run, which repairs
+it: where a calendar period holds several windows, the newest stays and the others go. The
+record is brought up to the current schema version (older part files are read with null in
+the columns they lack: :mod:`harvester.lake.schema`).
 """
 
 from __future__ import annotations
@@ -19,18 +23,33 @@ from typing import Any
 
 from harvester.errors import JobError, Problem
 from harvester.job.model import Job, accounts_of, endpoints_of
-from harvester.lake.output import OutputMeta, load_meta, read_meta, write_meta
+from harvester.lake.fs import open_sink
+from harvester.lake.output import (
+    OUTPUT_SCHEMA_VERSION,
+    OutputMeta,
+    load_meta,
+    read_meta,
+    write_meta,
+)
 from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
 from harvester.model import Unit, period_of
 from harvester.state.store import StateStore, default_state_path
 
-__all__ = ["STATE_OUTPUT_ID", "bind_output", "check_fits", "check_output", "repair"]
+__all__ = [
+    "STATE_OUTPUT_ID",
+    "bind_output",
+    "check_fits",
+    "check_output",
+    "discard_vanished",
+    "repair",
+]
 
 log = logging.getLogger("harvester.output")
 
 
 STATE_OUTPUT_ID = "output_id"
+STATE_OUTPUT_AT = "output_location"  # where that output was: an absolute path or a URI
 
 
 def _has_data(sink: ParquetSink) -> bool:
@@ -105,7 +124,8 @@ def check_fits(
             )
         )
     state_id = _state_output_id(state_path)
-    if state_id is not None and (meta is None or meta.id != state_id):
+    other = state_id is not None and (meta is None or meta.id != state_id)
+    if other and not _vanished(job, state_path):
         held = f"output {meta.id}" if meta is not None else "no harvester output record"
         problems.append(
             Problem(
@@ -121,13 +141,67 @@ def check_fits(
     return meta
 
 
+def _sink_of(job: Job) -> ParquetSink:
+    """A sink to list the job's output with (nothing is written through it)."""
+    return open_sink(job.output, job.format, catalog=job.catalog)
+
+
+def _location(job: Job) -> str:
+    """Where the job's output is, as a state records it: an absolute path, or the URI."""
+    return str(job.output.path.resolve()) if job.output.is_local else str(job.output)
+
+
+def _vanished(job: Job, state_path: Path, sink: ParquetSink | None = None) -> bool:
+    """Whether the state describes an output that was where this job's output is, and that
+    has vanished from there: no output record, no data (a bucket wiped, the lake moved away).
+
+    A state from before the location was recorded is taken to describe the output it sits
+    beside (or whose cache it is); another state bound elsewhere never has vanished here.
+    """
+    recorded = _state_meta(state_path, STATE_OUTPUT_AT)
+    if recorded is None:
+        ours = state_path.resolve() == default_state_path(job.output).resolve()
+    else:
+        ours = recorded == _location(job)
+    if not ours or read_meta(job.output) is not None:
+        return False
+    return not _has_data(sink or _sink_of(job))
+
+
+def discard_vanished(job: Job, state_path: Path, sink: ParquetSink) -> bool:
+    """Delete a state whose output has vanished (see :func:`_vanished`); the caller holds the
+    lock. Returns whether it did.
+
+    What it said was done is not there any more: kept, it would make every later run refuse
+    (or trust rows that are gone). The run rebuilds a state from what the lake holds.
+    """
+    state_id = _state_output_id(state_path)
+    if state_id is None or not _vanished(job, state_path, sink):
+        return False
+    log.warning(
+        "%s: this state describes output %s, which is no longer at %s (no output record, no"
+        " data): the state is discarded, and rebuilt from what the output holds",
+        state_path,
+        state_id,
+        job.output,
+    )
+    for suffix in ("", "-wal", "-shm"):
+        state_path.with_name(state_path.name + suffix).unlink(missing_ok=True)
+    return True
+
+
 def _state_output_id(state_path: Path) -> str | None:
     """The output id a state records, if the state exists and holds units."""
+    return _state_meta(state_path, STATE_OUTPUT_ID)
+
+
+def _state_meta(state_path: Path, key: str) -> str | None:
+    """A setting a state records, if the state exists and holds units."""
     if not state_path.is_file():
         return None
     try:
         with StateStore(state_path, readonly=True) as store:
-            return None if store.is_empty() else store.get_meta(STATE_OUTPUT_ID)
+            return None if store.is_empty() else store.get_meta(key)
     except Exception:  # an old or unreadable state: the run's own open reports it properly
         return None
 
@@ -172,12 +246,30 @@ def bind_output(
             job.output,
         )
     # An older record, a new account or an endpoint let through: the record names them.
-    meta = _with_sources(job, meta)
+    meta = _current_schema(job, _with_sources(job, meta))
     if meta != read:
         write_meta(sink.objects, job.output, meta, expect=version)
     if store.get_meta(STATE_OUTPUT_ID) != meta.id:
         store.set_meta(STATE_OUTPUT_ID, meta.id)
+    if store.get_meta(STATE_OUTPUT_AT) != _location(job):  # set anew when the lake moved
+        store.set_meta(STATE_OUTPUT_AT, _location(job))
     return meta
+
+
+def _current_schema(job: Job, meta: OutputMeta) -> OutputMeta:
+    """The record at the current schema version (logged when it was older)."""
+    if meta.schema_version >= OUTPUT_SCHEMA_VERSION:
+        return meta
+    # Older harvesters refuse a newer version: none of them writes files without the columns
+    # this one reads (nor fails on the columns it writes) from now on.
+    log.info(
+        "%s: output schema version %d → %d (collection_stats gains complete, pages_requested"
+        " and page_count; older files read them as null)",
+        job.output,
+        meta.schema_version,
+        OUTPUT_SCHEMA_VERSION,
+    )
+    return replace(meta, schema_version=OUTPUT_SCHEMA_VERSION)
 
 
 def _with_sources(job: Job, meta: OutputMeta) -> OutputMeta:

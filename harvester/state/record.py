@@ -1,43 +1,48 @@
 """The dataset is the record of what is done; the state is a cache of it.
 
 A unit whose rows are in ``collection_stats`` is done, whatever the state says; a unit the state
-calls done whose rows are gone (a partition deleted by hand or by a retention job) is not.
-Whether a stored window is final comes from the rows too: fetched (``fetched_at``, UTC) after
-its ``period_end``. Pages are there when ``page_stats`` holds rows for the unit.
+calls done whose rows are gone (a partition deleted by hand or by a retention job) is not. A
+collection row says all the rest: its window, when it was fetched (``fetched_at``: final when
+fetched on a later day than its ``period_end``, :func:`harvester.model.is_final`), whether pages
+were asked for (``pages_requested``) and how many came (``page_count``), so a unit asked with
+pages that had none (nobody opened the flipbook that day) is done too. A unit asked with pages
+whose page rows are gone (its ``page_stats`` partition deleted) is not. Rows written before
+``pages_requested`` existed (null there) hold pages when ``page_stats`` has rows for them.
 
 Reading that stays cheap: one listing of each dataset's part files (size and modification
 time), compared with what the state recorded for each partition at commit time. Where a file is
 unchanged the state is trusted as it is; only partitions inside the job's window that changed,
-vanished, or that the state does not know are read, and only their key columns. What was
-learnt is written back into the state (when it is writable), so the next run finds every file
-unchanged.
+vanished, or that the state does not know are read, and only their key columns (``page_stats``
+only for rows from before ``pages_requested``: its listing says whether a partition's pages are
+there). What was learnt is written back into the state (when it is writable), so the next run
+finds every file unchanged. Units the state has *staged* learn what the dataset holds under them
+(another run may have written newer rows meanwhile: the commit then keeps those).
 
-:class:`DatasetView` answers the plan filter's ``lookup`` like the state does; it reconciles
-lazily, on the first lookup, so a run has written what an interrupted one left staged first.
+:class:`DatasetView` answers the plan filter's ``lookup`` like the state does; a run loads it
+before writing what an interrupted one left staged.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import NamedTuple
 
 from harvester.job.model import Job
 from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import COLLECTION_STATS, DATASETS, PAGE_STATS
-from harvester.model import Fingerprint, Unit, period_of
-from harvester.state.store import DONE, StateStore, Stored
+from harvester.model import Fingerprint, Unit, is_final, period_end, period_of
+from harvester.state.store import DONE, STAGED, Held, StateStore, Stored
 
 __all__ = ["DatasetView", "Reconciled", "job_window", "open_state", "reconcile"]
 
 log = logging.getLogger("harvester.record")
 
 Key = tuple[str, str]  # (period, collection_hash): a unit's identity in the state
+_KEYS = ["collection_hash", "period_end", "fetched_at", "pages_requested", "page_count"]
 
 
 def job_window(job: Job) -> tuple[date, date]:
@@ -57,12 +62,22 @@ class Reconciled:
     """What the dataset says that the state did not (or wrongly) know."""
 
     overlay: dict[Key, Stored | None] = field(default_factory=dict)  # None: not done
-    adopted: list[tuple[Unit, bool, bool]] = field(default_factory=list)
-    dropped: list[Unit] = field(default_factory=list)
+    adopted: list[Held] = field(default_factory=list)
+    dropped: list[Unit] = field(default_factory=list)  # done in the state, not in the dataset
+    unpaged: list[Unit] = field(default_factory=list)  # done in the state, their pages gone
+    written: list[Held] = field(default_factory=list)  # what staged units are staged over
+    missing_pages: list[Unit] = field(default_factory=list)  # asked with pages, none there
     files: dict[tuple[str, date], Fingerprint | None] = field(default_factory=dict)
     learnt: int = 0  # adopted units the state did not hold as they are
     partitions_read: int = 0
     partitions_listed: int = 0
+
+
+class _Row(NamedTuple):
+    """One collection row, read back: what it holds, and whether its page rows are missing."""
+
+    held: Held
+    pages_missing: bool
 
 
 def reconcile(
@@ -75,7 +90,8 @@ def reconcile(
 ) -> Reconciled:
     """Compare the listing with the state's record; read the partitions that differ.
 
-    ``trust_files=False`` reads every partition in the window (``harvester verify``).
+    ``trust_files=False`` reads every partition in the window, page rows included, and counts
+    each unit's page rows against its ``page_count`` (``harvester verify``).
     """
     low, high = window
     listed = {
@@ -92,12 +108,52 @@ def reconcile(
     elif not recorded:
         # A state that never recorded files (or none in this window): check its done units too.
         changed |= store.done_starts(low, high) - {k[1] for k in listed}
+    rows: dict[Key, _Row] = {}  # the dataset's row of each period (the newest, should it hold two)
+    here: dict[Key, Unit] = {}  # the state's done units in the partitions read
     for start in sorted(changed):
-        _reconcile_partition(sink, store, start, granularity, start_files(listed, start), found)
+        period = period_of(granularity, start).isoformat()
+        for row in _partition_rows(sink, start, start_files(listed, start), not trust_files):
+            key = (period, row.held.unit.collection_hash)
+            if key not in rows or row.held.fetched_at > rows[key].held.fetched_at:
+                rows[key] = row
+        for h, known in store.in_partition(start).items():
+            if known.status == DONE:
+                here[(period, h)] = Unit(h, known.start, known.end)
         for name in DATASETS:
             found.files[(name, start)] = listed.get((name, start))
     found.partitions_read = sum(1 for s in changed if (COLLECTION_STATS, s) in listed)
+    _judge(found, rows, here, store.lookup([row.held.unit for row in rows.values()]))
     return found
+
+
+def _judge(
+    found: Reconciled, rows: dict[Key, _Row], here: dict[Key, Unit], state: dict[Unit, Stored]
+) -> None:
+    """Each period the dataset holds against the state's row for it; then the state's done
+    units whose rows are gone."""
+    for key, (held, pages_missing) in rows.items():
+        unit = held.unit
+        known = state.get(unit)
+        if known is not None and known.status == STAGED:
+            found.written.append(held)  # the commit decides: the newer answer stays
+            continue
+        if known is not None and known.status != DONE:
+            continue  # failed or gone: the state knows better
+        if pages_missing:
+            found.missing_pages.append(unit)
+            found.overlay[key] = None
+            if known is not None:
+                found.unpaged.append(Unit(unit.collection_hash, known.start, known.end))
+            continue
+        stored = Stored(DONE, unit.start, unit.end, is_final(unit.end, held.fetched_at), held.pages)
+        found.overlay[key] = stored
+        found.adopted.append(held)
+        if known != stored:
+            found.learnt += 1
+    for key, unit in here.items():
+        if key not in found.overlay and key not in rows:
+            found.overlay[key] = None
+            found.dropped.append(unit)
 
 
 def start_files(
@@ -107,49 +163,46 @@ def start_files(
     return {name: listed.get((name, start)) for name in DATASETS}
 
 
-def _reconcile_partition(
-    sink: ParquetSink,
-    store: StateStore,
-    start: date,
-    granularity: str,
-    files: dict[str, Fingerprint | None],
-    found: Reconciled,
-) -> None:
-    """One partition: its key columns against the state's units that start there."""
-    rows: dict[str, tuple[date, bool]] = {}
-    if files[COLLECTION_STATS] is not None:
-        keys = sink.read(COLLECTION_STATS, ["collection_hash", "period_end", "fetched_at"], [start])
-        # Final: fetched on a (UTC) day after the window's end; computed column-wise.
-        final = pc.greater(pc.cast(keys["fetched_at"], pa.date32()), keys["period_end"])
-        rows = dict(
-            zip(
-                keys["collection_hash"].to_pylist(),
-                zip(keys["period_end"].to_pylist(), final.to_pylist(), strict=True),
-                strict=True,
-            )
-        )
-    with_pages: set[tuple[str, date]] = set()
-    if files[PAGE_STATS] is not None:
+def _partition_rows(
+    sink: ParquetSink, start: date, files: dict[str, Fingerprint | None], exact: bool
+) -> Iterator[_Row]:
+    """The collection rows of one partition, each with whether its page rows are missing.
+
+    Page rows are read (key columns only) when ``exact``, or for rows from before
+    ``pages_requested``; otherwise the listing says whether the partition's page file is there.
+    """
+    if files[COLLECTION_STATS] is None:
+        return
+    keys = sink.read(COLLECTION_STATS, _KEYS, [start])
+    hashes, ends, stamps, asked, counts = (keys[c].to_pylist() for c in _KEYS)
+    page_file = files[PAGE_STATS] is not None
+    counted: dict[tuple[str, date], int] = {}
+    if page_file and (exact or None in asked):
         pages = sink.read(PAGE_STATS, ["collection_hash", "period_end"], [start])
-        units = pages.group_by(["collection_hash", "period_end"]).aggregate([])
-        with_pages = set(
-            zip(units["collection_hash"].to_pylist(), units["period_end"].to_pylist(), strict=True)
-        )
-    period = period_of(granularity, start).isoformat()
-    state = store.in_partition(start)
-    for h, known in state.items():
-        if known.status == DONE and h not in rows:
-            found.overlay[(period, h)] = None
-            found.dropped.append(Unit(h, known.start, known.end))
-        elif known.status != DONE:
-            rows.pop(h, None)  # staged, failed or gone: the state knows better
-    overlay, adopted = found.overlay, found.adopted
-    for h, (end, final) in rows.items():
-        pages = (h, end) in with_pages
-        stored = overlay[(period, h)] = Stored(DONE, start, end, final, pages)
-        adopted.append((Unit(h, start, end), final, pages))
-        if state.get(h) != stored:
-            found.learnt += 1
+        units = pages.group_by(["collection_hash", "period_end"]).aggregate([([], "count_all")])
+        columns = (units[c].to_pylist() for c in ("collection_hash", "period_end", "count_all"))
+        counted = {(h, end): n for h, end, n in zip(*columns, strict=True)}
+    for h, end, fetched_at, requested, count in zip(
+        hashes, ends, stamps, asked, counts, strict=True
+    ):
+        got = counted.get((h, end), 0)
+        if requested is None:  # written before it was recorded: pages if there are page rows
+            yield _Row(Held(Unit(h, start, end), fetched_at, got > 0), False)
+            continue
+        missing = requested and (got != count if exact else count > 0 and not page_file)
+        yield _Row(Held(Unit(h, start, end), fetched_at, requested), missing)
+
+
+def staged_window(store: StateStore, window: tuple[date, date]) -> tuple[date, date]:
+    """``window`` widened to the calendar periods of every staged unit: what the dataset holds
+    under them is read too, wherever they are (a job may have changed since they were staged)."""
+    staged = store.staged_periods()
+    if not staged:
+        return window
+    granularity = store.granularity
+    first = period_of(granularity, staged[0]) if granularity != "range" else staged[0]
+    last = period_end(granularity, period_of(granularity, staged[-1])) or staged[-1]
+    return min(window[0], first), max(window[1], last)
 
 
 class DatasetView:
@@ -165,11 +218,14 @@ class DatasetView:
         self._found: Reconciled | None = None
 
     def load(self) -> Reconciled:
-        """Reconcile once (the first lookup does it); write what was learnt into the state."""
+        """Reconcile once (at most); write what was learnt into the state."""
         if self._found is None:
-            found = reconcile(self._sink, self._store, self._window, self._store.granularity)
-            if self._write and (found.adopted or found.dropped or found.files):
-                self._store.reconcile(found.adopted, found.dropped, found.files)
+            store = self._store
+            window = staged_window(store, self._window)
+            found = reconcile(self._sink, store, window, store.granularity)
+            drop = found.dropped + found.unpaged
+            if self._write and (found.adopted or drop or found.files or found.written):
+                store.reconcile(found.adopted, drop, found.files, found.written)
             _log(found, self._sink)
             self._found = found
         return self._found
@@ -195,6 +251,13 @@ class DatasetView:
 def _log(found: Reconciled, sink: ParquetSink) -> None:
     """Say what the dataset taught the state, when it taught anything."""
     new = found.learnt
+    if found.missing_pages:
+        log.warning(
+            "%s: %d units asked with page statistics have no page rows in the dataset (a"
+            " page_stats partition removed?): they are fetched again",
+            sink.location,
+            len(found.missing_pages),
+        )
     if found.dropped:
         log.warning(
             "%s: %d units the state called done have no rows in the dataset (a partition"

@@ -4,14 +4,18 @@ A unit is identified by its collection and its calendar *period* (the day, the I
 Monday, the month's first day; one period per collection for ``range``), not by the window
 sent: a clipped week that grows overnight is the same unit, fetched again and replacing its
 rows. Each row keeps the window last staged or written (``period_start``/``period_end``),
-whether that answer is *final* (fetched after its window ended) and whether it holds pages.
+when that answer was fetched (``fetched_at``), whether it is *final* (fetched on a day after its
+window ended: :func:`harvester.model.is_final`) and whether pages were asked for.
 
 A fetched unit is first *staged* here (its answer kept as a compact JSON payload), so a killed
 run loses at most the units in flight. When its output partition is complete the sink writes
 it, and :meth:`StateStore.mark_done` flips the units to *done* in one transaction. While a
-unit is staged over an older written window, ``written_start``/``written_end`` remember that
-window, so the commit can remove its rows even when they sit in another partition. A crash
-between the Parquet rename and ``mark_done`` is harmless: the next run rewrites from staging.
+unit is staged over rows the dataset holds, ``written_start``/``written_end``/``written_at``/
+``written_pages`` describe those rows (their window, ``fetched_at`` and pages), so the commit
+can remove them even when they sit in another partition, and can tell when they are newer
+than the staged answer (another run wrote them meanwhile): then the staged answer is dropped
+and the unit is done as the dataset holds it (:meth:`StateStore.superseded`). A crash between
+the Parquet rename and ``mark_done`` is harmless: the next run rewrites from staging.
 """
 
 from __future__ import annotations
@@ -33,18 +37,19 @@ from harvester.errors import HarvesterError, JobError, Problem, StateError
 from harvester.job.location import Location, user_cache_dir
 from harvester.lake.lock import OutputLock
 from harvester.layout import STATE_DIR, STATE_FILE
-from harvester.model import GRANULARITIES, Fetched, Fingerprint, Unit, period_of
+from harvester.model import GRANULARITIES, Fetched, Fingerprint, Unit, is_final, period_of
 from harvester.redact import redact, redact_data
+from harvester.state.tables import FILES_SCHEMA, READABLE_VERSIONS, SCHEMA_VERSION, upgrade
 
 __all__ = [
     "FailedUnit",
+    "Held",
     "OutputLock",
     "StateStore",
     "Stored",
     "default_state_path",
 ]
 
-SCHEMA_VERSION = 2
 # 300 units x 2 values stays well under SQLite's historical limit of 999 bound parameters.
 CHUNK_UNITS = 300
 # A period shared by this many units of a batch is read whole (see lookup).
@@ -56,58 +61,41 @@ FAILED = "failed"
 GONE = "gone"
 STATUSES = (DONE, STAGED, FAILED, GONE)
 
-# The partial indexes keep "what is staged / failed / gone" cheap to find among a million done
-# units; queries must spell the status as the same literal for SQLite to use them.
-_SCHEMA = """
-CREATE TABLE units (
-    collection_hash TEXT NOT NULL,
-    period          TEXT NOT NULL,
-    period_start    TEXT NOT NULL,
-    period_end      TEXT NOT NULL,
-    status          TEXT NOT NULL CHECK (status IN ('staged', 'done', 'failed', 'gone')),
-    final           INTEGER NOT NULL DEFAULT 0,
-    pages           INTEGER NOT NULL DEFAULT 0,
-    written_start   TEXT,
-    written_end     TEXT,
-    payload         TEXT,
-    staged_at       TEXT,
-    done_at         TEXT,
-    error_kind      TEXT,
-    error_reason    TEXT,
-    attempts        INTEGER,
-    failed_at       TEXT,
-    PRIMARY KEY (period, collection_hash)
-) WITHOUT ROWID;
-CREATE INDEX units_staged ON units (period_start) WHERE status = 'staged';
-CREATE INDEX units_failed ON units (period) WHERE status = 'failed';
-CREATE INDEX units_gone ON units (collection_hash) WHERE status = 'gone';
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE runs (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    recorded_at TEXT NOT NULL,
-    summary     TEXT NOT NULL
-);
-"""
-
-# A done unit staged again keeps the window the dataset holds, to remove it at the commit.
+# A done unit staged again keeps what the dataset holds (its window, when it was fetched, its
+# pages), to remove those rows at the commit, or to keep them when they are the newer answer.
+# (SQLite evaluates every SET expression on the row as it was.)
 _STAGE = """
 INSERT INTO units (collection_hash, period, period_start, period_end, status, final, pages,
-                   payload, staged_at)
-VALUES (?, ?, ?, ?, 'staged', ?, ?, ?, ?)
+                   fetched_at, payload, staged_at)
+VALUES (?, ?, ?, ?, 'staged', ?, ?, ?, ?, ?)
 ON CONFLICT DO UPDATE SET
     written_start = CASE WHEN status = 'done' THEN period_start ELSE written_start END,
     written_end = CASE WHEN status = 'done' THEN period_end ELSE written_end END,
+    written_at = CASE WHEN status = 'done' THEN fetched_at ELSE written_at END,
+    written_pages = CASE WHEN status = 'done' THEN pages ELSE written_pages END,
     status = 'staged', period_start = excluded.period_start, period_end = excluded.period_end,
-    final = excluded.final, pages = excluded.pages, payload = excluded.payload,
-    staged_at = excluded.staged_at
+    final = excluded.final, pages = excluded.pages, fetched_at = excluded.fetched_at,
+    payload = excluded.payload, staged_at = excluded.staged_at
 """
 
 _MARK_DONE = """
 UPDATE units SET status = 'done', payload = NULL, written_start = NULL, written_end = NULL,
-                 done_at = ?
+                 written_at = NULL, written_pages = NULL, done_at = ?
+WHERE period = ? AND collection_hash = ? AND status = 'staged'
+"""
+
+# A staged answer older than the rows the dataset holds: the unit is done as they are.
+_KEEP_WRITTEN = """
+UPDATE units SET status = 'done', period_start = written_start, period_end = written_end,
+                 fetched_at = written_at, pages = coalesce(written_pages, pages), final = ?,
+                 payload = NULL, written_start = NULL, written_end = NULL, written_at = NULL,
+                 written_pages = NULL, done_at = ?
+WHERE period = ? AND collection_hash = ? AND status = 'staged' AND written_at IS NOT NULL
+"""
+
+# What the dataset holds under a staged unit, as read from it (another run may have written).
+_LEARN_WRITTEN = """
+UPDATE units SET written_start = ?, written_end = ?, written_at = ?, written_pages = ?
 WHERE period = ? AND collection_hash = ? AND status = 'staged'
 """
 
@@ -127,27 +115,24 @@ ON CONFLICT DO UPDATE SET
 """
 
 
-# The partition files as commits left them: a listing that matches needs no read of the data.
-_FILES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    dataset      TEXT NOT NULL,
-    period_start TEXT NOT NULL,
-    size         INTEGER NOT NULL,
-    mtime_ns     INTEGER NOT NULL,
-    PRIMARY KEY (dataset, period_start)
-) WITHOUT ROWID
-"""
-
 # A unit the dataset holds is done, unless the state has it staged, failed or gone.
 _ADOPT = """
 INSERT INTO units (collection_hash, period, period_start, period_end, status, final, pages,
-                   done_at)
-VALUES (?, ?, ?, ?, 'done', ?, ?, ?)
+                   fetched_at, done_at)
+VALUES (?, ?, ?, ?, 'done', ?, ?, ?, ?)
 ON CONFLICT DO UPDATE SET
     period_start = excluded.period_start, period_end = excluded.period_end,
-    final = excluded.final, pages = excluded.pages
+    final = excluded.final, pages = excluded.pages, fetched_at = excluded.fetched_at
 WHERE status = 'done'
 """
+
+
+class Held(NamedTuple):
+    """What the dataset holds for a unit's period: its window, when and whether with pages."""
+
+    unit: Unit
+    fetched_at: datetime
+    pages: bool  # pages were asked for (or, for rows from before that was recorded, came)
 
 
 class Stored(NamedTuple):
@@ -182,6 +167,11 @@ def default_state_path(output: Path | Location) -> Path:
     return Path(output) / STATE_DIR / STATE_FILE
 
 
+def _stamp(moment: datetime) -> str:
+    """A ``fetched_at`` as stored: ISO 8601, UTC, always with microseconds."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def _utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
@@ -206,8 +196,8 @@ def _encode(result: Fetched) -> str:
     ).decode()
 
 
-def _decode(unit: Unit, payload: str) -> Fetched:
-    """Exactly the Fetched that ``_encode`` was given."""
+def _decode(unit: Unit, payload: str, pages_requested: bool) -> Fetched:
+    """Exactly the Fetched that ``_encode`` was given (whether it asked for pages: the row's)."""
     fetched_at, impressions, views, time_spent, downloads, pages = orjson.loads(payload)
     return Fetched(
         unit=unit,
@@ -217,6 +207,7 @@ def _decode(unit: Unit, payload: str) -> Fetched:
         time_spent=time_spent,
         downloads=downloads,
         pages=tuple(map(tuple, pages)),  # each page is [page, views, clicks, time_spent]
+        pages_requested=pages_requested,
     )
 
 
@@ -361,13 +352,14 @@ class StateStore:
             )
         if version == 0 and self.readonly:
             raise HarvesterError(f"{self.path}: not a harvester state database (no schema)")
-        if version < SCHEMA_VERSION:
+        if version < SCHEMA_VERSION and not (self.readonly and version in READABLE_VERSIONS):
             if self.readonly:
                 raise HarvesterError(
                     f"{self.path}: state schema version {version} predates this harvester;"
                     " the next run upgrades it"
                 )
-            self._upgrade(version, granularity or "day")
+            with self._transaction():
+                upgrade(self._db, version, granularity or "day")
         recorded = self.get_meta("granularity")
         if granularity is not None and recorded is not None and recorded != granularity:
             raise JobError(
@@ -383,35 +375,11 @@ class StateStore:
         if recorded is None and not self.readonly:
             self.set_meta("granularity", granularity or "day")
         if not self.readonly:
-            self._db.execute(_FILES_SCHEMA)
+            self._db.execute(FILES_SCHEMA)
         result = recorded or granularity or "day"
         if result not in GRANULARITIES:
             raise HarvesterError(f"{self.path}: unknown granularity {result!r} recorded")
         return result
-
-    def _upgrade(self, version: int, granularity: str) -> None:
-        """Create the schema in a new file, or carry a version-1 file over to periods."""
-        with self._transaction():
-            old: list[tuple[Any, ...]] = []
-            runs: list[tuple[Any, ...]] = []
-            if version == 1:
-                old = self._db.execute(
-                    "SELECT collection_hash, period_start, period_end, status, payload,"
-                    " staged_at, done_at, error_kind, error_reason, attempts, failed_at"
-                    " FROM units"
-                ).fetchall()
-                runs = self._db.execute("SELECT recorded_at, summary FROM runs").fetchall()
-                self._db.execute("DROP TABLE units")
-                self._db.execute("DROP TABLE runs")
-            for statement in _SCHEMA.split(";"):  # executescript() would commit first
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.executemany("INSERT INTO runs (recorded_at, summary) VALUES (?, ?)", runs)
-            self._db.executemany(_UPGRADE_INSERT, _newest_per_period(old, granularity))
-            self._db.execute(
-                "INSERT INTO meta (key, value) VALUES ('granularity', ?)", (granularity,)
-            )
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -499,13 +467,8 @@ class StateStore:
 
     # --- staging and commits -----------------------------------------------------------------
 
-    def stage(
-        self, results: Sequence[Fetched], *, today: date = date.max, pages: bool = True
-    ) -> None:
-        """Keep each result's answer until its partition is written (one transaction).
-
-        An answer is final when its window ended before ``today``; ``pages``: it holds them.
-        """
+    def stage(self, results: Sequence[Fetched]) -> None:
+        """Keep each result's answer until its partition is written (one transaction)."""
         now = self._now()
         rows = [
             (
@@ -513,8 +476,9 @@ class StateStore:
                 self._period(r.unit),
                 r.unit.start.isoformat(),
                 r.unit.end.isoformat(),
-                int(r.unit.end < today),
-                int(pages),
+                int(is_final(r.unit.end, r.fetched_at)),
+                int(r.pages_requested),
+                _stamp(r.fetched_at),
                 _encode(r),
                 now,
             )
@@ -533,12 +497,47 @@ class StateStore:
     def staged(self, period_start: date) -> list[Fetched]:
         """The staged results of one partition, ordered by collection and period end."""
         rows = self._db.execute(
-            "SELECT collection_hash, period_start, period_end, payload FROM units"
+            "SELECT collection_hash, period_start, period_end, payload, pages FROM units"
             " WHERE status = 'staged' AND period_start = ?"
             " ORDER BY collection_hash, period_end",
             (period_start.isoformat(),),
         )
-        return [_decode(_unit(h, s, e), payload) for h, s, e, payload in rows]
+        return [_decode(_unit(h, s, e), payload, bool(p)) for h, s, e, payload, p in rows]
+
+    def _written(self, keys: Sequence[tuple[str, str]]) -> Iterator[tuple[str, str, str, str]]:
+        """(period, hash, written_end, written_at) of the staged units among ``keys`` that are
+        staged over rows of the dataset."""
+        for i in range(0, len(keys), CHUNK_UNITS):
+            chunk = keys[i : i + CHUNK_UNITS]
+            values = ",".join(["(?,?)"] * len(chunk))
+            yield from self._db.execute(
+                "SELECT u.period, u.collection_hash, u.written_end, u.written_at"
+                f" FROM (VALUES {values}) AS k JOIN units AS u"
+                " ON u.period = k.column1 AND u.collection_hash = k.column2"
+                " WHERE u.status = 'staged' AND u.written_at IS NOT NULL",
+                [value for key in chunk for value in key],
+            )
+
+    def superseded(self, results: Sequence[Fetched]) -> list[Fetched]:
+        """Of staged ``results``, those the dataset already holds a newer answer for."""
+        keys = {(self._period(r.unit), r.unit.collection_hash): r for r in results}
+        return [
+            keys[(period, h)]
+            for period, h, _, written_at in self._written(list(keys))
+            if datetime.fromisoformat(written_at) > keys[(period, h)].fetched_at
+        ]
+
+    def keep_written(self, units: Sequence[Unit]) -> None:
+        """Drop the staged answers of ``units`` for the newer rows the dataset holds: the
+        units are done as those rows are (one transaction)."""
+        now = self._now()
+        keys = [(self._period(u), u.collection_hash) for u in units]
+        rows = [
+            (int(is_final(date.fromisoformat(end), datetime.fromisoformat(at))), now, period, h)
+            for period, h, end, at in self._written(keys)
+        ]
+        with self._transaction():
+            self._db.executemany(_KEEP_WRITTEN, rows)
 
     def replaced(self, units: Sequence[Unit]) -> list[Unit]:
         """For staged ``units``, the older windows of their periods the dataset still holds."""
@@ -613,25 +612,34 @@ class StateStore:
 
     def reconcile(
         self,
-        adopt: Sequence[tuple[Unit, bool, bool]],
+        adopt: Sequence[Held],
         drop: Sequence[Unit],
         files: Mapping[tuple[str, date], Fingerprint | None],
+        written: Sequence[Held] = (),
     ) -> None:
-        """Take the dataset's word (one transaction): ``adopt`` units (with final and pages)
-        as done, ``drop`` done units whose rows are gone, record the files as listed."""
+        """Take the dataset's word (one transaction): ``adopt`` what it holds as done, ``drop``
+        done units whose rows are gone, note what it holds under staged units (``written``),
+        record the files as listed."""
         now = self._now()
         rows = [
-            (u.collection_hash, self._period(u), u.start.isoformat(), u.end.isoformat(),
-             int(final), int(pages), now)
-            for u, final, pages in adopt
+            (h.unit.collection_hash, self._period(h.unit), h.unit.start.isoformat(),
+             h.unit.end.isoformat(), int(is_final(h.unit.end, h.fetched_at)), int(h.pages),
+             _stamp(h.fetched_at), now)
+            for h in adopt
+        ]  # fmt: skip
+        under = [
+            (h.unit.start.isoformat(), h.unit.end.isoformat(), _stamp(h.fetched_at),
+             int(h.pages), self._period(h.unit), h.unit.collection_hash)
+            for h in written
         ]  # fmt: skip
         gone = [(self._period(u), u.collection_hash) for u in drop]
         with self._transaction():
-            self._db.executemany(_ADOPT, rows)
             self._db.executemany(
                 "DELETE FROM units WHERE period = ? AND collection_hash = ? AND status = 'done'",
                 gone,
             )
+            self._db.executemany(_ADOPT, rows)
+            self._db.executemany(_LEARN_WRITTEN, under)
             self._record_files(files)
 
     def mark_failed(
@@ -718,31 +726,3 @@ def _stored(status: str, start: str, end: str, final: int, pages: int) -> Stored
     return Stored(
         status, date.fromisoformat(start), date.fromisoformat(end), bool(final), bool(pages)
     )
-
-
-_UPGRADE_INSERT = """
-INSERT INTO units (collection_hash, period, period_start, period_end, status, final, pages,
-                   payload, staged_at, done_at, error_kind, error_reason, attempts, failed_at)
-VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?)
-"""
-
-
-def _newest_per_period(rows: Sequence[tuple[Any, ...]], granularity: str) -> list[tuple[Any, ...]]:
-    """Version-1 rows keyed by period, keeping the newest window of each.
-
-    Version 1 kept one row per window sent: a clipped week fetched on three nights left three.
-    Newest: the latest recorded activity, then the longest window. An answer is final when it
-    was written after its window ended; version 1 always asked for pages when it kept them.
-    """
-    best: dict[tuple[str, str], tuple[tuple[str, str], tuple[Any, ...]]] = {}
-    for row in rows:
-        h, start, end, status, payload, staged_at, done_at, kind, reason, attempts, failed = row
-        period = period_of(granularity, date.fromisoformat(start)).isoformat()
-        final = int(bool(done_at) and str(done_at)[:10] > end)
-        rank = (max(staged_at or "", done_at or "", failed or ""), end)
-        new = (h, period, start, end, status, final, payload, staged_at, done_at, kind,
-               reason, attempts, failed)  # fmt: skip
-        key = (period, h)
-        if key not in best or rank > best[key][0]:
-            best[key] = (rank, new)
-    return [new for _, new in best.values()]

@@ -60,8 +60,10 @@ def write_lake(job_path: Path, output: Path, every: int = 1) -> None:
             after = batch[0].end + timedelta(days=1)
             fetched_at = datetime.combine(after, datetime.min.time(), UTC)
             pages = ((1, 1, 1, 1),) if job.page_stats else ()  # one page, when pages are kept
-            results = [Fetched(u, fetched_at, 1, 1, 1, 0, pages) for u in batch[::every]]
-            store.stage(results, pages=job.page_stats)
+            results = [
+                Fetched(u, fetched_at, 1, 1, 1, 0, pages, job.page_stats) for u in batch[::every]
+            ]
+            store.stage(results)
             sink.write_partition(batch[0].start, results)
             store.mark_done(batch[::every], sink.take_touched())
 
