@@ -377,7 +377,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     found, state = verify_output(args.output, args.state)
     _out(found.text(args.output, state))
-    return 1 if found.missing else 0
+    return 0 if found.complete else 1
 
 
 def _maintain(args: argparse.Namespace) -> int:

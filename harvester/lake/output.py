@@ -25,7 +25,9 @@ from harvester.lake.objects import NEW, Objects, Version
 from harvester.layout import DISCOVERED_FILE, META_DIR, META_FILE
 
 __all__ = [
+    "ACCOUNT_COLUMN_VERSION",
     "META_FILE",
+    "OUTPUT_SCHEMA_VERSION",
     "OutputMeta",
     "load_meta",
     "read_discovered",
@@ -36,7 +38,10 @@ __all__ = [
 
 log = logging.getLogger("harvester.output")
 
-OUTPUT_SCHEMA_VERSION = 1
+# 2: every part file has the ``account`` column (version 1 outputs are migrated once, by the
+# first run that finds them, and then recorded as 2: no run reads a footer to find out again).
+OUTPUT_SCHEMA_VERSION = 2
+ACCOUNT_COLUMN_VERSION = 2
 
 
 @dataclass(frozen=True)

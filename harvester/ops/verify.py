@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from harvester.errors import UsageError
+from harvester.errors import BadFile, UsageError
 from harvester.job.location import Location
 from harvester.lake.fs import check_reachable, open_sink
 from harvester.lake.output import read_meta
@@ -25,6 +25,13 @@ class Verified:
     in_dataset: int
     missing: list[Unit]  # done in the state, no rows in the dataset: the next run fetches them
     unknown: int  # rows the state does not hold as done (it learns them at the next run)
+    unreadable: list[BadFile] = field(default_factory=list)  # their partitions count as missing
+    unreadable_hint: str = ""  # what to do about them
+
+    @property
+    def complete(self) -> bool:
+        """Whether the dataset holds everything the state calls done, every file readable."""
+        return not self.missing and not self.unreadable
 
     def text(self, output: object, state: Path) -> str:
         """The lines ``harvester verify`` prints."""
@@ -33,12 +40,17 @@ class Verified:
             f" {len(self.missing)} done there but missing from the dataset,"
             f" {self.unknown} in the dataset it does not know"
         ]
+        lines += [
+            f"unreadable: {bad.path} ({bad.reason}): its partition counts as missing;"
+            f" {self.unreadable_hint}"
+            for bad in self.unreadable
+        ]
         lines += [f"missing: {u}" for u in self.missing[:20]]
         if len(self.missing) > 20:
             lines.append(f"... and {len(self.missing) - 20} more missing units")
         if self.missing:
             lines.append("the next run fetches the missing units again")
-        elif not self.unknown:
+        elif not self.unknown and not self.unreadable:
             lines.append("the dataset and the state agree")
         return "\n".join(lines)
 
@@ -47,7 +59,10 @@ def verify(sink: ParquetSink, store: StateStore) -> Verified:
     """Compare every partition's keys with the state; read only, no request."""
     found = reconcile(sink, store, (date.min, date.max), store.granularity, trust_files=False)
     in_dataset = sum(1 for v in found.overlay.values() if v is not None)
-    return Verified(in_dataset, sorted(found.dropped), found.learnt)
+    unreadable = [bad for bad, _ in found.unreadable]
+    return Verified(
+        in_dataset, sorted(found.dropped), found.learnt, unreadable, sink.unreadable_hint
+    )
 
 
 def verify_output(output: str, state_path: Path | None = None) -> tuple[Verified, Path]:

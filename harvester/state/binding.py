@@ -19,7 +19,14 @@ from typing import Any
 
 from harvester.errors import JobError, Problem
 from harvester.job.model import Job, accounts_of, endpoints_of
-from harvester.lake.output import OutputMeta, load_meta, read_meta, write_meta
+from harvester.lake.output import (
+    ACCOUNT_COLUMN_VERSION,
+    OUTPUT_SCHEMA_VERSION,
+    OutputMeta,
+    load_meta,
+    read_meta,
+    write_meta,
+)
 from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
 from harvester.model import Unit, period_of
@@ -147,6 +154,8 @@ def bind_output(
     meta, version = load_meta(sink.objects, job.output)
     meta = check_fits(job, store.path, meta, other_endpoint=other_endpoint)
     read = meta
+    if meta is None or meta.schema_version < ACCOUNT_COLUMN_VERSION:
+        _migrate(sink, job)
     if meta is None:
         if _has_data(sink):
             removed, touched = repair(sink, job.granularity)
@@ -173,6 +182,8 @@ def bind_output(
         )
     # An older record, a new account or an endpoint let through: the record names them.
     meta = _with_sources(job, meta)
+    # The files all have the account column now: recorded, so no run reads a footer again.
+    meta = replace(meta, schema_version=max(meta.schema_version, OUTPUT_SCHEMA_VERSION))
     if meta != read:
         write_meta(sink.objects, job.output, meta, expect=version)
     if store.get_meta(STATE_OUTPUT_ID) != meta.id:
@@ -185,6 +196,14 @@ def _with_sources(job: Job, meta: OutputMeta) -> OutputMeta:
     endpoints = tuple(sorted({*meta.endpoints, *endpoints_of(job).values()}))
     accounts = tuple(sorted({*meta.accounts, *(a.name for a in accounts_of(job))}))
     return replace(meta, endpoints=endpoints, accounts=accounts)
+
+
+def _migrate(sink: ParquetSink, job: Job) -> None:
+    """Give the files an older harvester wrote the ``account`` column (once per output: the
+    record then says so)."""
+    migrated = sink.migrate_accounts()
+    if migrated:
+        log.info("%s: added the account column to %d files written before it", job.output, migrated)
 
 
 def repair(sink: ParquetSink, granularity: str) -> tuple[list[Unit], list[Unit]]:

@@ -19,7 +19,7 @@ lazily, on the first lookup, so a run has written what an interrupted one left s
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -27,9 +27,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from harvester.errors import BadFile
 from harvester.job.model import Job
+from harvester.lake.dataset import read_readable
 from harvester.lake.parquet import ParquetSink
-from harvester.lake.schema import COLLECTION_STATS, DATASETS, PAGE_STATS
+from harvester.lake.schema import COLLECTION_STATS, DATASETS, PAGE_STATS, PARTITION_KEY
 from harvester.model import Fingerprint, Unit, period_of
 from harvester.state.store import DONE, StateStore, Stored
 
@@ -63,6 +65,14 @@ class Reconciled:
     learnt: int = 0  # adopted units the state did not hold as they are
     partitions_read: int = 0
     partitions_listed: int = 0
+    # Part files that could not be read: their partitions count as missing. With
+    # ``quarantine`` (a run), each was moved aside first (``moved_to``), else ``None``.
+    unreadable: list[tuple[BadFile, str | None]] = field(default_factory=list)
+
+
+# Partitions whose key columns are read in one go: few reads (one scan on Parquet, one log
+# replay on Delta), while memory stays bounded on a lake of thousands of partitions.
+READ_PARTITIONS = 256
 
 
 def reconcile(
@@ -72,10 +82,13 @@ def reconcile(
     granularity: str,
     *,
     trust_files: bool = True,
+    quarantine: bool = False,
 ) -> Reconciled:
     """Compare the listing with the state's record; read the partitions that differ.
 
     ``trust_files=False`` reads every partition in the window (``harvester verify``).
+    ``quarantine`` (a run, which holds the lock) moves an unreadable part file aside; else it
+    is only reported. Either way its partition counts as missing.
     """
     low, high = window
     listed = {
@@ -92,49 +105,75 @@ def reconcile(
     elif not recorded:
         # A state that never recorded files (or none in this window): check its done units too.
         changed |= store.done_starts(low, high) - {k[1] for k in listed}
-    for start in sorted(changed):
-        _reconcile_partition(sink, store, start, granularity, start_files(listed, start), found)
+    starts = sorted(changed)
+    keys = _read_keys(sink, COLLECTION_STATS, starts, listed, found, quarantine)
+    pages = _read_keys(sink, PAGE_STATS, starts, listed, found, quarantine)
+    for start in starts:
+        _reconcile_partition(store, start, granularity, keys.get(start, {}), pages, found)
         for name in DATASETS:
             found.files[(name, start)] = listed.get((name, start))
     found.partitions_read = sum(1 for s in changed if (COLLECTION_STATS, s) in listed)
     return found
 
 
-def start_files(
-    listed: dict[tuple[str, date], Fingerprint], start: date
-) -> dict[str, Fingerprint | None]:
-    """Each dataset's part file of one partition, None where it has none."""
-    return {name: listed.get((name, start)) for name in DATASETS}
+def _read_keys(
+    sink: ParquetSink,
+    name: str,
+    starts: list[date],
+    listed: dict[tuple[str, date], Fingerprint],
+    found: Reconciled,
+    quarantine: bool,
+) -> dict[date, dict[str, tuple[date, bool]]]:
+    """The units one dataset holds in these partitions: hash → (period_end, final) by
+    partition (for ``page_stats``: the units with pages, final False). An unreadable file is
+    set aside (and its partition's entry removed from ``listed``)."""
+
+    def set_aside(bad: BadFile) -> None:
+        found.unreadable.append((bad, sink.quarantine(bad) if quarantine else None))
+        listed.pop((bad.dataset, bad.period_start), None)
+
+    wanted = [s for s in starts if (name, s) in listed]
+    columns = [PARTITION_KEY, "collection_hash", "period_end"]
+    if name == COLLECTION_STATS:
+        columns.append("fetched_at")
+    units: dict[date, dict[str, tuple[date, bool]]] = {}
+    for i in range(0, len(wanted), READ_PARTITIONS):
+        chunk = wanted[i : i + READ_PARTITIONS]
+        table, _ = read_readable(sink, name, columns, chunk, set_aside)
+        for start, h, end, final in _key_rows(table, name):
+            units.setdefault(start, {})[h] = (end, final)
+    return units
+
+
+def _key_rows(table: pa.Table, name: str) -> Iterator[tuple[date, str, date, bool]]:
+    """Each unit of the rows once: partition, hash, end, and (collection_stats) whether it is
+    final: fetched on a (UTC) day after the window's end."""
+    keys = [PARTITION_KEY, "collection_hash", "period_end"]
+    if name == COLLECTION_STATS:
+        final = pc.greater(pc.cast(table["fetched_at"], pa.date32()), table["period_end"])
+    else:
+        table = table.select(keys).group_by(keys).aggregate([])
+        final = pa.array([False] * table.num_rows, pa.bool_())
+    return zip(
+        table[PARTITION_KEY].to_pylist(),
+        table["collection_hash"].to_pylist(),
+        table["period_end"].to_pylist(),
+        final.to_pylist(),
+        strict=True,
+    )
 
 
 def _reconcile_partition(
-    sink: ParquetSink,
     store: StateStore,
     start: date,
     granularity: str,
-    files: dict[str, Fingerprint | None],
+    rows: dict[str, tuple[date, bool]],
+    pages: dict[date, dict[str, tuple[date, bool]]],
     found: Reconciled,
 ) -> None:
     """One partition: its key columns against the state's units that start there."""
-    rows: dict[str, tuple[date, bool]] = {}
-    if files[COLLECTION_STATS] is not None:
-        keys = sink.read(COLLECTION_STATS, ["collection_hash", "period_end", "fetched_at"], [start])
-        # Final: fetched on a (UTC) day after the window's end; computed column-wise.
-        final = pc.greater(pc.cast(keys["fetched_at"], pa.date32()), keys["period_end"])
-        rows = dict(
-            zip(
-                keys["collection_hash"].to_pylist(),
-                zip(keys["period_end"].to_pylist(), final.to_pylist(), strict=True),
-                strict=True,
-            )
-        )
-    with_pages: set[tuple[str, date]] = set()
-    if files[PAGE_STATS] is not None:
-        pages = sink.read(PAGE_STATS, ["collection_hash", "period_end"], [start])
-        units = pages.group_by(["collection_hash", "period_end"]).aggregate([])
-        with_pages = set(
-            zip(units["collection_hash"].to_pylist(), units["period_end"].to_pylist(), strict=True)
-        )
+    rows = dict(rows)
+    with_pages = {(h, end) for h, (end, _) in pages.get(start, {}).items()}
     period = period_of(granularity, start).isoformat()
     state = store.in_partition(start)
     for h, known in state.items():
@@ -145,9 +184,9 @@ def _reconcile_partition(
             rows.pop(h, None)  # staged, failed or gone: the state knows better
     overlay, adopted = found.overlay, found.adopted
     for h, (end, final) in rows.items():
-        pages = (h, end) in with_pages
-        stored = overlay[(period, h)] = Stored(DONE, start, end, final, pages)
-        adopted.append((Unit(h, start, end), final, pages))
+        has_pages = (h, end) in with_pages
+        stored = overlay[(period, h)] = Stored(DONE, start, end, final, has_pages)
+        adopted.append((Unit(h, start, end), final, has_pages))
         if state.get(h) != stored:
             found.learnt += 1
 
@@ -167,7 +206,13 @@ class DatasetView:
     def load(self) -> Reconciled:
         """Reconcile once (the first lookup does it); write what was learnt into the state."""
         if self._found is None:
-            found = reconcile(self._sink, self._store, self._window, self._store.granularity)
+            found = reconcile(
+                self._sink,
+                self._store,
+                self._window,
+                self._store.granularity,
+                quarantine=self._write,
+            )
             if self._write and (found.adopted or found.dropped or found.files):
                 self._store.reconcile(found.adopted, found.dropped, found.files)
             _log(found, self._sink)
@@ -194,6 +239,14 @@ class DatasetView:
 
 def _log(found: Reconciled, sink: ParquetSink) -> None:
     """Say what the dataset taught the state, when it taught anything."""
+    for bad, moved in found.unreadable:
+        log.warning(
+            "%s: unreadable part file (%s): %s; its partition counts as missing and is fetched"
+            " again",
+            bad.path,
+            bad.reason,
+            f"moved aside to {moved}" if moved else "left as it is",
+        )
     new = found.learnt
     if found.dropped:
         log.warning(
