@@ -32,7 +32,7 @@ harvest: $(RUNTIME) ## harvest JOB (default: the demo job, from the bundled simu
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/pytest -q --durations=15
 
-bench: $(STAMP) ## run the benchmark suite and print its table (about 5 minutes)
+bench: $(STAMP) ## run the benchmark suite and print its table (about 6 minutes)
 	$(BIN)/python -m tests.benchmarks
 
 bench-long: $(STAMP) ## budget use at the real default limits, three minutes

@@ -10,6 +10,8 @@ The tree::
     │   ├── LeaseLost                   this run's object-store lease ended or was taken over
     │   └── WriteConflict               another writer changed an object this run would replace
     ├── StorageError                    the object store refused or failed a read or write (74)
+    │   ├── UnreadableFiles             part files that are not the dataset's Parquet (named)
+    │   └── BrokenDeltaLog              a Delta table's log cannot be read (the entry named)
     ├── StateError                      the state database cannot be read or written (74)
     ├── CredentialsRejected             the API answered 41/44: no call can succeed (exit 3)
     ├── CircuitOpen                     the API failed, or asked us to wait, too long (exit 1)
@@ -44,6 +46,7 @@ codes and reasons, never from URLs (see :mod:`harvester.redact` for the last lin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -53,7 +56,9 @@ __all__ = [
     "EXIT_CODES",
     "ApiBusy",
     "ApiRejected",
+    "BadFile",
     "BadResponse",
+    "BrokenDeltaLog",
     "BudgetUnavailable",
     "CircuitOpen",
     "CredentialsRejected",
@@ -77,6 +82,7 @@ __all__ = [
     "UnitError",
     "UnitsFailed",
     "UnreadableAnswer",
+    "UnreadableFiles",
     "UsageError",
     "WriteConflict",
 ]
@@ -217,6 +223,33 @@ class StateError(HarvesterError):
     and what to do."""
 
     exit_code = EXIT_LOCAL_IO
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """One part file that cannot be read as its dataset's Parquet: where, and why."""
+
+    dataset: str
+    period_start: date
+    path: str  # as the output's filesystem names it
+    reason: str  # the reader's message, first line
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class UnreadableFiles(StorageError):
+    """Part files that are truncated or not Parquet at all (``files`` names each)."""
+
+    def __init__(self, files: list[BadFile], hint: str) -> None:
+        self.files = list(files)
+        names = "; ".join(str(f) for f in self.files[:5])
+        more = f" (and {len(self.files) - 5} more)" if len(self.files) > 5 else ""
+        super().__init__(f"unreadable part files: {names}{more}; {hint}")
+
+
+class BrokenDeltaLog(StorageError):
+    """A Delta table's transaction log cannot be read: its message names the entry."""
 
 
 class CircuitOpen(HarvesterError):

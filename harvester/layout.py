@@ -11,6 +11,8 @@ An output holds the two datasets and the harvester's own folder::
     OUTPUT/_harvester/iceberg.json       format: iceberg: the catalog that holds the tables
     OUTPUT/_harvester/catalog.sqlite     format: iceberg: a local output's own SQLite catalog
     OUTPUT/_harvester/runs/run-ID.json   every run's report
+    OUTPUT/_harvester/quarantine/DATASET/period_start=YYYY-MM-DD/part-0.parquet.STAMP
+                                         unreadable part files, moved aside by a run
 
 and, for a local output, the state beside the data::
 
@@ -43,6 +45,7 @@ __all__ = [
     "DEFAULT_ACCOUNT",
     "DISCOVERED_FILE",
     "ICEBERG_FILE",
+    "LAKE_QUARANTINE_DIR",
     "LAST_RUN_FILE",
     "LOCK_FILE",
     "LOCK_KEY",
@@ -73,6 +76,10 @@ RUNS_DIR = f"{META_DIR}/runs"
 PROBE_DIR = f"{META_DIR}/probe"  # written and deleted by each run's first lock acquire
 ICEBERG_FILE = "iceberg.json"  # which catalog holds an Iceberg output's tables (no secret)
 CATALOG_FILE = "catalog.sqlite"  # the SqlCatalog of a local Iceberg output
+# Unreadable part files (truncated, not Parquet) a run moved aside before fetching them again:
+# the same path below it as in the output, with the time it was moved as a suffix (so neither
+# a ``*.parquet`` glob nor the datasets' readers ever take one for data).
+LAKE_QUARANTINE_DIR = f"{META_DIR}/quarantine"
 
 # The state's folder: inside a local output, or in the cache for an object store.
 STATE_DIR = "_state"

@@ -19,7 +19,7 @@ from hypothesis import settings
 from harvester.job.location import Location
 from harvester.job.model import Job
 from harvester.job.parse import load_job
-from harvester.lake.parquet import read_dataset
+from harvester.lake.dataset import read_dataset
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
 from harvester.model import Clock, RateLimit, Unit, is_complete
 from harvester.pacing.protocol import BUDGET_DIR_ENV

@@ -16,7 +16,7 @@ import yaml
 
 from harvester.errors import JobError
 from harvester.job.parse import load_job
-from harvester.lake.parquet import read_dataset
+from harvester.lake.dataset import read_dataset
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
 from harvester.model import RateLimit, Unit
 from harvester.plan.schedule import Scheduler
@@ -286,11 +286,15 @@ def test_an_older_output_gains_the_account_column_on_the_next_run(
     output = load_job(path).output.path
     for part in output.glob("*/period_start=*/part-0.parquet"):  # as an older version wrote it
         pq.write_table(pq.read_table(part, partitioning=None).drop(["account"]), part)
+    record = output / "_harvester" / "output.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "schema_version": 1}))
     first = sorted(output.glob(f"{PAGE_STATS}/period_start=*/part-0.parquet"))[0]
     assert "account" not in pq.read_schema(first).names
     assert run_cli("run", str(path), "-q", env=env).returncode == 0  # nothing to fetch
     for part in output.glob("*/period_start=*/part-0.parquet"):
         assert pq.read_schema(part).field("account").type == pa.string()
+    # Recorded once: later runs trust the record and read no footer to find out again.
+    assert json.loads(record.read_text())["schema_version"] == 2
     # What the README's readers see: DuckDB over the files, pyarrow from the first file.
     import duckdb
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import pytest
 
-from harvester.model import Fetched, Unit
-from harvester.run.commit import Ledger, Rules
+from harvester.lake.parquet import ParquetSink
+from harvester.lake.schema import PartitionWrite, WriteResult
+from harvester.model import Clock, Fetched, Unit
+from harvester.run.commit import Committer, Ledger, Quarantine, Rules
 from harvester.state.store import StateStore
 
 D1, D2, D3 = date(2026, 1, 1), date(2026, 1, 2), date(2026, 1, 3)
 TODAY = date(2026, 2, 1)
+
+AT = datetime(2026, 2, 1, 12, tzinfo=UTC)
 
 
 def _unit(h: str, d: date, end: date | None = None) -> Unit:
@@ -182,3 +187,88 @@ def test_a_refresh_of_everything_keeps_stored_windows_whole(weekly: StateStore) 
     _done(weekly, [_unit("a", MONDAY, SUNDAY)])
     ledger = Ledger(weekly, Rules(TODAY, refresh_from=date.min, granularity="week"), set())
     assert list(ledger.pending([[_unit("a", WEDNESDAY, SUNDAY)]])) == [_unit("a", MONDAY, SUNDAY)]
+
+
+# --- the committer's batches ----------------------------------------------------------------
+
+
+class RecordingSink(ParquetSink):
+    """A Parquet sink that gathers ``batch_partitions`` partitions or ``batch_seconds`` of them
+    per write, as Delta does, and records each write's partitions."""
+
+    batch_partitions = 3
+    batch_seconds = 30.0
+
+    def __init__(self, output: Path) -> None:
+        super().__init__(output)
+        self.writes: list[list[date]] = []
+
+    def write_partitions(self, writes: Sequence[PartitionWrite]) -> WriteResult:
+        self.writes.append([w.period_start for w in writes])
+        return super().write_partitions(writes)
+
+
+class VirtualClock:
+    """Monotonic time that moves only when a sleeper's time is up (``advance``)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now + seconds, future))
+        await future
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for at, future in list(self._sleepers):
+            if at <= self.now and not future.done():
+                future.set_result(None)
+
+    def clock(self) -> Clock:
+        return Clock(monotonic=lambda: self.now, sleep=self.sleep)
+
+
+async def _settle(committer: Committer, sink: RecordingSink, writes: int) -> None:
+    """Let the writer take everything queued, then wait for its ``writes``-th write (the
+    writes run on a thread)."""
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if committer.idle and len(sink.writes) >= writes:
+            return
+    raise AssertionError(f"{len(sink.writes)} writes, expected {writes}")
+
+
+async def test_complete_partitions_are_written_in_batches_by_count_or_by_time(
+    tmp_path: Path, store: StateStore
+) -> None:
+    days = [date(2026, 1, d) for d in range(1, 6)]
+    units = [_unit("a", d) for d in days]
+    ledger = Ledger(store, Rules(TODAY), set())
+    sink = RecordingSink(tmp_path / "out")
+    time = VirtualClock()
+    committer = Committer(
+        store, sink, ledger, Quarantine(tmp_path / "q"), Rules(TODAY), set(), clock=time.clock()
+    )
+    pending = ledger.pending([[u] for u in units])
+    handed = [next(pending) for _ in units]
+    assert next(pending, None) is None
+    writer = asyncio.create_task(committer.run())
+    for n, unit in enumerate(handed[:4], 1):
+        committer.put(Fetched(unit, AT, 1, 2, 3, 4, ()))
+        await _settle(committer, sink, n // 3)
+    assert sink.writes == [days[:3]]  # three complete: one batch; the fourth waits
+    assert store.lookup([handed[3]])[handed[3]].status == "staged"  # staged until written
+    time.advance(29)
+    await _settle(committer, sink, 1)
+    assert sink.writes == [days[:3]]
+    time.advance(1)  # the fourth has waited batch_seconds: written alone
+    await _settle(committer, sink, 2)
+    assert sink.writes == [days[:3], days[3:4]]
+    committer.put(Fetched(handed[4], AT, 1, 2, 3, 4, ()))
+    committer.close()  # closing writes what is complete at once
+    await writer
+    assert sink.writes == [days[:3], days[3:4], days[4:]]
+    assert {s.status for s in store.lookup(handed).values()} == {"done"}
+    assert committer.counts.commits == 3

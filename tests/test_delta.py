@@ -3,7 +3,11 @@ deltalake exactly; after a kill -9, after a refresh, and after ``harvester maint
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from harvester.job.parse import load_job
 from harvester.lake.delta import delta_storage_options
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS
 from harvester.simulator import SimulatorConfig, SimulatorThread
-from tests.conftest import API_KEY, API_SECRET, expected_rows, run_cli
+from tests.conftest import API_KEY, API_SECRET, actual_rows, expected_rows, run_cli
 from tests.test_lake import bucket, cached_state, lake_job, report_of, s3_env, s3_server
 from tests.test_resume import LIMITS, Runs, served_at_least, successes, wait_until
 
@@ -75,6 +79,11 @@ def test_delta_tables_read_back_exactly_and_a_new_state_makes_no_call(
     first = run_cli("run", str(path), env=s3_env)
     assert first.returncode == 0, first.stderr
     assert delta_rows(job) == expected_rows(job, sim_config)
+    assert actual_rows(output) == expected_rows(job, sim_config)  # read_dataset: the log's rows
+    # Every partition of the backfill in one commit per table, not one commit per partition.
+    assert _version(job, COLLECTION_STATS) == 0
+    state = cached_state(output, s3_env) if where == "s3" else Path(output, "_state", "x")
+    assert report_of(first, state)["commits"] == 1
     fresh = tmp_path / "fresh" / "state.sqlite"
     new = run_cli("run", str(path), "--state", str(fresh), env=s3_env)
     assert report_of(new, fresh)["requests"] == 0, new.stderr
@@ -121,6 +130,9 @@ def test_delta_after_kill_9_and_after_a_refresh_is_exact(
     delta_runs.complete(path, "--refresh")
     assert delta_rows(job) == expected_rows(job, sim_config)  # replaced, not duplicated
     assert _version(job, COLLECTION_STATS) > version
+    # What read_dataset returns is the table at its last version, not the folder's files
+    # (which now hold the replaced version's files too).
+    assert actual_rows(output) == expected_rows(job, sim_config)
 
     done = run_cli("maintain", output, "--retention-hours", "1", env=s3_env)
     assert done.returncode == 0, done.stderr
@@ -150,3 +162,55 @@ def test_maintain_on_s3_and_on_a_parquet_output(
     assert said.returncode == 0
     assert "nothing to compact" in said.stdout
     assert Location.parse(str(tmp_path / "plain")).is_local
+
+
+def _log_entries(job: Job, name: str) -> int:
+    return len(list(Path(job.output.join(name, "_delta_log")).glob("*.json")))
+
+
+def test_delta_batches_of_partitions_after_kill_9_and_a_refresh_are_exact(
+    lake_job: Callable[..., Path],
+    simulator: SimulatorThread,
+    sim_config: SimulatorConfig,
+    tmp_path: Path,
+    s3_env: dict[str, str],
+) -> None:
+    # Commits of 4 partitions (a real process, tests.delta_batches): a kill lands after some
+    # batches were committed, others staged; page_stats may be one commit ahead.
+    hashes = [{"hash": h} for h in ("d3m0h45h", "x9y8z7", "f1ipb00k")]
+    output = tmp_path / "batched"
+    path = lake_job(
+        str(output), format="delta", start="2026-01-01", end="2026-02-28", collections=hashes
+    )
+    job = load_job(path)
+    command = [sys.executable, "-m", "tests.delta_batches", "4", "run", str(path)]
+    with open(tmp_path / "killed.log", "wb") as log:
+        run = subprocess.Popen(command, env=s3_env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while _log_entries(job, COLLECTION_STATS) < 3:  # three batches committed
+            assert run.poll() is None, (tmp_path / "killed.log").read_text()
+            assert time.monotonic() < deadline, "no batch committed in time"
+            time.sleep(0.05)
+        run.send_signal(signal.SIGKILL)
+        assert run.wait(30) == -signal.SIGKILL
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    done = run_cli("run", str(path), "-q", env=s3_env)  # the default batches from here
+    assert done.returncode == 0, done.stderr
+    kept = report_of(done, output / "_state" / "x")
+    # What the killed run committed (3 batches of 4 days x 3 flipbooks) or staged is kept.
+    assert kept["units_already_done"] + kept["units_recovered"] >= 36
+    assert kept["units_already_done"] + kept["units_to_fetch"] == 177
+    assert delta_rows(job) == expected_rows(job, sim_config)
+    refreshed = subprocess.run(
+        [*command[:4], "run", str(path), "--refresh"], env=s3_env, capture_output=True, text=True
+    )
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert delta_rows(job) == expected_rows(job, sim_config)
+    assert actual_rows(output) == expected_rows(job, sim_config)
+    report = json.loads((output / "_state" / "last-run.json").read_text())
+    assert report["partitions_written"] == 59
+    assert report["commits"] == 15  # 59 partitions, 4 a commit

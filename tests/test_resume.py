@@ -31,7 +31,8 @@ import yaml
 
 from harvester.job.model import Job
 from harvester.job.parse import load_job
-from harvester.lake.parquet import ParquetSink, read_dataset
+from harvester.lake.dataset import read_dataset
+from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import COLLECTION_STATS, PAGE_STATS, PART_FILE, WriteResult, partitioning
 from harvester.layout import LOCK_FILE, STATE_DIR
 from harvester.model import Fetched, RateLimit, Unit

@@ -13,7 +13,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from harvester.lake.parquet import ParquetSink, read_dataset
+from harvester.lake.dataset import read_dataset
+from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import (
     COLLECTION_SCHEMA,
     COLLECTION_STATS,

@@ -115,12 +115,25 @@ class Location:
         return hashlib.sha256(str(self).encode()).hexdigest()[:16]
 
     def filesystem(self, env: Mapping[str, str] | None = None) -> Any:
-        """A pyarrow filesystem for this location (credentials from the environment)."""
+        """A pyarrow filesystem for this location (credentials from the environment).
+
+        One object per store and configuration in a process: each new S3 filesystem sets up
+        its own client, credential lookup and connection pool. The configuration includes the
+        environment the store reads (endpoint, region, credentials), so a changed environment
+        gets a filesystem of its own.
+        """
+        env = os.environ if env is None else env
+        key = (self.scheme, self.bucket if not self.is_local else "", self.storage, _store_env(env))
+        found = _FILESYSTEMS.get(key)
+        if found is None:
+            found = _FILESYSTEMS[key] = self._new_filesystem(env)
+        return found
+
+    def _new_filesystem(self, env: Mapping[str, str]) -> Any:
         import pyarrow.fs as pafs
 
         if self.is_local:
             return pafs.LocalFileSystem()
-        env = os.environ if env is None else env
         if self.scheme == "s3":
             options: dict[str, Any] = {}
             endpoint = self.storage.endpoint or _first(env, ENDPOINT_VARS)
@@ -140,6 +153,17 @@ class Location:
             raise HarvesterError(
                 f"{self}: set AZURE_STORAGE_ACCOUNT_NAME to the storage account"
             ) from None
+
+
+# Filesystems made so far, by store and configuration (see Location.filesystem).
+_FILESYSTEMS: dict[tuple[str, str, StorageOptions, str], Any] = {}
+_STORE_VARS = ("AWS_", "GOOGLE_", "AZURE_", "GCS_")
+
+
+def _store_env(env: Mapping[str, str]) -> str:
+    """A digest of the variables a store's client reads (never the values themselves)."""
+    relevant = sorted((k, v) for k, v in env.items() if k.startswith(_STORE_VARS))
+    return hashlib.sha256(repr(relevant).encode()).hexdigest()
 
 
 def storage_env(location: Location, env: Mapping[str, str] | None = None) -> dict[str, str]:

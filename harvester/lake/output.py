@@ -25,6 +25,7 @@ from harvester.lake.objects import NEW, Objects, Version
 from harvester.layout import DISCOVERED_FILE, META_DIR, META_FILE
 
 __all__ = [
+    "ACCOUNT_COLUMN_VERSION",
     "META_FILE",
     "OUTPUT_SCHEMA_VERSION",
     "OutputMeta",
@@ -37,8 +38,11 @@ __all__ = [
 
 log = logging.getLogger("harvester.output")
 
-# 2: collection_stats has complete, pages_requested and page_count (files from 1 lack them).
+# 2: collection_stats has complete, pages_requested and page_count (files from 1 lack them),
+# and every part file has the ``account`` column (version 1 outputs are migrated once, by the
+# first run that finds them, and then recorded as 2: no run reads a footer to find out again).
 OUTPUT_SCHEMA_VERSION = 2
+ACCOUNT_COLUMN_VERSION = 2
 
 
 @dataclass(frozen=True)

@@ -21,22 +21,31 @@ is replaced by one with no rows. Reads and listings go through pyarrow's filesys
 Every file written or removed is remembered with its size and modification time
 (:meth:`ParquetSink.take_touched`), so the state can tell later whether a partition is still
 the one it wrote.
+
+A part file that is not the dataset's Parquet (truncated, garbage, another schema) is named,
+never a crash: a read that fails is retried file by file, each file read whole from the store
+(so a store that fails is still the store's error) and parsed in memory; the files that do not
+parse are raised as :class:`~harvester.errors.UnreadableFiles`. A run moves such a file aside
+(:meth:`ParquetSink.quarantine`, into ``_harvester/quarantine/``) and treats its partition as
+missing, so what it held is fetched again.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from harvester.errors import BadFile, UnreadableFiles
 from harvester.job.location import Location
 from harvester.lake.objects import NEW, Objects, Version, open_objects
+from harvester.lake.partfiles import READ_ERRORS, Quarantined, damage, scan
 from harvester.lake.schema import (
     ACCOUNT,
     COLLECTION_STATS,
@@ -50,34 +59,18 @@ from harvester.lake.schema import (
     SORT_KEYS,
     TEMP_FILE,
     UNIT_KEY,
+    PartitionWrite,
     WriteResult,
     collection_rows,
     conform,
     page_rows,
     partition_of,
-    partitioning,
     unit_keys,
 )
-from harvester.layout import DEFAULT_ACCOUNT
+from harvester.layout import DEFAULT_ACCOUNT, LAKE_QUARANTINE_DIR
 from harvester.model import Fetched, Fingerprint, Unit
 
-__all__ = ["ParquetSink", "WriteResult", "read_dataset"]
-
-
-def read_dataset(
-    output: str | os.PathLike[str] | Location, name: str, *, sink: ParquetSink | None = None
-) -> pa.Table:
-    """A whole dataset with its full schema, sorted by unit (and page).
-
-    ``output`` is the output (a folder as a string or a path, or a :class:`Location`);
-    ``name`` is ``page_stats`` or ``collection_stats``; ``sink`` reads it (default: Parquet).
-    """
-    if name not in SCHEMAS:
-        raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(SCHEMAS)}")
-    location = output if isinstance(output, Location) else Location.local(output)
-    table = (sink or ParquetSink(location)).read(name)
-    keys = ["collection_hash", PARTITION_KEY, *SORT_KEYS[name][1:]]
-    return table.sort_by([(k, "ascending") for k in keys])
+__all__ = ["ParquetSink", "PartitionWrite", "Quarantined", "WriteResult", "encode"]
 
 
 def encode(rows: pa.Table) -> bytes:
@@ -89,6 +82,15 @@ def encode(rows: pa.Table) -> bytes:
 
 class ParquetSink:
     """Writes whole partitions of both datasets, atomically, as upserts by unit."""
+
+    # Partitions the committer hands over in one write_partitions call: one file each here, so
+    # one at a time (a reader sees each as soon as it is complete); Delta gathers many.
+    batch_partitions = 1
+    batch_seconds = 0.0
+    # What to do about an unreadable part file, as summary, verify and errors say it.
+    unreadable_hint = (
+        "`harvester run` moves it aside into _harvester/quarantine/ and fetches its partition again"
+    )
 
     def __init__(
         self,
@@ -105,6 +107,13 @@ class ParquetSink:
         self._touched: dict[tuple[str, date], Fingerprint | None] = {}
         # Called before every write: raises when this run may no longer write (its lock lost).
         self.guard: Callable[[], None] = lambda: None
+        # Unreadable files moved aside (all of them, for the report; the new ones, for the
+        # committer, which forgets the units they held). The tag names this run's moves.
+        self.quarantined: list[Quarantined] = []
+        self._lost: list[Quarantined] = []
+        self.quarantine_tag = uuid.uuid4().hex[:12]
+        # Each part file's size as last listed or written: a read needs no request to learn it.
+        self._sizes: dict[tuple[str, date], int] = {}
         self._objects: Objects | None = None
 
     @property
@@ -131,12 +140,18 @@ class ParquetSink:
         for name, schema in FILE_SCHEMAS.items():
             for start in sorted(self.list_parts(name)):
                 target = self._part(name, start)
-                if ACCOUNT in pq.read_schema(target, filesystem=self.fs).names:
-                    continue
-                found = self.objects.get(target)
-                if found is None:
-                    continue
-                old = pq.read_table(pa.BufferReader(found[0]))
+                try:
+                    if ACCOUNT in pq.read_schema(target, filesystem=self.fs).names:
+                        continue
+                    found = self.objects.get(target)
+                    if found is None:
+                        continue
+                    old = pq.read_table(pa.BufferReader(found[0]))
+                except READ_ERRORS:
+                    with self.fs.open_input_file(target) as fh:
+                        if damage(fh.read(), name) is None:
+                            raise  # the store's failure, not the file's
+                    continue  # unreadable: the run's reconcile names it and sets it aside
                 if ACCOUNT in old.schema.names:
                     continue
                 column = pa.array([DEFAULT_ACCOUNT] * old.num_rows, pa.string())
@@ -167,12 +182,82 @@ class ParquetSink:
             start = partition_of(info.path) if info.type == pafs.FileType.File else None
             if start is not None:
                 found[start] = Fingerprint(int(info.size), int(info.mtime_ns or 0))
+        self._sizes = {k: v for k, v in self._sizes.items() if k[0] != name}
+        self._sizes.update({(name, start): fp.size for start, fp in found.items()})
         return found
 
     def take_touched(self) -> dict[tuple[str, date], Fingerprint | None]:
         """The files written (their fingerprints) or removed (None) since the last call."""
         touched, self._touched = self._touched, {}
         return touched
+
+    def take_lost(self) -> list[Quarantined]:
+        """The files moved aside while writing since the last call (their units are lost)."""
+        lost, self._lost = self._lost, []
+        return lost
+
+    # --- unreadable files ----------------------------------------------------------------------
+
+    def files_of(self, name: str, starts: Iterable[date] | None) -> list[tuple[date, str]]:
+        """The part files of these partitions (every partition's when None), by partition."""
+        listed = self.list_parts(name)
+        chosen = sorted(listed) if starts is None else sorted(set(starts) & listed.keys())
+        return [(start, self._part(name, start)) for start in chosen]
+
+    def unreadable(self, name: str, starts: Iterable[date] | None = None) -> list[BadFile]:
+        """The part files of these partitions that do not parse as the dataset's Parquet.
+
+        Each is read whole first: a store that fails raises OSError as it would anyway.
+        """
+        found = []
+        for start, path in self.files_of(name, starts):
+            with self.fs.open_input_file(path) as fh:
+                body = fh.read()
+            reason = damage(body, name)
+            if reason is not None:
+                found.append(BadFile(name, start, path, reason))
+        return found
+
+    def _read_checked(
+        self, name: str, starts: Sequence[date] | None, read: Callable[[], pa.Table]
+    ) -> pa.Table:
+        """``read()``; when it fails, the unreadable files named (UnreadableFiles), or the
+        store's own error raised as it was."""
+        try:
+            return read()
+        except READ_ERRORS as exc:
+            bad = self.unreadable(name, starts)
+            if bad:
+                raise UnreadableFiles(bad, self.unreadable_hint) from exc
+            raise
+
+    def quarantine(self, bad: BadFile) -> str:
+        """Move an unreadable part file aside into ``_harvester/quarantine/`` (the caller holds
+        the lock); return where it went. Its partition is missing from then on (on an object
+        store, which has no conditional delete, it holds a file with no rows)."""
+        found = self.objects.get(bad.path)
+        if found is None:
+            return ""  # gone meanwhile: nothing to set aside
+        data, version = found
+        moved = self._keep(bad, data)
+        self._empty(bad.dataset, bad.period_start, bad.path, version)
+        return moved
+
+    def _keep(self, bad: BadFile, data: bytes) -> str:
+        """A copy of an unreadable file's bytes in the quarantine, as a new object."""
+        target = self._quarantine_path(bad)
+        self.objects.put(target, data, expect=NEW)
+        self.quarantined.append(Quarantined(bad, target))
+        return target
+
+    def _quarantine_path(self, bad: BadFile) -> str:
+        """``_harvester/quarantine/`` + the file's path under the output + this run's tag."""
+        root = self.location.join("")
+        relative = bad.path[len(root) :].lstrip("/") if bad.path.startswith(root) else bad.path
+        relative = relative.replace(os.sep, "/")
+        return self.location.join(*LAKE_QUARANTINE_DIR.split("/"), *relative.split("/")) + (
+            f".{self.quarantine_tag}"
+        )
 
     def read(
         self,
@@ -183,27 +268,14 @@ class ParquetSink:
         """A dataset's rows (``columns`` only; the partitions in ``starts`` only), unsorted."""
         schema = SCHEMAS[name]
         columns = columns or schema.names
-        empty = pa.schema([schema.field(c) for c in columns]).empty_table()
-        if starts is not None:
-            paths = [self._part(name, s) for s in starts]
-            if not paths:
-                return empty
-            dataset = ds.dataset(
-                paths,
-                format="parquet",
-                schema=schema,
-                partitioning=partitioning(),
-                partition_base_dir=self.location.join(name),
-                filesystem=self.fs,
-            )
-            return dataset.to_table(columns=columns)
-        root = self.location.join(name)
-        if self.fs.get_file_info(root).type != pafs.FileType.Directory:
-            return empty
-        dataset = ds.dataset(
-            root, format="parquet", schema=schema, partitioning=partitioning(), filesystem=self.fs
+        if starts is None:
+            starts = sorted(self.list_parts(name))
+        files = [(self._part(name, s), self._sizes.get((name, s)), s) for s in starts]
+        if not files:
+            return pa.schema([schema.field(c) for c in columns]).empty_table()
+        return self._read_checked(
+            name, starts, lambda: scan(files, schema, self.fs).to_table(columns=columns)
         )
-        return dataset.to_table(columns=columns)
 
     def write_partition(
         self, period_start: date, results: Sequence[Fetched], replaced: Sequence[Unit] = ()
@@ -231,6 +303,14 @@ class ParquetSink:
         files += self._upsert(COLLECTION_STATS, period_start, collections, keys)
         files += self.remove([u for u in replaced if u.start != period_start])
         return WriteResult(pages.num_rows, collections.num_rows, files)
+
+    def write_partitions(self, writes: Sequence[PartitionWrite]) -> WriteResult:
+        """:meth:`write_partition` for each write, in order (Delta commits them together)."""
+        total = WriteResult(0, 0, 0)
+        for w in writes:
+            done = self.write_partition(w.period_start, w.results, w.replaced)
+            total = WriteResult(*(a + b for a, b in zip(total, done, strict=True)))
+        return total
 
     def remove(self, units: Sequence[Unit]) -> int:
         """Delete the rows of ``units`` from both datasets; return the files written."""
@@ -260,8 +340,8 @@ class ParquetSink:
         expect = NEW
         if found is not None:
             data, expect = found
+            old = self._old_rows(name, period_start, target, data, rows.schema)
             # Every row of a rewritten unit goes, so pages missing from the new answer vanish.
-            old = conform(pq.read_table(pa.BufferReader(data)), rows.schema)
             old = old.join(keys, keys=UNIT_KEY, join_type="left anti")
             rows = pa.concat_tables([old.select(rows.schema.names), rows])
         if rows.num_rows == 0:
@@ -269,9 +349,27 @@ class ParquetSink:
                 self._empty(name, period_start, target, expect)
             return 0
         rows = rows.sort_by([(k, "ascending") for k in SORT_KEYS[name]])
-        version = self.objects.put(target, encode(rows), expect=expect)
+        body = encode(rows)
+        version = self.objects.put(target, body, expect=expect)
         self._touched[(name, period_start)] = self.objects.fingerprint(target, version)
+        self._sizes[(name, period_start)] = len(body)
         return 1
+
+    def _old_rows(
+        self, name: str, period_start: date, target: str, data: bytes, schema: pa.Schema
+    ) -> pa.Table:
+        """The rows a partition file's bytes hold; none when they are unreadable (a copy then
+        goes to the quarantine and its units are reported lost: the committer has them
+        fetched again; the write replaces the file)."""
+        try:
+            return conform(pq.read_table(pa.BufferReader(data)), schema)
+        except READ_ERRORS:
+            reason = damage(data, name)
+            if reason is None:
+                raise
+        self._keep(BadFile(name, period_start, target, reason), data)
+        self._lost.append(self.quarantined[-1])
+        return schema.empty_table()
 
     def _empty(self, name: str, period_start: date, target: str, expect: Version) -> None:
         """A partition left with no rows: its file goes, or (no conditional delete on an object
@@ -279,7 +377,9 @@ class ParquetSink:
         if self.objects.deletes:
             self.objects.delete(target, expect=expect)
             self._touched[(name, period_start)] = None
+            self._sizes.pop((name, period_start), None)
             return
         empty = encode(FILE_SCHEMAS[name].empty_table())
         version = self.objects.put(target, empty, expect=expect)
         self._touched[(name, period_start)] = self.objects.fingerprint(target, version)
+        self._sizes[(name, period_start)] = len(empty)

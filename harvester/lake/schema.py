@@ -35,6 +35,7 @@ __all__ = [
     "SCHEMAS",
     "SORT_KEYS",
     "UNIT_KEY",
+    "PartitionWrite",
     "WriteResult",
     "collection_rows",
     "conform",
@@ -98,6 +99,14 @@ SORT_KEYS = {
     PAGE_STATS: ["collection_hash", "period_end", "page"],
     COLLECTION_STATS: ["collection_hash", "period_end"],
 }
+
+
+class PartitionWrite(NamedTuple):
+    """One partition's share of a write: its answers, and older windows whose rows go."""
+
+    period_start: date
+    results: Sequence[Fetched]
+    replaced: Sequence[Unit] = ()
 
 
 class WriteResult(NamedTuple):

@@ -116,7 +116,7 @@ def collect(report: RunReport, output: Path | Location) -> RunMetrics:
     finished = _timestamp(report.finished_at)
     beside_state = Path(report.state).parent / REPORTS_DIR
     if isinstance(output, Location) and not output.is_local:
-        with report_folders_of(str(output)) as folders:  # the lake's copies: a new machine's too
+        with report_folders_of(output) as folders:  # the lake's copies: a new machine's too
             history = read_runs([*folders, beside_state])
     else:
         history = read_runs(report_folders(Path(output), beside_state))

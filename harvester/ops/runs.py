@@ -215,15 +215,16 @@ def _clock(moment: datetime | None) -> str:
 
 
 @contextlib.contextmanager
-def report_folders_of(output: str) -> Iterator[list[Path]]:
+def report_folders_of(output: str | Location) -> Iterator[list[Path]]:
     """The folders holding an output's run reports (``harvester runs OUTPUT``).
 
     A local output's own folders; an object store's ``_harvester/runs/`` copied into a
-    temporary folder for the time of the ``with`` block (reports are small).
+    temporary folder for the time of the ``with`` block (reports are small). A job's output
+    is passed as its Location, so its ``storage:`` block (the endpoint) is kept.
     """
 
     try:
-        location = Location.parse(output)
+        location = output if isinstance(output, Location) else Location.parse(output)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if location.is_local:
@@ -232,7 +233,7 @@ def report_folders_of(output: str) -> Iterator[list[Path]]:
         return
     import pyarrow.fs as pafs
 
-    check_reachable(location, output)
+    check_reachable(location, str(output))
     fs = location_fs(location)
     selector = pafs.FileSelector(location.join(*RUNS_DIR.split("/")), allow_not_found=True)
     with tempfile.TemporaryDirectory(prefix="harvester-runs-") as folder:

@@ -146,7 +146,7 @@ def _last_run(path: Path) -> str:
 def _without_state(job: Job, path: Path) -> str:
     """An output seen from a machine without its state: what the output's reports say."""
 
-    with report_folders_of(str(job.output)) as folders:
+    with report_folders_of(job.output) as folders:
         history = read_runs(folders)
     lines = [
         f"{job.output}: no local state here ({path}); the dataset is the record of what is"

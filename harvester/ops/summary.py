@@ -32,13 +32,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harvester.errors import JobError, UsageError
+from harvester.errors import BadFile, UsageError
 from harvester.job.location import Location
+from harvester.lake.dataset import dataset_format, read_readable, readable_meta
 from harvester.lake.fs import check_reachable, open_sink
-from harvester.lake.output import OutputMeta, read_meta
 from harvester.lake.parquet import ParquetSink
 from harvester.lake.schema import COLLECTION_SCHEMA, COLLECTION_STATS, PAGE_SCHEMA, PAGE_STATS
-from harvester.layout import DEFAULT_ACCOUNT, ICEBERG_FILE, META_DIR, META_FILE
+from harvester.layout import DEFAULT_ACCOUNT, META_DIR, META_FILE
 from harvester.model import GRANULARITIES, is_complete, period_end, period_of
 from harvester.ops.display import Column, fitted_table, print_table
 
@@ -142,6 +142,8 @@ class Summary:
     until: date | None
     collections: tuple[CollectionSummary, ...]
     has_accounts: bool  # some rows belong to an account other than ``default``
+    unreadable: tuple[BadFile, ...] = ()  # part files left out: truncated or not Parquet
+    unreadable_hint: str = ""  # what to do about them
 
     @property
     def gaps(self) -> tuple[CollectionSummary, ...]:
@@ -150,7 +152,7 @@ class Summary:
 
 
 def summarize(
-    output: Path | str,
+    output: Path | str | Location,
     *,
     since: date | None = None,
     until: date | None = None,
@@ -159,20 +161,23 @@ def summarize(
 ) -> Summary:
     """Read ``output``'s datasets (rows whose period starts within since..until) and sum up.
 
-    ``output`` is a folder or an object-store URI (``s3://bucket/prefix``); Parquet or Delta.
+    ``output`` is a folder, an object-store URI (``s3://bucket/prefix``) or a Location (a
+    job's output, its ``storage:`` endpoint kept); Parquet or Delta.
     """
-    location = Location.parse(str(output))
+    location = output if isinstance(output, Location) else Location.parse(str(output))
     if location.is_local and not location.path.is_dir():
         raise UsageError(f"{output}: no such output folder")
     check_reachable(location, str(output))
-    meta = _meta(location)
-    sink = open_sink(location, meta.format if meta is not None else _format_of(location))
+    meta = readable_meta(location)
+    sink = open_sink(location, dataset_format(location, meta))
     where = _where(since, until, collections)
     figures = ["impressions", "views", "time_spent", "downloads"]
-    units = _read(
+    units, bad_units = _read(
         sink, COLLECTION_STATS, ["period_start", "period_end", *figures], where, since, until
     )
-    pages = _read(sink, PAGE_STATS, ["page", "views", "clicks", "time_spent"], where, since, until)
+    pages, bad_pages = _read(
+        sink, PAGE_STATS, ["page", "views", "clicks", "time_spent"], where, since, until
+    )
     units, pages = _of_account(units, account), _of_account(pages, account)
     recorded = meta.granularity if meta is not None and meta.granularity in GRANULARITIES else None
     granularity = recorded or infer_granularity(
@@ -189,6 +194,8 @@ def summarize(
             sorted(summaries, key=lambda c: (-c.views, c.account, c.collection_hash))
         ),
         has_accounts=set(units[ACCOUNT].to_pylist()) - {DEFAULT_ACCOUNT} != set(),
+        unreadable=tuple(bad_units + bad_pages),
+        unreadable_hint=sink.unreadable_hint,
     )
 
 
@@ -203,24 +210,6 @@ def _schema(name: str) -> pa.Schema:
     return schema
 
 
-def _meta(location: Location) -> OutputMeta | None:
-    """The output's record; a broken one is ignored (the data says what it holds)."""
-    try:
-        return read_meta(location)
-    except JobError:
-        return None
-
-
-def _format_of(location: Location) -> str:
-    """``delta`` or ``iceberg`` when a local output without a readable record holds such
-    tables, else ``parquet``."""
-    if location.is_local and (location.path / COLLECTION_STATS / "_delta_log").is_dir():
-        return "delta"
-    if location.is_local and (location.path / META_DIR / ICEBERG_FILE).is_file():
-        return "iceberg"
-    return "parquet"
-
-
 def _read(
     sink: ParquetSink,
     name: str,
@@ -228,9 +217,10 @@ def _read(
     where: ds.Expression | None,
     since: date | None,
     until: date | None,
-) -> pa.Table:
+) -> tuple[pa.Table, list[BadFile]]:
     """Some columns of a dataset's rows ``where`` holds (only the partitions since..until are
-    read), with their account (``default`` where there is none)."""
+    read), with their account (``default`` where there is none); and the part files left out
+    because they cannot be read."""
     columns = [ACCOUNT, "collection_hash", *columns]
     starts = None
     if since is not None or until is not None:
@@ -240,12 +230,12 @@ def _read(
             if (since is None or s >= since) and (until is None or s <= until)
         ]
     wanted = sorted(set(columns) | {"period_start"}, key=lambda c: _schema(name).names.index(c))
-    table = sink.read(name, wanted, starts)
+    table, unreadable = read_readable(sink, name, wanted, starts)
     if where is not None and table.num_rows:
         table = table.filter(where)
     table = table.select(columns)
     accounts = pc.fill_null(table[ACCOUNT], DEFAULT_ACCOUNT)
-    return table.set_column(0, ACCOUNT, accounts)
+    return table.set_column(0, ACCOUNT, accounts), unreadable
 
 
 def _where(
@@ -416,6 +406,8 @@ def render(summary: Summary, console: Console, *, top: int = DEFAULT_TOP) -> Non
     """Print the header, the collections table, the busiest pages and the gaps."""
     say = _printer(console)
     say(_header(summary))
+    for bad in summary.unreadable:
+        say(f"unreadable part file, left out: {bad.path} ({bad.reason}); {summary.unreadable_hint}")
     if not summary.collections:
         say("no statistics here (none within the dates, collections and account asked)")
         return

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from harvester.errors import UsageError
+from harvester.errors import BadFile, UsageError
 from harvester.job.location import Location
 from harvester.lake.fs import check_reachable, open_sink
 from harvester.lake.output import read_meta
@@ -32,11 +32,13 @@ class Verified:
     missing: list[Unit]  # done in the state, no rows in the dataset: the next run fetches them
     unknown: int  # rows the state does not hold as done (it learns them at the next run)
     missing_pages: list[Unit] = field(default_factory=list)  # asked with pages, rows gone
+    unreadable: list[BadFile] = field(default_factory=list)  # their partitions count as missing
+    unreadable_hint: str = ""  # what to do about them
 
     @property
     def failed(self) -> bool:
-        """Whether anything is missing (``harvester verify`` exits 1)."""
-        return bool(self.missing or self.missing_pages)
+        """Whether anything is missing or unreadable (``harvester verify`` exits 1)."""
+        return bool(self.missing or self.missing_pages or self.unreadable)
 
     def text(self, output: object, state: Path) -> str:
         """The lines ``harvester verify`` prints."""
@@ -46,11 +48,16 @@ class Verified:
             f" {self.unknown} in the dataset it does not know;"
             f" {len(self.missing_pages)} asked with page statistics whose page rows are missing"
         ]
+        lines += [
+            f"unreadable: {bad.path} ({bad.reason}): its partition counts as missing;"
+            f" {self.unreadable_hint}"
+            for bad in self.unreadable
+        ]
         lines += _listed("missing", self.missing)
         lines += _listed("missing pages", self.missing_pages)
         if self.failed:
             lines.append("the next run fetches the missing units again")
-        elif not self.unknown:
+        elif not self.unknown and not self.unreadable:
             lines.append("the dataset and the state agree")
         return "\n".join(lines)
 
@@ -67,7 +74,15 @@ def verify(sink: ParquetSink, store: StateStore) -> Verified:
     """Compare every partition's keys with the state; read only, no request."""
     found = reconcile(sink, store, (date.min, date.max), store.granularity, trust_files=False)
     in_dataset = sum(1 for v in found.overlay.values() if v is not None)
-    return Verified(in_dataset, sorted(found.dropped), found.learnt, sorted(found.missing_pages))
+    unreadable = [bad for bad, _ in found.unreadable]
+    return Verified(
+        in_dataset,
+        sorted(found.dropped),
+        found.learnt,
+        sorted(found.missing_pages),
+        unreadable,
+        sink.unreadable_hint,
+    )
 
 
 def verify_output(output: str, state_path: Path | None = None) -> tuple[Verified, Path]:

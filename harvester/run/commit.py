@@ -14,11 +14,17 @@ new start.
 
 :class:`Committer` is the single writer. A fetched unit is staged in the state store at once
 (group-committed), so a kill loses at most the units in flight. When the ledger says a
-partition is complete, it is rewritten in Parquet from the staged answers (replacing older
-windows of the same calendar periods, wherever they sit) and its units are marked done. A
-crash between the two is repaired by :meth:`Committer.flush_all` at the next start. The newest
-answer wins: a staged answer is dropped when the dataset already holds a newer ``fetched_at``
-for its unit (another run wrote it meanwhile), so ``fetched_at`` never moves backwards.
+partition is complete, it is rewritten from the staged answers (replacing older windows of the
+same calendar periods, wherever they sit) and its units are marked done. A crash between the
+two is repaired by :meth:`Committer.flush_all` at the next start. The newest answer wins: a
+staged answer is dropped when the dataset already holds a newer ``fetched_at`` for its unit
+(another run wrote it meanwhile), so ``fetched_at`` never moves backwards.
+
+Complete partitions are handed to the sink in batches of up to ``sink.batch_partitions`` (one
+for Parquet: each partition is its own file, written as soon as it is complete; dozens for
+Delta, one commit per table for the whole batch), or whatever completed within
+``sink.batch_seconds``. Units stay staged until their batch is written and marked done in one
+transaction, so a kill at any moment leaves them staged: the next run writes them, exactly.
 
 Both return their counts; :mod:`harvester.run.pipeline` builds the report from them.
 """
@@ -38,7 +44,8 @@ from typing import NamedTuple, Protocol
 
 from harvester.errors import ApiRejected, InvalidPayload, NotFetched, UnitError
 from harvester.lake.parquet import ParquetSink
-from harvester.model import Fetched, Unit, period_end, period_of
+from harvester.lake.schema import PartitionWrite
+from harvester.model import Clock, Fetched, Unit, period_end, period_of, system_clock
 from harvester.redact import redact, redact_data
 from harvester.run.report import FailedEntry
 from harvester.state.store import DONE, GONE, StateStore, Stored
@@ -239,6 +246,9 @@ class Gone(NamedTuple):
 
 Outcome = Fetched | UnitError | Gone | Unit  # a Unit alone: abandoned by a stop
 _CLOSE: object = object()
+_TICK: object = object()  # a batch's time is up: write what is complete
+# A batch is written once it holds this many rows, whatever the sink's batch size: memory.
+BATCH_ROWS = 500_000
 
 
 @dataclass
@@ -255,6 +265,8 @@ class CommitCounts:
     collection_rows: int = 0
     files: int = 0
     partitions: int = 0
+    commits: int = 0  # write_partitions calls (for Delta: commits per table)
+    lost: int = 0  # done units whose part file was unreadable when rewritten: fetched again
     failures: list[FailedEntry] = field(default_factory=list)
 
 
@@ -269,6 +281,7 @@ class Committer:
         quarantine: Quarantine,
         rules: Rules,
         gone: set[str],
+        clock: Clock | None = None,
     ) -> None:
         self._store = store
         self._sink = sink
@@ -281,6 +294,13 @@ class Committer:
         # What this run staged, by partition: written from memory, not read back and decoded.
         self._staged_here: defaultdict[date, list[Fetched]] = defaultdict(list)
         self._gone_logged: set[str] = set()
+        self._clock = clock or system_clock()
+        # Complete partitions waiting for their batch to be written, and since when.
+        self._ready: list[date] = []
+        self._ready_rows = 0
+        self._ready_since = 0.0
+        self._tick: asyncio.Task[None] | None = None
+        self._busy = False
         self.counts = CommitCounts()
 
     def put(self, outcome: Outcome) -> None:
@@ -311,16 +331,28 @@ class Committer:
 
     async def run(self) -> None:
         """Commit outcomes until :meth:`close`; each wake-up commits everything queued at once."""
-        while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            closing = batch[-1] is _CLOSE
-            outcomes = [o for o in batch if o is not _CLOSE]
-            if outcomes:
-                await self._commit(outcomes)  # type: ignore[arg-type]
-            if closing:
-                return
+        try:
+            while True:
+                self._busy = False
+                batch = [await self._queue.get()]
+                self._busy = True
+                while not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                closing = batch[-1] is _CLOSE
+                outcomes = [o for o in batch if o is not _CLOSE and o is not _TICK]
+                if outcomes:
+                    await self._commit(outcomes)  # type: ignore[arg-type]
+                while self._ready and (closing or self._due()):
+                    self.counts.committed += await self._write_batch()
+                if closing:
+                    return
+        finally:
+            self._cancel_tick()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no write under way (for tests that drive the writer)."""
+        return self._queue.empty() and not self._busy
 
     def close(self) -> None:
         """Ask :meth:`run` to return once everything queued so far is committed."""
@@ -339,7 +371,39 @@ class Committer:
             if unit is not None:
                 self._ledger.resolved(unit)
         for start in self._ledger.take_ready():
-            self.counts.committed += await self.flush(start)
+            self._add_ready(start)
+
+    def _add_ready(self, start: date) -> None:
+        """A complete partition joins the batch; the batch's clock starts with its first."""
+        if start in self._ready:
+            return
+        if not self._ready:
+            self._ready_since = self._clock.monotonic()
+            seconds = self._sink.batch_seconds
+            if seconds > 0 and self._sink.batch_partitions > 1:
+                self._tick = asyncio.create_task(self._tick_after(seconds))
+        self._ready.append(start)
+        self._ready_rows += sum(1 + len(r.pages) for r in self._staged_here.get(start, ()))
+
+    async def _tick_after(self, seconds: float) -> None:
+        await self._clock.sleep(seconds)
+        self._queue.put_nowait(_TICK)
+
+    def _cancel_tick(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+
+    def _due(self) -> bool:
+        """Whether the batch of complete partitions is to be written now."""
+        if not self._ready:
+            return False
+        sink = self._sink
+        return (
+            len(self._ready) >= sink.batch_partitions
+            or self._ready_rows >= BATCH_ROWS
+            or self._clock.monotonic() - self._ready_since >= sink.batch_seconds
+        )
 
     def _record_failure(self, exc: UnitError) -> None:
         """Record a failed unit in the state, the counts and (for bad payloads) the quarantine."""
@@ -371,32 +435,54 @@ class Committer:
             return  # the stop was logged once; its units would repeat it line after line
         log.error("%s failed: %s (%s, %d attempts)", unit, exc.reason, exc.kind, exc.attempts)
 
-    async def flush(self, period_start: date, *, from_store: bool = False) -> int:
-        """Write one partition from its staged answers, then mark them done; return units.
+    async def _write_batch(self) -> int:
+        """Write a batch (the first ``sink.batch_partitions``) of the complete partitions from
+        the answers this run staged; return the units written. The rest wait for the next.
 
-        A partition completed in this run is written from the answers this run staged (the
-        run began by writing whatever an earlier run left staged, so they are all there);
-        ``from_store`` reads them back from the state instead. Older windows of the same
-        periods are removed from the datasets in the same commit, wherever they sit.
+        The run began by writing whatever an earlier run left staged, so this run's answers are
+        all a partition completed in it has. Older windows of the same periods are removed in
+        the same write, wherever they sit.
         """
-        here = self._staged_here.pop(period_start, None)
-        results = self._store.staged(period_start) if from_store or here is None else here
-        results = self._drop_superseded(period_start, results)
+        size = max(1, self._sink.batch_partitions)
+        starts, rest = self._ready[:size], self._ready[size:]
+        self._ready, self._ready_rows = [], 0
+        self._cancel_tick()
+        for start in rest:  # a new batch, its clock started now
+            self._add_ready(start)
+        writes = []
+        for start in starts:
+            here = self._staged_here.pop(start, None)
+            results = here if here is not None else self._store.staged(start)
+            write = self._partition(start, results) if results else None
+            if write is not None:
+                writes.append(write)
+        return await self._write(writes)
+
+    def _partition(self, start: date, results: list[Fetched]) -> PartitionWrite | None:
+        """What to write of one partition: its results the dataset holds nothing newer for."""
+        results = self._drop_superseded(start, results)
         if not results:
+            return None
+        return PartitionWrite(start, results, self._store.replaced([r.unit for r in results]))
+
+    async def _write(self, writes: list[PartitionWrite]) -> int:
+        """Write partitions in one go (for Delta: one commit per table), then mark their units
+        done in one transaction; return the units written."""
+        if not writes:
             return 0
-        replaced = self._store.replaced([r.unit for r in results])
         # Parquet encoding and fsync release the GIL: keep the event loop answering meanwhile.
-        written = await asyncio.to_thread(
-            self._sink.write_partition, period_start, results, replaced
-        )
-        units = list({r.unit: None for r in results})
+        written = await asyncio.to_thread(self._sink.write_partitions, writes)
+        units = list({r.unit: None for w in writes for r in w.results})
         self._store.mark_done(units, self._sink.take_touched())
+        self._forget_lost(set(units))
         counts = self.counts
         counts.page_rows += written.page_rows
         counts.collection_rows += written.collection_rows
         counts.files += written.files
-        counts.partitions += 1
-        log.debug("committed %s: %d units", period_start, len(units))
+        counts.partitions += len(writes)
+        counts.commits += 1
+        for w in writes:  # a line per partition, as before batches (tests and people grep it)
+            log.debug("committed %s: %d units", w.period_start, len({r.unit for r in w.results}))
         return len(units)
 
     def _drop_superseded(self, period_start: date, results: list[Fetched]) -> list[Fetched]:
@@ -416,6 +502,28 @@ class Committer:
         )
         return [r for r in results if r.unit not in units]
 
+    def _forget_lost(self, written: set[Unit]) -> None:
+        """Units whose rows were in a part file found unreadable while rewriting it (then moved
+        aside): no longer done, so the next run fetches them again."""
+        for moved in self._sink.take_lost():
+            bad = moved.file
+            held = self._store.in_partition(bad.period_start)
+            lost = [
+                Unit(h, s.start, s.end)
+                for h, s in held.items()
+                if s.status == DONE and Unit(h, s.start, s.end) not in written
+            ]
+            self._store.forget(lost)
+            self.counts.lost += len(lost)
+            log.warning(
+                "%s: unreadable part file (%s), moved aside to %s; %d units it held are fetched"
+                " again by the next run",
+                bad.path,
+                bad.reason,
+                moved.moved_to,
+                len(lost),
+            )
+
     async def flush_all(self, *, recovery: bool = False) -> int:
         """Write every partition that still has staged answers; return the units written.
 
@@ -423,9 +531,15 @@ class Committer:
         this run (partitions a stop left incomplete).
         """
         total = 0
-        for period_start in self._store.staged_periods():
-            total += await self.flush(period_start, from_store=True)
+        while self._ready:
+            total += await self._write_batch()
         self._staged_here.clear()
+        periods = self._store.staged_periods()
+        size = max(1, self._sink.batch_partitions)
+        for i in range(0, len(periods), size):
+            chunk = periods[i : i + size]
+            writes = [self._partition(s, self._store.staged(s)) for s in chunk]
+            total += await self._write([w for w in writes if w is not None])
         if recovery:
             self.counts.recovered += total
         else:

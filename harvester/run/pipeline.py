@@ -176,6 +176,7 @@ async def _run(
     failure: LockedError | StorageError | None = None
     with storage_errors(job.output):
         discard_vanished(job, state_path, sink)  # before the state is opened
+    sink.quarantine_tag = report.run_id  # unreadable files moved aside are named after the run
     with StateStore(state_path, clock=clock.now, granularity=job.granularity) as store:
         run = _Harvest(job, options, store, sink, quarantine, clock, rules_of(job, options, today))
         if isinstance(lock, ObjectLock):
@@ -230,13 +231,11 @@ def _cause(
 def _prepare(
     job: Job, store: StateStore, sink: ParquetSink, now: datetime, *, other_endpoint: bool
 ) -> None:
-    """What a run does to the output before fetching: clean up, migrate, bind the state."""
+    """What a run does to the output before fetching: clean up, bind the state (migrating an
+    older output's files once)."""
     removed = sink.cleanup()
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
-    migrated = sink.migrate_accounts()
-    if migrated:
-        log.info("added the account column to %d files written before it", migrated)
     bind_output(job, store, sink, now=now, other_endpoint=other_endpoint)
 
 
@@ -304,9 +303,12 @@ class _Harvest:
         # Collections the API said are gone: the ledger skips them, workers too, mid-run.
         self.gone = store.gone_collections() if not rules.retry_gone else set()
         # What is done: the state, checked against the dataset's files (see harvester.state.record).
+        # One view, reconciled once, for the plan and the progress counter alike.
         self.view = DatasetView(store, sink, job_window(job), write=True)
         self.ledger = Ledger(self.view, rules, self.gone)
-        self.committer = Committer(store, sink, self.ledger, quarantine, rules, self.gone)
+        self.committer = Committer(
+            store, sink, self.ledger, quarantine, rules, self.gone, clock=clock
+        )
         self.breaker = CircuitBreaker(job.retry.circuit_breaker_seconds, clock=clock.monotonic)
         self.pool: WorkerPool[tuple[Lane, Unit]] = WorkerPool(job.concurrency, self.token)
         self.clock = clock
@@ -404,6 +406,12 @@ class _Harvest:
         report.collection_rows_written = done.collection_rows
         report.files_written = done.files
         report.partitions_written = done.partitions
+        report.commits = done.commits
+        report.units_lost = done.lost
+        report.unreadable_files = [
+            {"path": q.file.path, "reason": q.file.reason, "moved_to": q.moved_to}
+            for q in self.sink.quarantined
+        ]
         if self.stopped_by is not None:
             report.stopped_by = report.stopped_by or self.stopped_by
         if report.exit_code == EXIT_OK:
@@ -621,8 +629,7 @@ class _Harvest:
             return None
         # One pass of the plan without fetching (about a second for a million units): the
         # totals the ETA needs, which the lazy plan only knows at its end.
-        view = DatasetView(self.store, self.sink, job_window(job), write=False)
-        counter = Ledger(view, self.ledger.rules, set(self.gone))
+        counter = Ledger(self.view, self.ledger.rules, set(self.gone))
         owners = _owners(job)
         totals = Counter(owners.get(u.collection_hash) for u in counter.pending(iter_windows(job)))
         total = sum(totals.values())

@@ -94,6 +94,13 @@ class RunReport:
     collection_rows_written: int = 0
     partitions_written: int = 0
     files_written: int = 0
+    commits: int = 0  # writes of a batch of partitions (Delta: one commit per table each)
+    # Part files found unreadable (truncated, not Parquet): moved aside into
+    # _harvester/quarantine/, their partitions fetched again (path, reason, moved_to).
+    unreadable_files: list[dict[str, str]] = field(default_factory=list)
+    units_lost: int = (
+        0  # done units an unreadable file held, found when rewriting it: the next run fetches them
+    )
     datasets: list[str] = field(default_factory=list)
     quarantined: int = 0
     quarantine_file: str | None = None
@@ -195,6 +202,16 @@ class RunReport:
             lines.append(f"... and {len(self.failed) - 10} more failed units (see the report)")
         if self.quarantined:
             lines.append(f"quarantined payloads: {self.quarantined} in {self.quarantine_file}")
+        for bad in self.unreadable_files:
+            lines.append(
+                f"unreadable part file {bad['path']} ({bad['reason']}): moved aside to"
+                f" {bad['moved_to']}; its partition is fetched again"
+            )
+        if self.units_lost:
+            lines.append(
+                f"units: {self.units_lost} held only by unreadable part files: the next run"
+                " fetches them again"
+            )
         if len(self.by_account) > 1:
             for name, figures in self.by_account.items():
                 stopped = f"; stopped: {figures['message']}" if figures.get("message") else ""

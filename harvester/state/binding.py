@@ -25,6 +25,7 @@ from harvester.errors import JobError, Problem
 from harvester.job.model import Job, accounts_of, endpoints_of
 from harvester.lake.fs import open_sink
 from harvester.lake.output import (
+    ACCOUNT_COLUMN_VERSION,
     OUTPUT_SCHEMA_VERSION,
     OutputMeta,
     load_meta,
@@ -163,7 +164,12 @@ def _vanished(job: Job, state_path: Path, sink: ParquetSink | None = None) -> bo
         ours = state_path.resolve() == default_state_path(job.output).resolve()
     else:
         ours = recorded == _location(job)
-    if not ours or read_meta(job.output) is not None:
+    if not ours:
+        return False
+    if sink is None:
+        if read_meta(job.output) is not None:
+            return False
+    elif load_meta(sink.objects, job.output)[0] is not None:  # one GET, no HEAD first
         return False
     return not _has_data(sink or _sink_of(job))
 
@@ -221,6 +227,8 @@ def bind_output(
     meta, version = load_meta(sink.objects, job.output)
     meta = check_fits(job, store.path, meta, other_endpoint=other_endpoint)
     read = meta
+    if meta is None or meta.schema_version < ACCOUNT_COLUMN_VERSION:
+        _migrate(sink, job)
     if meta is None:
         if _has_data(sink):
             removed, touched = repair(sink, job.granularity)
@@ -264,7 +272,7 @@ def _current_schema(job: Job, meta: OutputMeta) -> OutputMeta:
     # this one reads (nor fails on the columns it writes) from now on.
     log.info(
         "%s: output schema version %d → %d (collection_stats gains complete, pages_requested"
-        " and page_count; older files read them as null)",
+        " and page_count; older files read them as null; every file has the account column)",
         job.output,
         meta.schema_version,
         OUTPUT_SCHEMA_VERSION,
@@ -277,6 +285,14 @@ def _with_sources(job: Job, meta: OutputMeta) -> OutputMeta:
     endpoints = tuple(sorted({*meta.endpoints, *endpoints_of(job).values()}))
     accounts = tuple(sorted({*meta.accounts, *(a.name for a in accounts_of(job))}))
     return replace(meta, endpoints=endpoints, accounts=accounts)
+
+
+def _migrate(sink: ParquetSink, job: Job) -> None:
+    """Give the files an older harvester wrote the ``account`` column (once per output: the
+    record then says so)."""
+    migrated = sink.migrate_accounts()
+    if migrated:
+        log.info("%s: added the account column to %d files written before it", job.output, migrated)
 
 
 def repair(sink: ParquetSink, granularity: str) -> tuple[list[Unit], list[Unit]]:

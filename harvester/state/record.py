@@ -31,9 +31,13 @@ from datetime import date
 from pathlib import Path
 from typing import NamedTuple
 
+import pyarrow as pa
+
+from harvester.errors import BadFile
 from harvester.job.model import Job
+from harvester.lake.dataset import read_readable
 from harvester.lake.parquet import ParquetSink
-from harvester.lake.schema import COLLECTION_STATS, DATASETS, PAGE_STATS
+from harvester.lake.schema import COLLECTION_STATS, DATASETS, PAGE_STATS, PARTITION_KEY
 from harvester.model import Fingerprint, Unit, is_final, period_end, period_of
 from harvester.state.store import DONE, STAGED, Held, StateStore, Stored
 
@@ -71,6 +75,14 @@ class Reconciled:
     learnt: int = 0  # adopted units the state did not hold as they are
     partitions_read: int = 0
     partitions_listed: int = 0
+    # Part files that could not be read: their partitions count as missing. With
+    # ``quarantine`` (a run), each was moved aside first (``moved_to``), else ``None``.
+    unreadable: list[tuple[BadFile, str | None]] = field(default_factory=list)
+
+
+# Partitions whose key columns are read in one go: few reads (one scan on Parquet, one log
+# replay on Delta), while memory stays bounded on a lake of thousands of partitions.
+READ_PARTITIONS = 256
 
 
 class _Row(NamedTuple):
@@ -87,11 +99,14 @@ def reconcile(
     granularity: str,
     *,
     trust_files: bool = True,
+    quarantine: bool = False,
 ) -> Reconciled:
     """Compare the listing with the state's record; read the partitions that differ.
 
     ``trust_files=False`` reads every partition in the window, page rows included, and counts
     each unit's page rows against its ``page_count`` (``harvester verify``).
+    ``quarantine`` (a run, which holds the lock) moves an unreadable part file aside; else it
+    is only reported. Either way its partition counts as missing.
     """
     low, high = window
     listed = {
@@ -108,14 +123,23 @@ def reconcile(
     elif not recorded:
         # A state that never recorded files (or none in this window): check its done units too.
         changed |= store.done_starts(low, high) - {k[1] for k in listed}
+    starts = sorted(changed)
+    # A page file that changed is read too: it may be damaged, or hold fewer rows than it did.
+    pages_changed = {
+        s for s in changed if listed.get((PAGE_STATS, s)) != recorded.get((PAGE_STATS, s))
+    }
     rows: dict[Key, _Row] = {}  # the dataset's row of each period (the newest, should it hold two)
+    partition_rows = _partition_rows(
+        sink, starts, listed, found, quarantine, exact=not trust_files, pages_changed=pages_changed
+    )
+    for row in partition_rows:
+        unit = row.held.unit
+        key = (period_of(granularity, unit.start).isoformat(), unit.collection_hash)
+        if key not in rows or row.held.fetched_at > rows[key].held.fetched_at:
+            rows[key] = row
     here: dict[Key, Unit] = {}  # the state's done units in the partitions read
-    for start in sorted(changed):
+    for start in starts:
         period = period_of(granularity, start).isoformat()
-        for row in _partition_rows(sink, start, start_files(listed, start), not trust_files):
-            key = (period, row.held.unit.collection_hash)
-            if key not in rows or row.held.fetched_at > rows[key].held.fetched_at:
-                rows[key] = row
         for h, known in store.in_partition(start).items():
             if known.status == DONE:
                 here[(period, h)] = Unit(h, known.start, known.end)
@@ -163,33 +187,68 @@ def start_files(
     return {name: listed.get((name, start)) for name in DATASETS}
 
 
-def _partition_rows(
-    sink: ParquetSink, start: date, files: dict[str, Fingerprint | None], exact: bool
-) -> Iterator[_Row]:
-    """The collection rows of one partition, each with whether its page rows are missing.
+def _read(
+    sink: ParquetSink,
+    name: str,
+    columns: list[str],
+    starts: list[date],
+    listed: dict[tuple[str, date], Fingerprint],
+    found: Reconciled,
+    quarantine: bool,
+) -> Iterator[pa.Table]:
+    """One dataset's ``columns`` in these partitions, a few hundred partitions per scan. An
+    unreadable file is set aside (moved to the quarantine by a run) and its partition's entry
+    removed from ``listed``: its units count as missing."""
 
-    Page rows are read (key columns only) when ``exact``, or for rows from before
-    ``pages_requested``; otherwise the listing says whether the partition's page file is there.
+    def set_aside(bad: BadFile) -> None:
+        found.unreadable.append((bad, sink.quarantine(bad) if quarantine else None))
+        listed.pop((bad.dataset, bad.period_start), None)
+
+    wanted = [s for s in starts if (name, s) in listed]
+    for i in range(0, len(wanted), READ_PARTITIONS):
+        table, _ = read_readable(
+            sink, name, [PARTITION_KEY, *columns], wanted[i : i + READ_PARTITIONS], set_aside
+        )
+        yield table
+
+
+def _partition_rows(
+    sink: ParquetSink,
+    starts: list[date],
+    listed: dict[tuple[str, date], Fingerprint],
+    found: Reconciled,
+    quarantine: bool,
+    *,
+    exact: bool,
+    pages_changed: set[date],
+) -> Iterator[_Row]:
+    """The collection rows of these partitions, each with whether its page rows are missing.
+
+    Page rows are read (key columns only) when ``exact``, for partitions whose page file
+    changed since the state recorded it, or for partitions holding rows from before
+    ``pages_requested``; where they are read each unit's page rows are counted against its
+    ``page_count``, elsewhere the listing says whether a partition's page file is there.
     """
-    if files[COLLECTION_STATS] is None:
-        return
-    keys = sink.read(COLLECTION_STATS, _KEYS, [start])
-    hashes, ends, stamps, asked, counts = (keys[c].to_pylist() for c in _KEYS)
-    page_file = files[PAGE_STATS] is not None
-    counted: dict[tuple[str, date], int] = {}
-    if page_file and (exact or None in asked):
-        pages = sink.read(PAGE_STATS, ["collection_hash", "period_end"], [start])
-        units = pages.group_by(["collection_hash", "period_end"]).aggregate([([], "count_all")])
-        columns = (units[c].to_pylist() for c in ("collection_hash", "period_end", "count_all"))
-        counted = {(h, end): n for h, end, n in zip(*columns, strict=True)}
-    for h, end, fetched_at, requested, count in zip(
-        hashes, ends, stamps, asked, counts, strict=True
-    ):
-        got = counted.get((h, end), 0)
+    tables = list(_read(sink, COLLECTION_STATS, _KEYS, starts, listed, found, quarantine))
+    columns = [PARTITION_KEY, *_KEYS]
+    rows = [zip(*(t[c].to_pylist() for c in columns), strict=True) for t in tables]
+    flat = [r for chunk in rows for r in chunk]
+    unknown = {r[0] for r in flat if r[4] is None}  # partitions with rows from before the column
+    counted: dict[tuple[date, str, date], int] = {}
+    page_starts = [s for s in starts if exact or s in unknown or s in pages_changed]
+    keys = [PARTITION_KEY, "collection_hash", "period_end"]
+    for pages in _read(sink, PAGE_STATS, keys[1:], page_starts, listed, found, quarantine):
+        units = pages.group_by(keys).aggregate([([], "count_all")])
+        triples = zip(*(units[c].to_pylist() for c in [*keys, "count_all"]), strict=True)
+        counted.update({(s, h, end): n for s, h, end, n in triples})
+    for start, h, end, fetched_at, requested, count in flat:
+        page_file = (PAGE_STATS, start) in listed
+        got = counted.get((start, h, end), 0)
         if requested is None:  # written before it was recorded: pages if there are page rows
             yield _Row(Held(Unit(h, start, end), fetched_at, got > 0), False)
             continue
-        missing = requested and (got != count if exact else count > 0 and not page_file)
+        checked = exact or start in pages_changed
+        missing = requested and (got != count if checked else count > 0 and not page_file)
         yield _Row(Held(Unit(h, start, end), fetched_at, requested), missing)
 
 
@@ -222,7 +281,7 @@ class DatasetView:
         if self._found is None:
             store = self._store
             window = staged_window(store, self._window)
-            found = reconcile(self._sink, store, window, store.granularity)
+            found = reconcile(self._sink, store, window, store.granularity, quarantine=self._write)
             drop = found.dropped + found.unpaged
             if self._write and (found.adopted or drop or found.files or found.written):
                 store.reconcile(found.adopted, drop, found.files, found.written)
@@ -250,6 +309,14 @@ class DatasetView:
 
 def _log(found: Reconciled, sink: ParquetSink) -> None:
     """Say what the dataset taught the state, when it taught anything."""
+    for bad, moved in found.unreadable:
+        log.warning(
+            "%s: unreadable part file (%s): %s; its partition counts as missing and is fetched"
+            " again",
+            bad.path,
+            bad.reason,
+            f"moved aside to {moved}" if moved else "left as it is",
+        )
     new = found.learnt
     if found.missing_pages:
         log.warning(
